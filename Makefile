@@ -1,0 +1,62 @@
+# ttt-icl-book: `make book` builds the site (executing every notebook); `make test` runs every test.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR := _static/mathjax
+STAMP := $(VENV)/.installed
+
+.PHONY: book book-stored test test-py test-nb test-site setup mathjax sysdeps notebook clean
+
+setup: $(STAMP) $(MATHJAX_DIR)/tex-chtml.js
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements.lock
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# MathJax is served from the site itself (npm package `mathjax`), never from a CDN.
+$(MATHJAX_DIR)/tex-chtml.js:
+	rm -rf _build/npm && mkdir -p _build/npm $(MATHJAX_DIR)
+	cd _build/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	cp _build/npm/package/es5/tex-chtml.js $(MATHJAX_DIR)/
+	mkdir -p $(MATHJAX_DIR)/output/chtml/fonts && cp -r _build/npm/package/es5/output/chtml/fonts/woff-v2 $(MATHJAX_DIR)/output/chtml/fonts/
+	cp _build/npm/package/LICENSE $(MATHJAX_DIR)/LICENSE
+
+# Chromium and its driver for the site test (Debian packages).
+sysdeps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+# Build the site, executing every notebook.
+book: setup
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+# Build the site from the stored outputs (which `make test` has just re-executed and compared).
+book-stored: setup
+	mkdir -p _build
+	sed 's/^  execute_notebooks: .*/  execute_notebooks: "off"/' _config.yml > _build/_config_stored.yml
+	$(VENV)/bin/jupyter-book build . --config _build/_config_stored.yml --warningiserror --keep-going
+
+test-py: setup
+	$(VENV)/bin/pytest -q tests
+
+test-nb: setup
+	$(VENV)/bin/pytest -q --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider book
+
+test-site: setup sysdeps book-stored
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests_site
+
+# Every test: the package, the chapters, and the built site in a headless browser.
+test: test-py test-nb test-site
+
+notebook: setup
+	$(VENV)/bin/jupytext --sync book/_md/$(NB).md
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 book/$(NB).ipynb
+	$(VENV)/bin/jupytext --sync book/$(NB).ipynb
+
+clean:
+	rm -rf _build

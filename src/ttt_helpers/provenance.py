@@ -1,0 +1,237 @@
+"""Provenance of shipped results and models, and sha256-checked loading.
+
+Every file shipped under ``data/`` (a result table or a model) has a JSON file beside it, written by
+:func:`write_provenance`, that records the command, the git commit, the machine, the date, the seeds and
+the headline numbers; for binary files it also records their sha256, which :func:`verify_sha256` checks
+when the file is loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = [
+    "repo_root",
+    "data_dir",
+    "results_dir",
+    "models_dir",
+    "sha256_file",
+    "machine_description",
+    "git_commit",
+    "write_provenance",
+    "read_provenance",
+    "verify_sha256",
+    "load_json_result",
+    "provenance_table",
+]
+
+
+def repo_root() -> Path:
+    """The repository root: ``$TTT_BOOK_ROOT`` if set, else the folder above ``src/`` of this package."""
+    env = os.environ.get("TTT_BOOK_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists() and (parent / "data").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def data_dir() -> Path:
+    """The ``data/`` folder of the repository (override with ``$TTT_BOOK_DATA``)."""
+    env = os.environ.get("TTT_BOOK_DATA")
+    return Path(env).resolve() if env else repo_root() / "data"
+
+
+def results_dir() -> Path:
+    """``data/results``: shipped result tables (JSON/CSV) with provenance."""
+    return data_dir() / "results"
+
+
+def models_dir() -> Path:
+    """``data/models``: shipped model files with provenance."""
+    return data_dir() / "models"
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(cwd=None) -> str:
+    """The current git commit (with ``+dirty`` if the tree has changes), or ``"unknown"``."""
+    cwd = cwd or repo_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("TTT_GIT_COMMIT", "unknown")
+
+
+def machine_description() -> dict:
+    """Platform, processor count, Python/torch versions and the accelerator (if any)."""
+    desc = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        desc["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            desc["accelerator"] = torch.cuda.get_device_name(0)
+            desc["accelerator_count"] = torch.cuda.device_count()
+        else:
+            desc["accelerator"] = "none (CPU)"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return desc
+
+
+def write_provenance(path, *, command: str, seeds=None, results=None, files=(), extra=None, commit=None) -> dict:
+    """Write a provenance JSON file.
+
+    Parameters
+    ----------
+    path : path-like
+        Where to write the JSON (by convention ``<result>.provenance.json`` or ``<model>.json``).
+    command : str
+        The exact command that produced the result.
+    seeds : list or dict, optional
+    results : dict, optional
+        Headline numbers.
+    files : iterable of path-like
+        Files whose sha256 is recorded (stored by file name, relative to the JSON's folder).
+    extra : dict, optional
+        Anything else worth recording (configuration, timings, throughput).
+    commit : str, optional
+        The git commit; detected if omitted.
+
+    Returns
+    -------
+    dict
+        What was written.
+    """
+    path = Path(path)
+    record = {
+        "command": command,
+        "git_commit": commit or git_commit(),
+        "machine": machine_description(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seeds": seeds,
+        "results": results or {},
+        "files": {Path(f).name: sha256_file(f) for f in files},
+    }
+    if extra:
+        record.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return record
+
+
+def _json_default(obj):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(obj)
+
+
+def read_provenance(path) -> dict:
+    """Read a provenance JSON file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"provenance file not found: {path}")
+    return json.loads(path.read_text())
+
+
+def verify_sha256(file, provenance_path=None) -> str:
+    """Check a shipped file's sha256 against its provenance record; return the hash.
+
+    Raises
+    ------
+    ValueError
+        If the file is not listed in the provenance or its hash differs (a corrupted or replaced file,
+        or a Git LFS pointer instead of the real file).
+    """
+    file = Path(file)
+    provenance_path = Path(provenance_path) if provenance_path else file.with_suffix(".json")
+    record = read_provenance(provenance_path)
+    expected = record.get("files", {}).get(file.name)
+    if expected is None:
+        raise ValueError(f"{provenance_path} records no sha256 for {file.name}")
+    actual = sha256_file(file)
+    if actual != expected:
+        raise ValueError(
+            f"sha256 mismatch for {file}: expected {expected} (from {provenance_path.name}), got {actual}"
+        )
+    return actual
+
+
+def load_json_result(name: str) -> dict:
+    """Load ``data/results/<name>.json`` (a shipped result table written with provenance)."""
+    path = results_dir() / (name if name.endswith(".json") else name + ".json")
+    if not path.exists():
+        raise FileNotFoundError(f"no shipped result {path}; run the script named in the chapter to create it")
+    return json.loads(path.read_text())
+
+
+def provenance_table(root=None):
+    """Rows describing every provenance JSON under ``data/`` (for the reproducibility appendix).
+
+    A provenance JSON is any ``*.json`` file under ``data/`` with a ``"command"`` key. Each row holds the
+    file (relative to ``data/``), the command, commit, accelerator, date, and whether the sha256 of every
+    file it lists matches (``None`` when it lists no file).
+
+    Returns
+    -------
+    list of dict
+    """
+    root = Path(root) if root else data_dir()
+    rows = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(record, dict) or "command" not in record:
+            continue
+        checks = []
+        for name, expected in (record.get("files") or {}).items():
+            target = path.parent / name
+            checks.append(target.exists() and sha256_file(target) == expected)
+        machine = record.get("machine") or {}
+        rows.append(
+            {
+                "file": str(path.relative_to(root)),
+                "command": record["command"],
+                "git_commit": str(record.get("git_commit", "unknown"))[:12],
+                "machine": machine.get("accelerator", machine.get("platform", "?")),
+                "date_utc": record.get("date_utc", "?"),
+                "sha256_ok": (all(checks) if checks else None),
+            }
+        )
+    return rows

@@ -1,0 +1,330 @@
+"""TabPFN v2 models for the book: the official checkpoint where the reader has it, else our own.
+
+The book never re-implements TabPFN: loading, preprocessing, inference and fine-tuning all go
+through the pinned ``tabpfn`` package. This module only decides *which checkpoint* the package loads,
+and says so:
+
+* **official**: the TabPFN v2 classifier checkpoint of Prior Labs, if the reader has it locally — a
+  file named by ``$TABPFN_MODEL_PATH`` (or a folder holding one), or one of the package's own v2
+  classifier file names in its cache folder (``tabpfn.model_loading.get_cache_dir()``, which honours
+  ``$TABPFN_MODEL_CACHE_DIR``). Nothing is ever downloaded: the package downloads only when it is
+  given a path that does not exist, and :func:`load_classifier` only ever passes a path that exists.
+* **fallback**: ``data/models/tabpfn_fallback.ckpt``, a small model of the TabPFN v2 architecture
+  (``tabpfn.architectures.tabpfn_v2``) that we pretrained on synthetic classification tasks from
+  ``tabicl``'s structural-causal-model prior (``scripts/pretrain_tabpfn.py``). Its sha256 is checked
+  against ``data/models/tabpfn_fallback.json`` before it is loaded.
+
+A checkpoint file is what ``tabpfn`` itself reads (``tabpfn.model_loading.load_model``): a
+``torch.save`` of ``{"state_dict", "config", "architecture_name": "tabpfn_v2"}``; see
+:func:`build_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+from ttt_helpers.provenance import models_dir, read_provenance, sha256_file, verify_sha256
+from ttt_helpers.validation import check_positive_int
+
+__all__ = [
+    "OFFICIAL_ENV_VAR",
+    "FALLBACK_NAME",
+    "official_v2_classifier_names",
+    "official_checkpoint_path",
+    "fallback_checkpoint_path",
+    "make_config",
+    "new_model",
+    "count_parameters",
+    "build_checkpoint",
+    "read_checkpoint_config",
+    "load_classifier",
+]
+
+OFFICIAL_ENV_VAR = "TABPFN_MODEL_PATH"
+FALLBACK_NAME = "tabpfn_fallback.ckpt"
+
+
+def official_v2_classifier_names() -> list[str]:
+    """File names of Prior Labs' TabPFN v2 classifier checkpoints, default first (from ``tabpfn``)."""
+    from tabpfn.model_loading import ModelSource
+
+    source = ModelSource.get_classifier_v2()
+    return [source.default_filename] + [n for n in source.filenames if n != source.default_filename]
+
+
+def _first_v2_classifier_in(folder: Path) -> Path | None:
+    for name in official_v2_classifier_names():
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def official_checkpoint_path(env_var: str = OFFICIAL_ENV_VAR, search_cache: bool = True) -> Path | None:
+    """The local official TabPFN v2 classifier checkpoint, or ``None``; never touches the network.
+
+    Looks, in order, at
+
+    1. ``$TABPFN_MODEL_PATH`` (``env_var``): a checkpoint file, or a folder holding one of the v2
+       classifier file names listed by ``tabpfn`` (:func:`official_v2_classifier_names`). If the
+       variable is set but names nothing usable, a warning says so and the search goes on;
+    2. the ``tabpfn`` package's cache folder (``tabpfn.model_loading.get_cache_dir()``: a pure path
+       computation from ``$TABPFN_MODEL_CACHE_DIR``, ``$XDG_CACHE_HOME`` or ``~/.cache/tabpfn``),
+       for the same file names, if ``search_cache``.
+
+    Parameters
+    ----------
+    env_var : str
+        Name of the environment variable to read.
+    search_cache : bool
+        Whether to look in the package's cache folder too.
+
+    Returns
+    -------
+    pathlib.Path or None
+        An existing file, or ``None`` when no official checkpoint is present.
+    """
+    if not isinstance(env_var, str) or not env_var:
+        raise ValueError(f"env_var must be a non-empty string, got {env_var!r}")
+    value = os.environ.get(env_var, "").strip()
+    if value:
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path.resolve()
+        if path.is_dir():
+            found = _first_v2_classifier_in(path)
+            if found is not None:
+                return found.resolve()
+        warnings.warn(
+            f"${env_var}={value!r} names no TabPFN v2 classifier checkpoint (expected a file, or a folder "
+            f"holding one of {official_v2_classifier_names()[:2]}...); ignoring it",
+            UserWarning,
+            stacklevel=2,
+        )
+    if search_cache:
+        from tabpfn.model_loading import get_cache_dir
+
+        found = _first_v2_classifier_in(Path(get_cache_dir()))
+        if found is not None:
+            return found.resolve()
+    return None
+
+
+def fallback_checkpoint_path() -> Path:
+    """``data/models/tabpfn_fallback.ckpt``: our pretrained TabPFN-v2-architecture model (may be absent)."""
+    return models_dir() / FALLBACK_NAME
+
+
+def make_config(**kwargs):
+    """A ``tabpfn.architectures.tabpfn_v2.TabPFNV2Config`` with ``max_num_classes=10`` unless given.
+
+    Parameters
+    ----------
+    **kwargs
+        Fields of ``TabPFNV2Config`` (``emsize``, ``nlayers``, ``nhead``, ``features_per_group``,
+        ``max_num_classes``, ``num_buckets``, ``seed``). ``emsize`` must be a multiple of ``nhead``
+        and of 4 (the column embeddings use ``emsize // 4``).
+    """
+    from tabpfn.architectures.tabpfn_v2 import TabPFNV2Config
+
+    allowed = {f.name for f in dataclasses.fields(TabPFNV2Config)}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown TabPFNV2Config field(s) {unknown}; expected some of {sorted(allowed)}")
+    kwargs.setdefault("max_num_classes", 10)
+    for key in ("emsize", "nlayers", "nhead", "max_num_classes"):
+        if key in kwargs:
+            check_positive_int(kwargs[key], key)
+    config = TabPFNV2Config(**kwargs)
+    if config.emsize % config.nhead or config.emsize % 4:
+        raise ValueError(f"emsize must be a multiple of nhead and of 4, got emsize={config.emsize}, nhead={config.nhead}")
+    if config.max_num_classes < 2:
+        raise ValueError(f"max_num_classes must be >= 2 for a classifier, got {config.max_num_classes}")
+    return config
+
+
+def _as_config(config):
+    from tabpfn.architectures.tabpfn_v2 import TabPFNV2Config, parse_config
+
+    if isinstance(config, TabPFNV2Config):
+        return config
+    if isinstance(config, dict):
+        parsed, unused = parse_config(config)
+        if unused:
+            raise ValueError(f"config has keys that TabPFNV2Config does not know: {sorted(unused)}")
+        return parsed
+    raise ValueError(f"config must be a TabPFNV2Config or a dict, got {type(config).__name__}")
+
+
+def new_model(config, seed: int | None = None):
+    """A freshly initialised ``tabpfn_v2.get_architecture(config)`` (the package's own class).
+
+    Parameters
+    ----------
+    config : TabPFNV2Config or dict
+    seed : int, optional
+        Seeds a local ``torch.Generator`` fork for the initial weights (global state is restored).
+    """
+    import torch
+    from tabpfn.architectures.tabpfn_v2 import get_architecture
+
+    config = _as_config(config)
+    if seed is None:
+        return get_architecture(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return get_architecture(config)
+
+
+def count_parameters(model) -> int:
+    """Number of parameters of a torch module."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def build_checkpoint(config, state_dict, path, *, extra: dict | None = None, half: bool = False) -> Path:
+    """Save a checkpoint that ``tabpfn.TabPFNClassifier(model_path=path)`` loads.
+
+    The state dict is first loaded (strictly) into ``tabpfn_v2.get_architecture(config)``, so a
+    mismatch fails here rather than at load time in the book.
+
+    Parameters
+    ----------
+    config : TabPFNV2Config or dict
+        The architecture configuration (``max_num_classes`` >= 2 for a classifier).
+    state_dict : mapping of str to torch.Tensor
+        Weights of a model built from ``config``.
+    path : path-like
+        Where to write the ``.ckpt`` file (its name must not contain ``v2.5``, ``v2.6``, ``v3``:
+        ``tabpfn`` infers the model version from the file name).
+    extra : dict, optional
+        Additional JSON-able fields stored in the checkpoint (e.g. training metadata).
+    half : bool
+        Store floating-point tensors as float16 (halves the file; ``tabpfn`` casts back on load).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    import torch
+
+    cfg = _as_config(config)
+    if cfg.max_num_classes < 2:
+        raise ValueError(f"config.max_num_classes must be >= 2 for a classifier checkpoint, got {cfg.max_num_classes}")
+    path = Path(path)
+    from tabpfn.model_loading import resolve_model_version
+
+    version = resolve_model_version(str(path))
+    if version.value != "v2":
+        raise ValueError(f"tabpfn would read {path.name!r} as a {version.value} checkpoint; choose a name without a version tag")
+    if not hasattr(state_dict, "items"):
+        raise ValueError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+    state = {k: v.detach().to("cpu").clone() for k, v in state_dict.items()}
+    probe = new_model(cfg, seed=0)
+    probe.load_state_dict(state, strict=True)  # raises on missing/unexpected keys or shapes
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    record = {"state_dict": state, "config": dataclasses.asdict(cfg), "architecture_name": "tabpfn_v2"}
+    if extra:
+        clash = set(extra) & set(record)
+        if clash:
+            raise ValueError(f"extra must not override {sorted(clash)}")
+        record.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(record, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint_config(path) -> dict:
+    """The ``config`` dict stored in a checkpoint file (read with ``tabpfn``'s own reader)."""
+    from tabpfn.checkpoint import Checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return dict(Checkpoint(path).load()["config"])
+
+
+def _describe_fallback(path: Path) -> str:
+    desc = f"our TabPFN-v2-architecture fallback ({path.name}"
+    try:
+        prov = read_provenance(path.with_suffix(".json"))
+        cfg = prov.get("config", {}).get("model", {})
+        params = prov.get("results", {}).get("n_parameters")
+        steps = prov.get("results", {}).get("steps")
+        bits = []
+        if params:
+            bits.append(f"{params / 1e6:.2f} M parameters")
+        if cfg:
+            bits.append(f"emsize {cfg.get('emsize')}, {cfg.get('nlayers')} layers")
+        if steps:
+            bits.append(f"{steps} pretraining steps on tabicl's SCM prior")
+        if bits:
+            desc += "; " + ", ".join(bits)
+    except (FileNotFoundError, ValueError):
+        pass
+    return desc + "; NOT the official TabPFN v2 weights)"
+
+
+def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bool = True, **tabpfn_kwargs):
+    """A ``tabpfn.TabPFNClassifier`` on the official v2 checkpoint if present, else on our fallback.
+
+    Parameters
+    ----------
+    prefer : {"official", "fallback"}
+        ``"official"`` uses the official checkpoint when :func:`official_checkpoint_path` finds one and
+        falls back to ours otherwise; ``"fallback"`` always uses ours.
+    device : str
+        Passed to ``TabPFNClassifier(device=...)`` (``"cpu"``, ``"cuda"``, ...).
+    verify : bool
+        Check the fallback file's sha256 against ``tabpfn_fallback.json`` (raises ``ValueError`` on a
+        mismatch).
+    **tabpfn_kwargs
+        Any other ``TabPFNClassifier`` argument (``n_estimators``, ``random_state``, ...); not
+        ``model_path``.
+
+    Returns
+    -------
+    (tabpfn.TabPFNClassifier, str)
+        The (unfitted) classifier and a one-line description of which model it runs.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the fallback is needed but absent.
+    ValueError
+        On a bad argument or a sha256 mismatch.
+    """
+    if prefer not in ("official", "fallback"):
+        raise ValueError(f"prefer must be 'official' or 'fallback', got {prefer!r}")
+    if not isinstance(device, str) or not device:
+        raise ValueError(f"device must be a non-empty string such as 'cpu' or 'cuda', got {device!r}")
+    if "model_path" in tabpfn_kwargs:
+        raise ValueError("model_path is chosen by load_classifier; use prefer= instead")
+    from tabpfn import TabPFNClassifier
+
+    path = official_checkpoint_path() if prefer == "official" else None
+    if path is not None:
+        description = f"official TabPFN v2 classifier checkpoint ({path.name})"
+    else:
+        path = fallback_checkpoint_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no official TabPFN v2 checkpoint (set ${OFFICIAL_ENV_VAR}) and no fallback at {path}; "
+                "run scripts/pretrain_tabpfn.py"
+            )
+        if verify:
+            verify_sha256(path)
+        description = _describe_fallback(path)
+    clf = TabPFNClassifier(model_path=str(path), device=device, **tabpfn_kwargs)
+    return clf, description
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file (re-exported for convenience)."""
+    return sha256_file(path)

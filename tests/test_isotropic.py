@@ -1,0 +1,81 @@
+"""Tests for ttt_helpers.isotropic: exact one-step theory, Gaussian approximation, limit, Monte Carlo engine."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from ttt_helpers import isotropic as iso
+from ttt_helpers.pretraining import isotropic_optimal_loss
+
+
+def test_loss_before_is_the_pretrained_loss():
+    ns = np.array([1, 5, 20, 80])
+    r = iso.isotropic_one_step(ns, 10, 7, 0.5, "pretrained")
+    np.testing.assert_allclose(r["loss_before"], isotropic_optimal_loss(ns, 10, 0.5), rtol=1e-12)
+    r0 = iso.isotropic_one_step(ns, 10, 7, 0.5, "scratch")
+    np.testing.assert_allclose(r0["loss_before"], 10 + 0.25, rtol=1e-12)
+    assert np.all(r["improvement"] > 0) and np.all(r["eta_star"] > 0)
+
+
+def test_pretrained_noiseless_closed_form():
+    n, d, k = 13, 9, 4
+    r = iso.isotropic_one_step(n, d, k, 0.0, "pretrained")
+    P = (d**3 + d**2 * n**2 + 5 * d**2 * n + 3 * d**2 + d * n**3 + 2 * d * n**2 - 2 * d * n - d + n**3
+         + 17 * n**2 + 53 * n + 45)
+    closed = k / (k + d + 1) * d**3 * n**2 * (d - 1) ** 2 * (d + 2) / ((d + 4) * (n + d + 1) ** 2 * P)
+    assert np.isclose(r["improvement"], closed, rtol=1e-12)
+
+
+@pytest.mark.parametrize("c", ["pretrained", "scratch", 0.03])
+def test_monte_carlo_agrees_with_exact_theory(c):
+    n, d, k, sigma = 8, 6, 5, 0.5
+    th = iso.isotropic_one_step(n, d, k, sigma, c)
+    mc = iso.mc_one_step(n, d, k, sigma, c, n_tasks=60_000, rng=3, chunk=20_000)
+    assert abs(mc["loss_after"] - th["loss_after"]) < 4.5 * mc["loss_after_se"]
+    assert abs(mc["A_hat"] - th["A"]) < 4.5 * mc["A_hat_se"]
+    assert abs(mc["B_hat"] - th["B"]) < 4.5 * mc["B_hat_se"]
+
+
+def test_naive_loop_agrees_with_vectorised_engine():
+    n, d, k = 6, 4, 3
+    th = iso.isotropic_one_step(n, d, k, 0.3, "pretrained")
+    nv = iso.mc_one_step_naive(n, d, k, 0.3, "pretrained", n_tasks=3000, rng=5)
+    assert abs(nv["loss_after"] - th["loss_after"]) < 4.5 * nv["loss_after_se"]
+
+
+def test_gaussian_approximation_matches_first_two_moments_and_converges():
+    ex, ga = iso.u_moments_given_beta("exact"), iso.u_moments_given_beta("gauss")
+    for key in ("s", "s2", "t"):
+        assert sp.expand(ex[key] - ga[key]) == 0
+    errs = []
+    for d in (20, 80, 320):
+        a = iso.isotropic_one_step(d, d, d, 0.0, "pretrained", method="exact")["loss_after"]
+        b = iso.isotropic_one_step(d, d, d, 0.0, "pretrained", method="gauss")["loss_after"]
+        errs.append(abs(a - b) / a)
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 2e-3
+
+
+def test_proportional_limit_is_the_large_d_limit():
+    alpha, kappa = 0.5, 2.0
+    lim = iso.proportional_limit(alpha, kappa, 0.0, "pretrained")
+    d = 4000
+    r = iso.isotropic_one_step(int(alpha * d), d, int(kappa * d), 0.0, "pretrained")
+    assert abs(r["loss_after"] / d - lim["loss_after"]) < 2e-3
+    assert np.isclose(lim["improvement"], kappa / ((1 + alpha) ** 3 * (1 + kappa)), rtol=1e-12)
+    scratch = iso.proportional_limit(alpha, kappa, 0.0, "scratch")
+    assert np.isclose(scratch["loss_after"], 1 / (1 + kappa), rtol=1e-12)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError):
+        iso.isotropic_one_step(0, 5, 3)
+    with pytest.raises(ValueError):
+        iso.isotropic_one_step(4, 5, 2.5)
+    with pytest.raises(ValueError):
+        iso.isotropic_one_step(4, 5, 3, method="laplace")
+    with pytest.raises(ValueError):
+        iso.isotropic_one_step(4, 5, 3, c="warmish")
+    with pytest.raises(ValueError):
+        iso.proportional_limit(-1.0, 1.0)
+    with pytest.raises(ValueError):
+        iso.mc_one_step(4, 5, 0)
