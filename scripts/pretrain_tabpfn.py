@@ -89,6 +89,11 @@ def parse_args(argv=None):
     p.add_argument("--time-budget-min", type=float, default=15.0, help="total training minutes over all calls")
     p.add_argument("--wall-limit-min", type=float, default=9.0, help="this call stops (saving) before this")
     p.add_argument("--max-steps", type=int, default=0, help="stop this call after so many steps (0: no limit)")
+    p.add_argument(
+        "--final-call",
+        action="store_true",
+        help="end training in this call: the time budget is reset to what this call's wall limit leaves",
+    )
     p.add_argument("--eval-every-min", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--prior", default="mix_scm", choices=["mix_scm", "mlp_scm", "tree_scm"])
@@ -100,6 +105,17 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None, help="folder holding a training state written by this script")
     p.add_argument("--export-dir", default=None, help="where the final .ckpt/.json go (default data/models)")
     p.add_argument("--tiny", action="store_true", help="tiny model and tasks for a CPU smoke test")
+    p.add_argument("--debug", action="store_true", help="train --max-steps steps only: no evaluation, no files")
+    p.add_argument("--no-autocast", action="store_true", help="train in float32 (TF32) instead of bf16 autocast")
+    p.add_argument(
+        "--sdpa",
+        default="no_gqa",
+        choices=["default", "no_gqa", "no_flash", "row_math"],
+        help="how tabpfn's attention dispatch runs in training: 'no_gqa' expands the single key/value head "
+        "of the test rows instead of torch's enable_gqa (whose bf16 flash backward crashed on the H100 "
+        "with an illegal memory access), 'no_flash' keeps the GQA call but drops the FlashAttention kernel, "
+        "'row_math' is 'no_gqa' plus torch's reference (math) kernel for the short between-feature attention",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.tiny:
@@ -169,7 +185,7 @@ def make_loader(stage: dict, args, seed_base: int):
         num_workers=args.workers,
         worker_init_fn=_WorkerSeeder(seed_base),
         prefetch_factor=4 if args.workers > 0 else None,
-        pin_memory=args.device.startswith("cuda"),
+        pin_memory=False,
         persistent_workers=False,
     )
     if args.workers == 0:
@@ -189,8 +205,8 @@ def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: i
     X = X[:, :, : max(1, int(d.max()))]
     B, T, _ = X.shape
     n_train = int(train_sizes[0])
-    X = X.to(device, non_blocking=True).float()
-    y = y.to(device, non_blocking=True).long()
+    X = X.float().contiguous().to(device)
+    y = y.long().contiguous().to(device)
     if reshuffle:  # a fresh context/test split of the same tasks
         perm = torch.argsort(torch.rand(B, T, generator=gen, device="cpu"), dim=1).to(device)
         X = torch.gather(X, 1, perm[:, :, None].expand_as(X))
@@ -214,6 +230,29 @@ def masked_logits(logits: torch.Tensor, n_cls: torch.Tensor) -> torch.Tensor:
     K = logits.shape[-1]
     mask = torch.arange(K, device=logits.device)[None, :] >= n_cls[:, None]  # [B, K]
     return logits.float().masked_fill(mask[None], float("-inf"))
+
+
+def configure_sdpa(mode: str) -> None:
+    """Choose torch SDPA kernels inside tabpfn's own attention dispatch (no re-implementation)."""
+    from torch.nn.attention import SDPBackend
+
+    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
+
+    if mode == "no_gqa":
+        sdpa.gqa_is_supported = lambda: False
+    elif mode == "no_flash":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    elif mode == "row_math":
+        sdpa.gqa_is_supported = lambda: False
+        original = sdpa._torch_sdpa
+
+        def short_sequences_on_math(q_BSHD, k_BSJD, v_BSJD, _backends_override=None):
+            # (batch, seq, heads, dim): the attention between the few feature groups of a row
+            if _backends_override is None and q_BSHD.shape[1] <= 64 and k_BSJD.shape[1] <= 64:
+                _backends_override = [SDPBackend.MATH]
+            return original(q_BSHD, k_BSJD, v_BSJD, _backends_override)
+
+        sdpa._torch_sdpa = short_sequences_on_math
 
 
 def forward_loss(model, task, autocast: bool):
@@ -368,10 +407,14 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning)
     device = torch.device(args.device)
     use_cuda = device.type == "cuda"
+    configure_sdpa(args.sdpa)
+    autocast = use_cuda and not args.no_autocast
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(args.out_dir)
+    if args.debug:
+        out_dir = Path("/tmp/pretrain_debug")
     out_dir.mkdir(parents=True, exist_ok=True)
     export_dir = Path(args.export_dir) if args.export_dir else models_dir()
     stages = curriculum(args)
@@ -415,20 +458,31 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name(0) if use_cuda else "cpu"
     print(f"model: TabPFN v2 architecture, {n_params:,} parameters, config {config}; device {device_name}")
 
-    val_tasks = make_val_set(args, device)
-    tables = real_tables(args.seed)
-    baselines = baseline_accuracies(tables, args.seed)
-    print("baselines:", json.dumps(baselines))
+    if args.debug:
+        val_tasks, tables, baselines = [], {}, {}
+    else:
+        val_tasks = make_val_set(args, device)
+        tables = real_tables(args.seed)
+        baselines = baseline_accuracies(tables, args.seed)
+        print("baselines:", json.dumps(baselines))
     ckpt_eval = out_dir / "tabpfn_fallback_eval.ckpt"
 
     budget_s = args.time_budget_min * 60.0
     wall_limit_s = args.wall_limit_min * 60.0
     reserve_s = 60.0 if not args.tiny else 10.0  # final evaluation + export
+    if args.final_call:
+        # Finish within this call: leave time for the periodic evaluations (measured in earlier calls).
+        eval_cost = max([e.get("eval_seconds", 0) + 3 for e in meta["evals"]] or [20.0])
+        left = wall_limit_s - (time.time() - t_start) - reserve_s
+        n_evals = int(left // (args.eval_every_min * 60 + eval_cost))
+        budget_s = meta["train_seconds"] + max(0.0, left - n_evals * eval_cost - 5.0)
+        print(f"final call: time budget reset to {budget_s / 60:.2f} training minutes")
+    meta["time_budget_s"] = budget_s
     gen = torch.Generator().manual_seed(args.seed * 7919 + call_index)
 
     def run_eval(tag):
         ev = {"step": meta["step"], "train_minutes": round(meta["train_seconds"] / 60, 3), "tag": tag}
-        ev.update({k: round(v, 4) for k, v in eval_prior(model, val_tasks, use_cuda).items()})
+        ev.update({k: round(v, 4) for k, v in eval_prior(model, val_tasks, autocast).items()})
         tm.build_checkpoint(config, model.state_dict(), ckpt_eval)
         t0 = time.time()
         real = eval_real(ckpt_eval, tables, args.device, args.eval_estimators, args.seed)
@@ -480,7 +534,7 @@ def main(argv=None):
         lr = lr_at(args, meta["step"], progress())
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, correct, n = forward_loss(model, task, use_cuda)
+        loss, correct, n = forward_loss(model, task, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -496,10 +550,17 @@ def main(argv=None):
                 [meta["step"], round(meta["train_seconds"] / 60, 3), s_idx, round(log_loss / log_n, 4), round(log_acc / log_n, 4)]
             )
             bar.set_postfix(loss=f"{log_loss / log_n:.3f}", acc=f"{log_acc / log_n:.3f}", stage=s_idx, lr=f"{lr:.1e}")
+            if args.no_progress and meta["step"] % 200 == 0:
+                print(f"step {meta['step']} t={meta['train_seconds'] / 60:.2f}min stage {s_idx} lr {lr:.2e} "
+                      f"loss {log_loss / log_n:.4f} acc {log_acc / log_n:.4f} data_wait {data_wait:.0f}s", flush=True)
             log_loss, log_acc, log_n = 0.0, 0.0, 0
         dt = time.time() - t_step
         meta["train_seconds"] += dt
         bar.update(int(meta["train_seconds"]) - bar.n)
+        if args.debug:
+            torch.cuda.synchronize() if use_cuda else None
+            print(f"debug step {meta['step']}: loss {float(loss):.4f} x {tuple(task[0].shape)}", flush=True)
+            continue
         if time.time() - last_eval > args.eval_every_min * 60:
             run_eval("periodic")
             save_state(out_dir, model, opt, meta)
@@ -509,13 +570,17 @@ def main(argv=None):
         {"steps": steps_this_call, "data_wait_s": round(data_wait, 1), "wall_s": round(time.time() - t_start, 1)}
     )
     print(f"call done: {steps_this_call} steps, data wait {data_wait:.1f}s, total step {meta['step']}")
-    done = progress() >= 1.0
+    if args.debug:
+        print("DEBUG_OK", flush=True)
+        return 0
+    done = progress() >= 1.0 or args.final_call
     if meta["evals"] and meta["evals"][-1]["step"] == meta["step"]:
         ev = meta["evals"][-1]
         ev["tag"] = "final" if done else "end_of_call"
     else:
         ev = run_eval("final" if done else "end_of_call")
     save_state(out_dir, model, opt, meta)
+    ckpt_eval.unlink(missing_ok=True)
 
     if done:
         export_dir.mkdir(parents=True, exist_ok=True)
@@ -568,10 +633,11 @@ def main(argv=None):
                         "schedule": "linear warm-up, then cosine in training time to min_lr_frac",
                         "min_lr_frac": args.min_lr_frac,
                         "grad_clip": args.grad_clip,
-                        "autocast": "bf16" if use_cuda else "none",
+                        "autocast": "bf16" if autocast else "none (float32)",
+                        "sdpa": args.sdpa,
                     },
                     "prior": {"package": "tabicl", "prior_type": args.prior, "curriculum": stages},
-                    "time_budget_min": args.time_budget_min,
+                    "time_budget_min": round(budget_s / 60, 3),
                 },
                 "calls": meta["calls"],
                 "loss_curve_columns": ["step", "train_minutes", "stage", "train_loss", "train_acc"],

@@ -79,3 +79,38 @@ def test_bad_inputs_raise():
         iso.proportional_limit(-1.0, 1.0)
     with pytest.raises(ValueError):
         iso.mc_one_step(4, 5, 0)
+
+
+def test_crossover_limit_and_finite_d():
+    alphas = np.array([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(iso.crossover_kappa_limit(alphas, 0.0), (1 + alphas) ** 2 / (2 + alphas), rtol=1e-12)
+    d = 10_000
+    k_star = iso.scratch_crossover_k(d, d, 0.0)
+    assert abs(k_star / d - 4 / 3) < 0.01
+    # at k* the two starts give the same loss
+    lo = iso.isotropic_one_step(50, 100, int(np.floor(iso.scratch_crossover_k(50, 100))), 0.0, "scratch")
+    hi = iso.isotropic_one_step(50, 100, int(np.floor(iso.scratch_crossover_k(50, 100))), 0.0, "pretrained")
+    assert lo["loss_after"] >= hi["loss_after"]
+    with pytest.raises(ValueError):
+        iso.crossover_kappa_limit(0.0)
+
+
+def test_improvement_peak_and_expansion():
+    exp = iso.small_context_expansion()
+    nu, eps = exp["symbols"]
+    assert sp.simplify(exp["series"] - (1 - eps * (3 * nu + nu**-2))) == 0
+    pk = iso.improvement_peak(6400, 6400)
+    assert abs(pk["n_star"] / pk["n_star_asymptotic"] - 1) < 0.08
+
+
+def test_paired_starts_and_sweeps_run():
+    out = iso.mc_paired_starts(6, 5, 20, 0.5, n_tasks=4000, rng=0)
+    th = iso.isotropic_one_step(6, 5, 20, 0.5, "scratch")["loss_after"] - iso.isotropic_one_step(
+        6, 5, 20, 0.5, "pretrained")["loss_after"]
+    assert abs(out["diff"] - th) < 4.5 * out["diff_se"]
+    rows = iso.sweep_context_length(5, [0.4, 1.0], [1.0], 0.5, n_tasks=200, rng=0)
+    assert len(rows["mc_loss_after"]) == 2 and rows["d"] == 5
+    rows = iso.sweep_starts(5, [1.0], [0.4, 2.0], 0.5, n_tasks=200, rng=0)
+    assert len(rows["diff_mc"]) == 2 and len(rows["crossover"]["k_star_exact"]) == 1
+    with pytest.raises(ValueError):
+        iso.mc_paired_starts(6, 5, 20, starts=("pretrained",))

@@ -73,6 +73,9 @@ __all__ = [
     "subspace_pair",
     "spiked_pair",
     "scratch_pretrained_crossing",
+    "target_loss",
+    "mc_one_step_losses",
+    "alignment_sweep",
 ]
 
 #: quadratic forms in beta: b = ||beta||^2, p = beta^T P beta (P = W0^T W0), r = ||(I - n W0) beta||^2,
@@ -433,3 +436,103 @@ def scratch_pretrained_crossing(n, d: int, sigma: float, Sigma_beta, Sigma_t, k_
 def target_loss(W0, n: int, sigma: float, Sigma_t) -> float:
     """Population ICL loss of ``W0`` on target tasks (alias of :func:`pretraining.population_icl_loss`)."""
     return population_icl_loss(W0, n, sigma, Sigma_t)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sweeps against the alignment angle (used by the chapter live at CI size and by scripts/theory_sweeps_shift.py)
+# --------------------------------------------------------------------------------------------------------
+
+
+def mc_one_step_losses(starts, etas, n: int, k: int, sigma: float, Sigma_t, n_tasks: int, rng, chunk: int = 2000):
+    """Per-task test losses before and after one TTT step, for several starts on the SAME sampled problems.
+
+    ``L(W0 + eta g u^T | beta) = l0 - 2 eta a + eta^2 b`` per task (exact in the fresh context), so each start
+    costs one pass over the problems. Common problems make start-to-start differences paired.
+
+    Returns
+    -------
+    before, after : ndarray, shape (len(starts), n_tasks)
+    """
+    starts = [_check_start(W) for W in starts]
+    if len(etas) != len(starts):
+        raise ValueError(f"need one eta per start, got {len(etas)} etas for {len(starts)} starts")
+    d = starts[0].shape[0]
+    n_tasks = check_positive_int(n_tasks, "n_tasks")
+    rng = as_generator(rng)
+    chunk = min(check_positive_int(chunk, "chunk"), max(50, int(4e6 // (k * d))))  # ~32 MB per chunk
+    from .ttt import sample_ttt_problems
+
+    before, after = [[] for _ in starts], [[] for _ in starts]
+    done = 0
+    while done < n_tasks:
+        m = min(chunk, n_tasks - done)
+        prob = sample_ttt_problems(rng, m, n, k, d, sigma=sigma, Sigma_beta=Sigma_t)
+        for i, (W, eta) in enumerate(zip(starts, etas)):
+            c = mc_coefficients(prob, W, n, sigma)
+            before[i].append(c["l0"])
+            after[i].append(c["l0"] - 2 * eta * c["a"] + eta**2 * c["b"])
+        done += m
+    return np.array([np.concatenate(x) for x in before]), np.array([np.concatenate(x) for x in after])
+
+
+def alignment_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floor: float = 0.1,
+                    n_tasks: int = 4000, k_grid=None, seed: int = 0) -> dict:
+    """Theory and simulation of one TTT step, pretrained (``W*`` of ``Sigma_beta``) vs scratch, against ``theta``.
+
+    Target family :func:`subspace_pair` (``r``-dimensional subspaces at principal angle ``theta``).
+    For every ``k`` of ``ks`` and ``theta``: full theory, leading-order theory and simulation of the loss
+    after one optimal step from both starts. For ``k_grid``: theory and simulated (paired) difference
+    ``L_scratch - L_pretrained`` and the theoretical crossing ``k*``. Returns a JSON-serialisable dict.
+    """
+    d = check_positive_int(d, "d")
+    rng = np.random.default_rng(seed)
+    thetas = [float(t) for t in thetas]
+    out = {"config": dict(d=d, r=r, n=n, ks=list(ks), sigma=sigma, floor=floor, n_tasks=n_tasks, seed=seed,
+                          family="subspace_pair"),
+           "theta": thetas, "cos2": [float(np.cos(t) ** 2) for t in thetas], "per_k": {}}
+    Z = np.zeros((d, d))
+    mis = []
+    for t in thetas:
+        Sb, St = subspace_pair(d, r, t, floor)
+        mis.append(misalignment_magnitude(optimal_W(n, d, sigma, Sb), n, 1, sigma, St)["misalignment_fraction"])
+    out["misalignment_fraction"] = mis
+    for k in ks:
+        rec = {key: [] for key in ("theory_warm", "theory_scratch", "lo_warm", "lo_scratch", "before_warm",
+                                   "before_scratch", "sim_warm", "sim_warm_se", "sim_scratch", "sim_scratch_se",
+                                   "sim_before_warm", "sim_before_warm_se", "misalignment", "magnitude")}
+        for t in thetas:
+            Sb, St = subspace_pair(d, r, t, floor)
+            Ws = optimal_W(n, d, sigma, Sb)
+            tw, ts = one_step_theory(Ws, n, k, sigma, St), one_step_theory(Z, n, k, sigma, St)
+            lw, ls = misalignment_magnitude(Ws, n, k, sigma, St), misalignment_magnitude(Z, n, k, sigma, St)
+            bef, aft = mc_one_step_losses([Ws, Z], [tw.eta_star, ts.eta_star], n, k, sigma, St, n_tasks, rng)
+            se = aft.std(axis=1, ddof=1) / np.sqrt(n_tasks)
+            for key, val in (("theory_warm", tw.loss_after), ("theory_scratch", ts.loss_after),
+                             ("lo_warm", lw["loss_after"]), ("lo_scratch", ls["loss_after"]),
+                             ("before_warm", tw.loss_before), ("before_scratch", ts.loss_before),
+                             ("sim_warm", aft[0].mean()), ("sim_warm_se", se[0]), ("sim_scratch", aft[1].mean()),
+                             ("sim_scratch_se", se[1]), ("sim_before_warm", bef[0].mean()),
+                             ("sim_before_warm_se", bef[0].std(ddof=1) / np.sqrt(n_tasks)),
+                             ("misalignment", lw["misalignment"]), ("magnitude", lw["magnitude"])):
+                rec[key].append(float(val))
+        out["per_k"][str(k)] = rec
+    if k_grid is not None:
+        k_grid = [int(k) for k in k_grid]
+        cr = {"k_grid": k_grid, "theory_k": [], "theory_diff": [], "sim_diff": [], "sim_diff_se": []}
+        for t in thetas:
+            Sb, St = subspace_pair(d, r, t, floor)
+            Ws = optimal_W(n, d, sigma, Sb)
+            cr["theory_k"].append(scratch_pretrained_crossing(n, d, sigma, Sb, St))
+            th_row, sim_row, se_row = [], [], []
+            for k in k_grid:
+                tw, ts = one_step_theory(Ws, n, k, sigma, St), one_step_theory(Z, n, k, sigma, St)
+                _, aft = mc_one_step_losses([Ws, Z], [tw.eta_star, ts.eta_star], n, k, sigma, St, n_tasks, rng)
+                diff = aft[1] - aft[0]
+                th_row.append(ts.loss_after - tw.loss_after)
+                sim_row.append(float(diff.mean()))
+                se_row.append(float(diff.std(ddof=1) / np.sqrt(n_tasks)))
+            cr["theory_diff"].append(th_row)
+            cr["sim_diff"].append(sim_row)
+            cr["sim_diff_se"].append(se_row)
+        out["crossing"] = cr
+    return out

@@ -435,7 +435,7 @@ def train_icl(model: GPT2ICL, steps: int, batch_size: int, gen, *, sigma: float,
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

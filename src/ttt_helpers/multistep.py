@@ -31,7 +31,7 @@ from .validation import (
     check_square_matrix,
 )
 
-__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin"]
+__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin", "multistep_sweep"]
 
 
 def _Q_times(beta, u, n, s2):
@@ -109,7 +109,8 @@ class MultiStepResult:
 
 
 def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: float = 0.0, steps: int = 10,
-                 n_tasks: int = 2000, rng=0, chunk: int = 1000, normalised: bool = False) -> MultiStepResult:
+                 n_tasks: int = 2000, rng=0, chunk: int = 1000, normalised: bool = False,
+                 method: str = "rank1") -> MultiStepResult:
     """Simulate ``steps`` TTT gradient steps (fixed ``eta``) on the same context and training set, per task.
 
     Batched over tasks (chunks of ``chunk``); each step is :func:`ttt_helpers.ttt.ttt_step`, and the test
@@ -133,6 +134,13 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
         Number of steps ``S`` (``>= 1``).
     n_tasks, chunk : int
     rng : numpy.random.Generator or int
+    normalised : bool
+        Per-task normalised step (see ``eta``).
+    method : {"rank1", "matrix"}
+        ``"matrix"`` iterates :func:`ttt_helpers.ttt.ttt_step` on ``d x d`` matrices and evaluates
+        :func:`ttt_helpers.ttt.conditional_test_loss`; ``"rank1"`` (default, faster) iterates the
+        equivalent update of ``c_t`` in ``W_t = W0 + c_t u^T`` and uses the exact identity
+        ``L(W_t | beta) = oracle + (u^T Q u) ||c_t - c_orc||^2``. Both give the same numbers (tested).
 
     Returns
     -------
@@ -148,7 +156,9 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
     eta = check_nonnegative_float(eta, "eta")
     steps = check_positive_int(steps, "steps")
     n_tasks = check_positive_int(n_tasks, "n_tasks")
-    chunk = check_positive_int(chunk, "chunk")
+    chunk = min(check_positive_int(chunk, "chunk"), max(50, int(4e6 // (k * d))))  # ~32 MB per chunk
+    if method not in ("rank1", "matrix"):
+        raise ValueError(f"method must be 'rank1' or 'matrix', got {method!r}")
     rng = as_generator(rng)
     losses, oracles, limits, unstable = [], [], [], []
     done = 0
@@ -159,13 +169,27 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
             step = eta / step_size_margin(1.0, prob)
         else:
             step = eta
-        W = np.broadcast_to(W0, (m, d, d))
-        per = [conditional_test_loss(W, prob.beta, n, sigma)]
-        for _ in range(steps):
-            W = ttt_step(W, prob.X_ctx, prob.y_ctx, prob.X_train, prob.y_train, step)
-            per.append(conditional_test_loss(W, prob.beta, n, sigma))
+        orc = oracle_terms(W0, prob, n, sigma)
+        if method == "matrix":
+            W = np.broadcast_to(W0, (m, d, d))
+            per = [conditional_test_loss(W, prob.beta, n, sigma)]
+            for _ in range(steps):
+                W = ttt_step(W, prob.X_ctx, prob.y_ctx, prob.X_train, prob.y_train, step)
+                per.append(conditional_test_loss(W, prob.beta, n, sigma))
+        else:  # rank-one form W_t = W0 + c_t u^T, loss = oracle + uQu ||c_t - c_orc||^2
+            u = prob.u
+            u2 = np.sum(u**2, axis=1)
+            r0 = prob.y_train - np.einsum("tkd,td->tk", prob.X_train, u @ W0.T)
+            c = np.zeros((m, d))
+            stp = np.broadcast_to(np.asarray(step, dtype=float), (m,))
+            excess = lambda c: orc["uQu"] * np.sum((c - orc["c_oracle"]) ** 2, axis=1)  # noqa: E731
+            per = [orc["oracle_loss"] + excess(c)]
+            for _ in range(steps):
+                resid = r0 - u2[:, None] * np.einsum("tkd,td->tk", prob.X_train, c)
+                c = c + 2 * stp[:, None] * np.einsum("tkd,tk->td", prob.X_train, resid)
+                per.append(orc["oracle_loss"] + excess(c))
         losses.append(np.stack(per, axis=1))
-        oracles.append(oracle_terms(W0, prob, n, sigma)["oracle_loss"])
+        oracles.append(orc["oracle_loss"])
         limits.append(conditional_test_loss(gd_limit_W(W0, prob), prob.beta, n, sigma))
         unstable.append(np.zeros(m, bool) + (eta >= 1) if normalised else step_size_margin(eta, prob) >= 1)
         done += m
@@ -182,3 +206,44 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
         n_tasks=n_tasks, extra={"final_minus_limit": float((L[:, -1] - lim).mean()),
                                 "final_minus_limit_se": float(se(L[:, -1] - lim))},
     )
+
+
+def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floor: float = 0.1, steps: int = 30,
+                    gamma: float = 0.5, n_tasks: int = 2000, seed: int = 0) -> dict:
+    """Multi-step TTT (normalised step ``gamma``) from ``W*`` and from scratch, for each ``k`` and ``theta``.
+
+    Target family :func:`ttt_helpers.alignment.subspace_pair`. Per setting: the loss curve over steps, the
+    per-step gains, the remaining misalignment (excess over the oracle), the oracle bound, the
+    gradient-descent limit, and the one-step theory with the optimal fixed step ``eta*``. Returns a
+    JSON-serialisable dict with one record per (theta, start, k).
+    """
+    from .alignment import misalignment_magnitude, one_step_theory, subspace_pair
+    from .pretraining import optimal_W
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for t in thetas:
+        Sb, St = subspace_pair(d, r, float(t), floor)
+        for start, W0 in (("pretrained", optimal_W(n, d, sigma, Sb)), ("scratch", np.zeros((d, d)))):
+            for k in ks:
+                th = one_step_theory(W0, n, int(k), sigma, St)
+                lo = misalignment_magnitude(W0, n, int(k), sigma, St)
+                res = simulate_ttt(W0, n, int(k), sigma, St, eta=gamma, steps=steps, n_tasks=n_tasks, rng=rng,
+                                   normalised=True)
+                one = simulate_ttt(W0, n, int(k), sigma, St, eta=th.eta_star, steps=1, n_tasks=n_tasks, rng=rng)
+                best = float(res.loss.min())
+                records.append({
+                    "theta": float(t), "start": start, "k": int(k),
+                    "loss": res.loss.tolist(), "loss_se": res.loss_se.tolist(),
+                    "gain": res.gain.tolist(), "gain_se": res.gain_se.tolist(),
+                    "excess": res.excess.tolist(), "oracle": res.oracle, "limit": res.limit,
+                    "limit_se": res.limit_se,
+                    "theory_one_step": th.loss_after, "theory_before": th.loss_before, "eta_star": th.eta_star,
+                    "sim_one_step": float(one.loss[1]), "sim_one_step_se": float(one.loss_se[1]),
+                    "misalignment": lo["misalignment"], "variance": lo["variance"],
+                    "first_step_fraction": float((res.loss[0] - res.loss[1]) / (res.loss[0] - best)),
+                })
+    return {"config": dict(d=d, r=r, n=n, ks=[int(k) for k in ks], thetas=[float(t) for t in thetas],
+                           sigma=sigma, floor=floor, steps=steps, gamma=gamma, n_tasks=n_tasks, seed=seed,
+                           family="subspace_pair"),
+            "records": records}

@@ -539,3 +539,259 @@ def break_even_queries(ttt_seconds: float, per_query_base: float, per_query_ttt:
     per_query_ttt = check_nonnegative_float(per_query_ttt, "per_query_ttt")
     saving = per_query_base - per_query_ttt
     return float(ttt_seconds / saving) if saving > 0 else float("inf")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One table end to end, cost measurement, summary over tables
+
+
+def _name_seed(name: str) -> int:
+    """A stable integer from a dataset name (for per-table seeds independent of the table order)."""
+    import zlib
+
+    return zlib.crc32(name.encode())
+
+
+def run_dataset(template, name: str, configs: dict, *, context_sizes=CONTEXT_SIZES, n_repeats: int = 3,
+                max_test: int = 512, n_ttt: int = 1000, n_estimators: int = 1, seed: int = 0, device=None,
+                progress: bool = False) -> dict:
+    """The whole protocol on one table: split, evaluation episodes, TTT with each config, accuracies.
+
+    Parameters
+    ----------
+    template : tabpfn.TabPFNClassifier
+        Carries the checkpoint (``model_path``); see :func:`prepare_classifier`.
+    name : str
+        A table of :func:`ttt_helpers.tabular_data.list_datasets`.
+    configs : dict label -> TTTConfig
+        One TTT run per entry, each from the pretrained weights, all on the same episodes
+        (same seed), e.g. ``{"adamw": TTTConfig("adamw", ...), "sgd": TTTConfig("sgd", ...)}``.
+
+    Returns
+    -------
+    dict (JSON-able): ``name, meta, n_rows_split, context_sizes, n_context_used, acc`` (label -> per-size mean
+    over repetitions; ``"none"`` is the model without TTT), ``acc_reps`` (label -> sizes x reps),
+    ``ttt`` (label -> seconds, prep_seconds, first/last losses), ``timing`` (per-size mean preprocessing and
+    forward seconds per episode, n_query).
+    """
+    from .tabular_data import load_dataset
+
+    if not configs or not all(isinstance(c, TTTConfig) for c in configs.values()):
+        raise ValueError("configs must be a non-empty dict of TTTConfig")
+    if "none" in configs:
+        raise ValueError("'none' is reserved for the model without TTT")
+    t_start = time.perf_counter()
+    X, y, meta = load_dataset(name, seed)
+    C = int(meta["classes"])
+    rng = np.random.default_rng([int(seed), _name_seed(name)])
+    split = split_rows(len(y), rng, n_ttt=n_ttt)
+    clf = prepare_classifier(template, n_estimators=n_estimators, seed=seed, device=device)
+    episodes = make_eval_episodes(clf, X, y, split, context_sizes, n_repeats, rng, max_test=max_test, seed=seed)
+    base = snapshot_state(clf)
+    states = {"none": base}
+    ttt_info = {}
+    for label, cfg in configs.items():
+        load_state(clf, base)
+        info = ttt_finetune(clf, X[split["ttt"]], y[split["ttt"]], C, cfg, [int(seed), _name_seed(name), 1],
+                            progress=progress, seed=seed)
+        states[label] = snapshot_state(clf)
+        L = info["losses"]
+        k = max(1, len(L) // 5)
+        ttt_info[label] = {"seconds": info["seconds"], "prep_seconds": info["prep_seconds"], "steps": len(L),
+                           "loss_first": float(np.mean(L[:k])), "loss_last": float(np.mean(L[-k:])),
+                           "redraws": info["redraws"], "config": cfg.to_dict()}
+    res = evaluate_states(clf, episodes, C, states)
+    load_state(clf, base)
+    sizes = [int(s) for s in context_sizes]
+    req = np.array([ep.requested for ep in episodes])
+    out = {"name": name, "meta": {k: v for k, v in meta.items() if k != "categorical"},
+           "n_rows_split": {k: int(len(v)) for k, v in split.items()}, "context_sizes": sizes,
+           "n_context_used": [int(np.mean([ep.n_context for ep in episodes if ep.requested == s])) for s in sizes],
+           "n_query": int(episodes[0].n_query), "acc": {}, "acc_reps": {}, "ttt": ttt_info,
+           "timing": {"prep_seconds": [float(np.mean([ep.prep_seconds for ep in episodes if ep.requested == s]))
+                                       for s in sizes],
+                      "forward_seconds": {}}}
+    for label, r in res.items():
+        reps = [r["acc"][req == s].tolist() for s in sizes]
+        out["acc_reps"][label] = reps
+        out["acc"][label] = [float(np.mean(a)) for a in reps]
+        out["timing"]["forward_seconds"][label] = [float(np.mean(r["seconds"][req == s])) for s in sizes]
+    out["seconds_total"] = time.perf_counter() - t_start
+    return out
+
+
+def measure_cost(template, name: str, config: TTTConfig, *, context_sizes=CONTEXT_SIZES, n_query: int = 512,
+                 n_repeats: int = 3, seed: int = 0, device=None) -> dict:
+    """Wall-clock cost on the current machine: one TTT run, and inference per query at each context size.
+
+    Inference of an episode = the package's preprocessing (fitted on the context, applied to the queries)
+    plus one forward pass scoring ``n_query`` queries at once; per-query cost = episode time / ``n_query``.
+    Each size is measured ``n_repeats`` times after one warm-up episode; the median is reported.
+
+    Returns
+    -------
+    dict: ``device``, ``ttt_seconds``, ``ttt_steps``, ``ttt_seconds_per_step``, ``context_sizes``,
+    ``per_query_seconds``, ``prep_seconds``, ``forward_seconds`` (per size), ``n_query``.
+    """
+    torch = _torch()
+    from .tabular_data import load_dataset
+
+    X, y, meta = load_dataset(name, seed)
+    C = int(meta["classes"])
+    rng = np.random.default_rng([int(seed), _name_seed(name), 2])
+    split = split_rows(len(y), rng)
+    clf = prepare_classifier(template, seed=seed, device=device)
+    dev = next(clf.models_[0].parameters()).device
+    test = split["test"]
+    n_query = check_positive_int(n_query, "n_query")
+    # timing only: queries from the test rows (with replacement if there are fewer), contexts from the
+    # other rows (up to 1,000 of them even for a small table)
+    q_idx = rng.choice(test, size=n_query, replace=len(test) < n_query)
+    pool_all = np.concatenate([split["pool"], split["ttt"]])
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    base = snapshot_state(clf)
+    # warm-up (first CUDA kernels, allocator)
+    ep = make_episode(clf, X[pool_all[:8]], y[pool_all[:8]], X[q_idx], y[q_idx], seed=seed)
+    episode_accuracy(clf, ep, C)
+    prep, fwd = [], []
+    for n in context_sizes:
+        p_, f_ = [], []
+        for _ in range(n_repeats):
+            ctx = rng.choice(pool_all, size=min(int(n), len(pool_all)), replace=False)
+            ep = None
+            for _attempt in range(_MAX_REDRAWS):
+                try:
+                    ep = make_episode(clf, X[ctx], y[ctx], X[q_idx], y[q_idx], seed=seed)
+                    break
+                except _constant_context_errors():
+                    ctx = rng.choice(pool_all, size=min(int(n), len(pool_all)), replace=False)
+            sync()
+            t0 = time.perf_counter()
+            episode_accuracy(clf, ep, C)
+            sync()
+            f_.append(time.perf_counter() - t0)
+            p_.append(ep.prep_seconds)
+        prep.append(float(np.median(p_)))
+        fwd.append(float(np.median(f_)))
+    sync()
+    info = ttt_finetune(clf, X[split["ttt"]], y[split["ttt"]], C, config, [int(seed), _name_seed(name), 3], seed=seed)
+    load_state(clf, base)
+    nq = len(q_idx)
+    return {"dataset": name, "device": str(dev), "ttt_seconds": info["seconds"], "ttt_prep_seconds": info["prep_seconds"],
+            "ttt_steps": config.steps, "ttt_seconds_per_step": info["seconds"] / config.steps,
+            "ttt_config": config.to_dict(), "context_sizes": [int(s) for s in context_sizes], "n_query": nq,
+            "prep_seconds": prep, "forward_seconds": fwd,
+            "per_query_seconds": [(p + f) / nq for p, f in zip(prep, fwd)]}
+
+
+def _interp_loglog(sizes, values, n):
+    return float(np.exp(np.interp(np.log(n), np.log(sizes), np.log(np.maximum(values, 1e-12)))))
+
+
+def summarise(results: list, *, labels=None, cost: dict | None = None) -> dict:
+    """Mean curves with 95 % bands, headline numbers and break-even, from :func:`run_dataset` outputs.
+
+    Parameters
+    ----------
+    results : list of dicts from :func:`run_dataset` (same context sizes)
+    labels : TTT labels to summarise (default: all but ``"none"``)
+    cost : dict from :func:`measure_cost`, optional (for the break-even numbers)
+
+    Returns
+    -------
+    dict with ``sizes``, ``n_datasets``, ``curves`` (label -> mean, lo, hi), ``near_zero_shot``
+    (accuracy at the smallest size, label -> value), ``reduction`` (label -> :func:`reduction_factors`),
+    ``break_even`` (label -> list over targets, if ``cost``).
+    """
+    if not results:
+        raise ValueError("results is empty")
+    sizes = np.array(results[0]["context_sizes"], dtype=float)
+    if any(r["context_sizes"] != results[0]["context_sizes"] for r in results):
+        raise ValueError("all results must share the context sizes")
+    labels = labels or [k for k in results[0]["acc"] if k != "none"]
+    curves = {}
+    for label in ["none", *labels]:
+        A = np.array([r["acc"][label] for r in results])
+        m, lo, hi = mean_curve_with_band(A)
+        curves[label] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    out = {"sizes": sizes.astype(int).tolist(), "n_datasets": len(results), "curves": curves,
+           "near_zero_shot": {k: curves[k]["mean"][0] for k in curves}, "reduction": {}, "break_even": {}}
+    for label in labels:
+        red = reduction_factors(sizes, curves["none"]["mean"], curves[label]["mean"])
+        out["reduction"][label] = red
+        if cost is not None:
+            cs = np.array(cost["context_sizes"], dtype=float)
+            pq = np.array(cost["per_query_seconds"], dtype=float)
+            steps_ratio = results[0]["ttt"][label]["steps"] / cost["ttt_steps"]
+            T = cost["ttt_seconds"] * steps_ratio
+            rows = []
+            for a, nb, nt, bd in zip(red["targets"], red["n_base"], red["n_ttt"], red["bound"]):
+                if not (np.isfinite(nb) and np.isfinite(nt)):
+                    continue
+                cb, ct = _interp_loglog(cs, pq, nb), _interp_loglog(cs, pq, nt)
+                rows.append({"target_acc": a, "n_base": nb, "n_ttt": nt, "per_query_base": cb, "per_query_ttt": ct,
+                             "ttt_seconds": T, "break_even_queries": break_even_queries(T, cb, ct), "bound": bd})
+            out["break_even"][label] = rows
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Presentation helpers for the chapter
+
+LABELS = {"none": "no TTT (pretrained)", "adamw": "TTT, AdamW", "sgd": "TTT, SGD + momentum"}
+
+
+def plot_curves(ax, summary: dict, *, labels=("none", "adamw", "sgd"), title: str = "", style: str = "-o"):
+    """Mean accuracy against context size (log axis) with 95 % bands, one curve per label present."""
+    sizes = summary["sizes"]
+    for k in labels:
+        if k not in summary["curves"]:
+            continue
+        c = summary["curves"][k]
+        (line,) = ax.plot(sizes, c["mean"], style, ms=4, label=f"{LABELS.get(k, k)} (measured)")
+        ax.fill_between(sizes, c["lo"], c["hi"], color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set(xlabel="in-context samples n (log scale)", ylabel=f"mean test accuracy over {summary['n_datasets']} tables",
+           title=title)
+    ax.legend()
+    return ax
+
+
+def per_dataset_table(results: list, *, sizes=None):
+    """A :class:`pandas.DataFrame`: per table, accuracy without/with TTT at chosen context sizes, and the
+    TTT loss before/after."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        all_sizes = r["context_sizes"]
+        use = sizes or [all_sizes[0], all_sizes[len(all_sizes) // 2], all_sizes[-1]]
+        row = {"table": r["name"], "rows": r["meta"]["rows"], "classes": r["meta"]["classes"]}
+        for s in use:
+            if s not in all_sizes:
+                continue
+            i = all_sizes.index(s)
+            for k, v in r["acc"].items():
+                row[f"{k} n={s}"] = round(v[i], 3)
+        for k, v in r["ttt"].items():
+            row[f"{k} loss"] = f"{v['loss_first']:.2f}->{v['loss_last']:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("table")
+
+
+def cost_table(cost: dict):
+    """A :class:`pandas.DataFrame` of inference time per query (ms) at each context size, one column per device,
+    and a row with the TTT wall time (s) per table."""
+    import pandas as pd
+
+    cols = {}
+    for dev, c in cost.items():
+        col = {f"per query, n={s} (ms)": round(q * 1e3, 3) for s, q in zip(c["context_sizes"], c["per_query_seconds"])}
+        col[f"TTT, {c['ttt_steps']} steps (s)"] = round(c["ttt_seconds"], 2)
+        col["TTT per step (s)"] = round(c["ttt_seconds"] / c["ttt_steps"], 3)
+        cols[dev] = col
+    return pd.DataFrame(cols)

@@ -145,11 +145,11 @@ SPECS: tuple[DatasetSpec, ...] = (
     _r("mfblong_bwt", "gap/mfblong", "bwt", ["familyid"]),
     # rejected by the row rule (kept to show the filter)
     DatasetSpec("penguins_species", "palmerpenguins", "penguins", "species", "classification"),
-    _c("iris_like_cars", "datasets/mtcars", "cyl"),
+    _c("mtcars_cyl", "datasets/mtcars", "cyl"),
 )
 
 #: Candidates that the filters reject (fewer than 1,250 rows); not part of :func:`list_datasets`.
-REJECTED = ("penguins_species", "iris_like_cars")
+REJECTED = ("penguins_species", "mtcars_cyl")
 
 
 def list_datasets() -> list[str]:

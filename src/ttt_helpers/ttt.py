@@ -64,7 +64,8 @@ def _batched(W, X_ctx, y_ctx, X_train, y_train):
 
 def _residual(W, X_ctx, y_ctx, X_train, y_train):
     u = np.einsum("tnd,tn->td", X_ctx, y_ctx)
-    resid = y_train - np.einsum("tkd,tde,te->tk", X_train, W, u)
+    Wu = np.einsum("tde,te->td", W, u)
+    resid = y_train - np.einsum("tkd,td->tk", X_train, Wu)
     return u, resid
 
 
@@ -98,7 +99,7 @@ def ttt_gradient(W, X_ctx, y_ctx, X_train, y_train):
     """
     W, X_ctx, y_ctx, X_train, y_train, batched = _batched(W, X_ctx, y_ctx, X_train, y_train)
     u, resid = _residual(W, X_ctx, y_ctx, X_train, y_train)
-    g = -2.0 * np.einsum("tkd,tk,te->tde", X_train, resid, u)
+    g = -2.0 * np.einsum("tkd,tk->td", X_train, resid)[:, :, None] * u[:, None, :]
     return g if batched else g[0]
 
 

@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Figure 3a of the paper on our offline benchmark: TabPFN accuracy against context size, with and without TTT.
+
+Per table (``ttt_helpers.tabular_data``): 1,000 shuffled rows for TTT, the rest split 80-20 into a context pool
+and a test set; TTT once per table with AdamW and, separately from the same weights, with SGD + momentum
+(``ttt_helpers.tabpfn_ttt``); accuracy at context sizes 2..1,000 for the model before and after each TTT run.
+Then a sequential cost measurement (TTT wall time, inference time per query at each context size).
+
+Writes ``<out>`` (default ``data/results/tabpfn_ttt_full.json``) and ``<out stem>.provenance.json``.
+Tables run in parallel worker processes (``--workers``), each with its own CUDA context; the accuracy numbers do
+not depend on the number of workers, the timings of that phase do (they are not used; the cost phase runs
+alone). The JSON is rewritten after every table, so a run cut short still leaves its finished tables.
+
+Example (GPU)::
+
+    python scripts/tabpfn_experiment.py --device cuda --workers 12 --steps 40 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+os.environ.setdefault("TABPFN_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _template(args):
+    from tabpfn import TabPFNClassifier
+
+    if args.model_path:
+        return TabPFNClassifier(model_path=args.model_path, device=args.device), f"checkpoint {Path(args.model_path).name}"
+    from ttt_helpers.tabpfn_model import load_classifier
+
+    return load_classifier(prefer=args.prefer, device=args.device)
+
+
+def _configs(args):
+    from ttt_helpers.tabpfn_ttt import TTTConfig
+
+    out = {}
+    for opt in args.optimizers:
+        lr = args.lr_adamw if opt == "adamw" else args.lr_sgd
+        out[opt] = TTTConfig(optimizer=opt, steps=args.steps, lr=lr, n_query=args.n_query,
+                             max_context=args.max_context)
+    return out
+
+
+def _configure_sdpa(mode: str) -> None:
+    """Restrict the torch SDPA kernels inside tabpfn's own attention dispatch (a workaround switch for GPUs
+    where a kernel fails; same switch as scripts/pretrain_tabpfn.py)."""
+    if mode == "default":
+        return
+    from torch.nn.attention import SDPBackend
+
+    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
+
+    if mode == "no_gqa":
+        sdpa.gqa_is_supported = lambda: False
+    elif mode == "no_flash":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    elif mode == "math":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
+    else:
+        raise ValueError(f"unknown --sdpa mode {mode!r}")
+
+
+def _worker(name, args):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    _configure_sdpa(args.sdpa)
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 throughout, as on CPU
+    from ttt_helpers.tabpfn_ttt import run_dataset
+
+    template, _ = _template(args)
+    return run_dataset(template, name, _configs(args), context_sizes=args.sizes, n_repeats=args.reps,
+                       max_test=args.max_test, seed=args.seed, device=args.device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="*", default=None, help="table names (default: all of list_datasets())")
+    p.add_argument("--sizes", nargs="*", type=int, default=None, help="context sizes (default CONTEXT_SIZES)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--n-query", type=int, default=128, help="query rows per TTT episode")
+    p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--max-test", type=int, default=256, help="test rows scored per evaluation episode")
+    p.add_argument("--lr-adamw", type=float, default=1e-4)
+    p.add_argument("--lr-sgd", type=float, default=1e-2)
+    p.add_argument("--optimizers", nargs="*", default=["adamw", "sgd"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--prefer", default="official", choices=["official", "fallback"])
+    p.add_argument("--model-path", default=None, help="a checkpoint file instead of ttt_helpers.tabpfn_model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deadline", type=float, default=None, help="seconds after which no new table is started")
+    p.add_argument("--cost-datasets", nargs="*", default=["car_choice", "slid_wages"])
+    p.add_argument("--cost-cpu", action="store_true", help="also measure the cost on the CPU")
+    p.add_argument("--cost-cpu-sizes", nargs="*", type=int, default=[2, 16, 128, 1000])
+    p.add_argument("--cost-cpu-steps", type=int, default=3)
+    p.add_argument("--sdpa", default="default", choices=["default", "no_gqa", "no_flash", "math"])
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from ttt_helpers import tabular_data as td
+    from ttt_helpers import tabpfn_ttt as tt
+    from ttt_helpers.provenance import results_dir, write_provenance
+
+    t0 = time.time()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.sizes = args.sizes or list(tt.CONTEXT_SIZES)
+    names = args.datasets or td.list_datasets()
+    out = Path(args.out) if args.out else results_dir() / "tabpfn_ttt_full.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _configure_sdpa(args.sdpa)
+    template, description = _template(args)
+    print(f"model: {description}; device {args.device}; {len(names)} tables; workers {args.workers}", flush=True)
+    configs = _configs(args)
+    record = {"experiment": "TabPFN TTT, accuracy vs context size (paper Figure 3a), offline benchmark",
+              "model": description, "model_path": str(getattr(template, "model_path", "")),
+              "device": args.device, "settings": {k: v for k, v in vars(args).items()},
+              "configs": {k: c.to_dict() for k, c in configs.items()}, "results": [], "skipped": [],
+              "cost": {}, "summary": None}
+
+    def save():
+        if record["results"]:
+            order = {n: i for i, n in enumerate(names)}
+            record["results"].sort(key=lambda r: order[r["name"]])
+            record["summary"] = tt.summarise(record["results"], cost=record["cost"].get(args.device))
+        out.write_text(json.dumps(record, indent=1, default=float) + "\n")
+
+    # --- phase 1: accuracy curves, tables in parallel
+    bar = tqdm(total=len(names), desc="tables", disable=args.no_progress)
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # inherited by the workers
+            os.environ[v] = str(max(1, args.threads))
+
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = {}
+            for n in names:
+                futs[ex.submit(_worker, n, args)] = n
+            for f in as_completed(futs):
+                n = futs[f]
+                try:
+                    r = f.result()
+                    record["results"].append(r)
+                    print(f"{n}: acc none/{'/'.join(configs)} at n={args.sizes[0]}: "
+                          + " / ".join(f"{r['acc'][k][0]:.3f}" for k in ['none', *configs]), flush=True)
+                except Exception as e:  # noqa: BLE001 - record and go on
+                    record["skipped"].append({"name": n, "error": repr(e)[:500]})
+                    print(f"{n}: FAILED {e!r}", flush=True)
+                bar.update(1)
+                save()
+                if args.deadline and time.time() - t0 > args.deadline:
+                    for g in futs:
+                        g.cancel()
+    else:
+        for n in names:
+            if args.deadline and time.time() - t0 > args.deadline:
+                record["skipped"].append({"name": n, "error": "deadline"})
+                continue
+            try:
+                r = _worker(n, args)
+                record["results"].append(r)
+            except Exception as e:  # noqa: BLE001
+                record["skipped"].append({"name": n, "error": repr(e)[:500]})
+                print(f"{n}: FAILED {e!r}", flush=True)
+            bar.update(1)
+            save()
+    bar.close()
+    done = {r["name"] for r in record["results"]} | {s["name"] for s in record["skipped"]}
+    record["skipped"] += [{"name": n, "error": "not run (deadline)"} for n in names if n not in done]
+    print(f"phase 1 done in {time.time() - t0:.0f} s", flush=True)
+
+    # --- phase 2: cost, alone on the machine
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = configs[next(iter(configs))]
+    devices = [args.device] + (["cpu"] if args.cost_cpu and args.device != "cpu" else [])
+    for dev in devices:
+        runs = []
+        for n in args.cost_datasets:
+            if args.deadline and time.time() - t0 > args.deadline * 1.25:
+                break
+            sizes = args.sizes if dev == args.device else args.cost_cpu_sizes
+            c = cfg if dev == args.device else tt.TTTConfig(**{**cfg.to_dict(), "steps": args.cost_cpu_steps})
+            tmpl = template if dev == args.device else _template(argparse.Namespace(**{**vars(args), "device": "cpu"}))[0]
+            try:
+                runs.append(tt.measure_cost(tmpl, n, c, context_sizes=sizes, n_query=args.max_test,
+                                            n_repeats=3 if dev == args.device else 1, seed=args.seed, device=dev))
+                print(f"cost {dev} {n}: TTT {runs[-1]['ttt_seconds']:.2f} s for {c.steps} steps; per query "
+                      + ", ".join(f"n={s}: {q * 1e3:.3f} ms" for s, q in zip(sizes, runs[-1]['per_query_seconds'])),
+                      flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"cost {dev} {n}: FAILED {e!r}", flush=True)
+        if runs:
+            agg = {"device": dev, "datasets": [r["dataset"] for r in runs], "runs": runs,
+                   "context_sizes": runs[0]["context_sizes"], "ttt_steps": runs[0]["ttt_steps"],
+                   "ttt_seconds": float(np.mean([r["ttt_seconds"] for r in runs])),
+                   "per_query_seconds": np.mean([r["per_query_seconds"] for r in runs], axis=0).tolist()}
+            record["cost"][dev] = agg
+        save()
+    record["wall_seconds"] = time.time() - t0
+    save()
+
+    s = record["summary"]
+    headline = {}
+    if s:
+        headline = {"n_datasets": s["n_datasets"], "near_zero_shot_size": s["sizes"][0],
+                    "near_zero_shot_acc": {k: round(v, 4) for k, v in s["near_zero_shot"].items()},
+                    "median_reduction_factor": {k: round(v["median_factor"], 3) for k, v in s["reduction"].items()}}
+    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    write_provenance(out.with_name(out.stem + ".provenance.json"), command=cmd,
+                     seeds={"seed": args.seed, "per_table": "numpy default_rng([seed, crc32(name)])"},
+                     results=headline, files=[out], commit=os.environ.get("TTT_GIT_COMMIT"),
+                     extra={"model": description, "wall_seconds": record["wall_seconds"]})
+    print(json.dumps(headline, indent=1), flush=True)
+    print(f"wrote {out} in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
