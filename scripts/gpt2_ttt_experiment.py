@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=["bf16", "none"], default="none")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the model")
+    p.add_argument("--resume", default=None,
+                   help="an earlier output of this script: keep its records and ICL curve, run only the missing "
+                        "(theta, k, start, optimizer, lr) cells; the learning-rate grids are merged")
     return p.parse_args(argv)
 
 
@@ -79,11 +82,20 @@ def main(argv=None):
     ks = [int(k) for k in args.ks.split(",")]
     lrs = {"adamw": [float(x) for x in args.lrs_adamw.split(",")], "sgd": [float(x) for x in args.lrs_sgd.split(",")]}
 
-    # in-distribution ICL curve (CPU-drawn prompts; model in float32 with TF32 off)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    xs, ys = G.eval_dataset(args.seed, args.curve_prompts, cfg, sigma, S_pre)
-    curve = G.icl_curve(model, xs, ys, Sigma_beta=S_pre, sigma=sigma)
-    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
+    earlier = None
+    if args.resume:
+        earlier = json.loads(Path(args.resume).read_text())
+        if earlier["model_sha256"] != prov["files"][model_path.name]:
+            raise ValueError("--resume: the earlier results were made with a different model")
+        for opt in lrs:
+            lrs[opt] = sorted(set(lrs[opt]) | set(earlier["lrs"][opt]))
+        curve = {k: np.asarray(v) for k, v in earlier["icl_curve"].items()}
+    else:
+        # in-distribution ICL curve (CPU-drawn prompts; model in float32 with TF32 off)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        xs, ys = G.eval_dataset(args.seed, args.curve_prompts, cfg, sigma, S_pre)
+        curve = G.icl_curve(model, xs, ys, Sigma_beta=S_pre, sigma=sigma)
+        torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
     n2d = 2 * cfg.d
     print("ICL curve at n = d/2, d, 2d, 4d:", {k: np.round(v[[cfg.d // 2, cfg.d, n2d, cfg.n_points - 1]], 4).tolist()
                                                for k, v in curve.items() if k != "n"}, flush=True)
@@ -100,6 +112,12 @@ def main(argv=None):
         "icl_curve_prompts": args.curve_prompts,
         "alignment": {}, "ttt": [], "completed": False,
     }
+    done = set()
+    if earlier is not None:
+        record["icl_curve_prompts"] = earlier["icl_curve_prompts"]
+        record["alignment"] = earlier["alignment"]
+        record["ttt"] = list(earlier["ttt"])
+        done = {(round(r["theta"], 9), r["k"], r["init"], r["optimizer"], r["lr"]) for r in earlier["ttt"]}
 
     def dump():
         record["elapsed_s"] = time.perf_counter() - t0
@@ -113,7 +131,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     jobs = [(th, k, init, opt, lr) for th in thetas for k in ks for init in ("pretrained", "scratch")
-            for opt in ("adamw", "sgd") for lr in lrs[opt]]
+            for opt in ("adamw", "sgd") for lr in lrs[opt] if (round(th, 9), k, init, opt, lr) not in done]
     for i, (th, k, init, opt, lr) in enumerate(tqdm(jobs, mininterval=5.0)):
         if args.time_budget_s is not None and time.perf_counter() - t0 > args.time_budget_s:
             print(f"time budget reached after {i} of {len(jobs)} runs", flush=True)
@@ -153,8 +171,16 @@ def main(argv=None):
                       f"no TTT {r['test_mean'][0]:.4f}  1 step {r['test_mean'][1]:.4f}  "
                       f"{args.steps} steps {r['test_mean'][-1]:.4f}", flush=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    extra = None
+    if args.resume:
+        old_prov = Path(args.resume).with_name(Path(args.resume).stem + ".provenance.json")
+        if old_prov.exists():
+            old = read_provenance(old_prov)
+            extra = {"earlier_runs": old.get("earlier_runs", []) + [
+                {k: old.get(k) for k in ("command", "git_commit", "machine", "date_utc", "results")}]}
     write_provenance(
         out.with_name(out.stem + ".provenance.json"),
+        extra=extra,
         command=os.environ.get("TTT_COMMAND", command),
         seeds={"tasks_and_data": args.seed, "scratch_init": args.scratch_seed},
         results={"completed": record["completed"], "runs": len(record["ttt"]), "elapsed_s": record["elapsed_s"],

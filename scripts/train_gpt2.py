@@ -203,16 +203,19 @@ def main(argv=None):
         try:
             with amp:
                 pred = fwd(xs, ys)
+            loss = ((pred.float() - ys) ** 2).mean()
+            loss.backward()
         except Exception as exc:  # a compiler failure must not cost the run: fall back to eager
             if fwd is model:
                 raise
             print(f"\ntorch.compile failed ({type(exc).__name__}: {exc}); continuing eagerly", flush=True)
             fwd = model
             args.compile = False
+            opt.zero_grad(set_to_none=True)
             with amp:
                 pred = fwd(xs, ys)
-        loss = ((pred.float() - ys) ** 2).mean()
-        loss.backward()
+            loss = ((pred.float() - ys) ** 2).mean()
+            loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip, foreach=True)
         for g in opt.param_groups:

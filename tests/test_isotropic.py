@@ -114,3 +114,13 @@ def test_paired_starts_and_sweeps_run():
     assert len(rows["diff_mc"]) == 2 and len(rows["crossover"]["k_star_exact"]) == 1
     with pytest.raises(ValueError):
         iso.mc_paired_starts(6, 5, 20, starts=("pretrained",))
+
+
+def test_loss_at_step_is_minimised_at_eta_star():
+    r = iso.isotropic_one_step(10, 8, 6, 0.5, "pretrained")
+    etas = r["eta_star"] * np.array([0.5, 1.0, 1.5])
+    vals = iso.isotropic_loss_at_step(10, 8, 6, etas, 0.5, "pretrained")
+    assert np.argmin(vals) == 1 and np.isclose(vals[1], r["loss_after"], rtol=1e-12)
+    assert np.isclose(iso.isotropic_loss_at_step(10, 8, 6, 0.0, 0.5), r["loss_before"], rtol=1e-12)
+    with pytest.raises(ValueError):
+        iso.isotropic_loss_at_step(10, 8, 6, np.inf)

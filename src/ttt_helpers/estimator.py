@@ -116,17 +116,17 @@ class TableEncoder:
             if arr.ndim != 2:
                 raise ValueError(
                     f"{what}: expected 2D array (rows x columns), got {arr.ndim}D array instead with shape "
-                    f"{arr.shape}; reshape your data with array.reshape(-1, 1) if it has a single feature, or "
+                    f"{arr.shape}; Reshape your data with array.reshape(-1, 1) if it has a single feature, or "
                     "array.reshape(1, -1) if it is a single sample")
             if np.iscomplexobj(arr):
-                raise ValueError(f"{what}: complex data not supported; got dtype {arr.dtype}")
+                raise ValueError(f"{what}: Complex data not supported; got dtype {arr.dtype}")
             frame = pd.DataFrame(arr)
         if frame.shape[1] == 0:
             raise ValueError(f"{what}: found array with 0 feature(s) (shape={frame.shape}) while a minimum of 1 is "
-                             "required")
+                             "required.")
         if frame.shape[0] == 0:
             raise ValueError(f"{what}: found array with 0 sample(s) (shape={frame.shape}) while a minimum of 1 is "
-                             "required")
+                             "required.")
         return frame
 
     @staticmethod
@@ -305,6 +305,8 @@ def check_target(y, n_rows: int | None = None, max_classes: int = MAX_CLASSES):
     import pandas as pd
     from sklearn.utils.multiclass import check_classification_targets
 
+    if y is None:
+        raise ValueError("TTTTabPFNClassifier requires y to be passed, but the target y is None")
     if _is_sparse(y):
         raise TypeError("y: sparse targets are not supported; pass a 1-d array")
     if _is_dataframe(y):
@@ -620,7 +622,10 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         clf = tt.prepare_classifier(_template(path, self.device, encoder.categorical_indices_),
                                     n_estimators=self.n_estimators, seed=seed, device=self.device)
         history, ttt_seconds = None, 0.0
+        # a small TTT set: at most half of it as queries, so that every episode has a context of >= 2 rows
+        n_query = int(min(int(self.n_query), len(ttt_rows) // 2)) if do_ttt else int(self.n_query)
         if do_ttt:
+            config.n_query = n_query
             history = tt.ttt_finetune(clf, Xe[ttt_rows], y_enc[ttt_rows], len(classes), config, rng,
                                       progress=bool(self.verbose), seed=seed)
             ttt_seconds = float(history["seconds"])
@@ -639,6 +644,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         self.n_ttt_rows_, self.n_context_ = int(len(ttt_rows)), int(len(context_rows))
         self.context_X_, self.context_y_ = ctx_X, ctx_y
         self.ttt_history_ = history
+        self.n_query_ = n_query
         self.ttt_seconds_ = ttt_seconds
         self.tabpfn_ = clf
         self.fit_seconds_ = time.perf_counter() - t0
@@ -679,6 +685,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row, shape ``(n,)``."""
+        check_is_fitted(self, "tabpfn_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     # -- persistence --------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "u_moments_given_beta",
     "one_step_coefficients",
     "isotropic_one_step",
+    "isotropic_loss_at_step",
     "pretrained_c",
     "proportional_limit",
     "proportional_limit_symbolic",
@@ -268,6 +269,19 @@ def isotropic_one_step(n, d, k, sigma: float = 0.0, c="pretrained", method: str 
     if np.ndim(L0) == 0:
         out = {key: float(v) for key, v in out.items()}
     return out
+
+
+def isotropic_loss_at_step(n, d, k, eta, sigma: float = 0.0, c="pretrained", method: str = "exact"):
+    """Expected test loss after one TTT step of a GIVEN size ``eta``: ``L0 - 2 eta A + eta^2 B``.
+
+    Same parameters as :func:`isotropic_one_step` plus ``eta`` (float or array, broadcast).
+    """
+    r = isotropic_one_step(n, d, k, sigma, c, method)
+    eta = np.asarray(eta, dtype=float)
+    if not np.all(np.isfinite(eta)):
+        raise ValueError(f"eta must be finite, got {eta}")
+    out = r["loss_before"] - 2 * eta * r["A"] + eta**2 * r["B"]
+    return float(out) if np.ndim(out) == 0 else out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ class MultiStepResult:
 
 def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: float = 0.0, steps: int = 10,
                  n_tasks: int = 2000, rng=0, chunk: int = 1000, normalised: bool = False,
-                 method: str = "rank1") -> MultiStepResult:
+                 method: str = "rank1", compute_limit: bool = True) -> MultiStepResult:
     """Simulate ``steps`` TTT gradient steps (fixed ``eta``) on the same context and training set, per task.
 
     Batched over tasks (chunks of ``chunk``); each step is :func:`ttt_helpers.ttt.ttt_step`, and the test
@@ -141,6 +141,8 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
         :func:`ttt_helpers.ttt.conditional_test_loss`; ``"rank1"`` (default, faster) iterates the
         equivalent update of ``c_t`` in ``W_t = W0 + c_t u^T`` and uses the exact identity
         ``L(W_t | beta) = oracle + (u^T Q u) ||c_t - c_orc||^2``. Both give the same numbers (tested).
+    compute_limit : bool
+        Also evaluate the gradient-descent limit ``W_inf`` (a pseudo-inverse per task); ``limit`` is NaN if not.
 
     Returns
     -------
@@ -190,7 +192,10 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
                 per.append(orc["oracle_loss"] + excess(c))
         losses.append(np.stack(per, axis=1))
         oracles.append(orc["oracle_loss"])
-        limits.append(conditional_test_loss(gd_limit_W(W0, prob), prob.beta, n, sigma))
+        if compute_limit:
+            limits.append(conditional_test_loss(gd_limit_W(W0, prob), prob.beta, n, sigma))
+        else:
+            limits.append(np.full(m, np.nan))
         unstable.append(np.zeros(m, bool) + (eta >= 1) if normalised else step_size_margin(eta, prob) >= 1)
         done += m
     L = np.concatenate(losses)
@@ -230,7 +235,8 @@ def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floo
                 lo = misalignment_magnitude(W0, n, int(k), sigma, St)
                 res = simulate_ttt(W0, n, int(k), sigma, St, eta=gamma, steps=steps, n_tasks=n_tasks, rng=rng,
                                    normalised=True)
-                one = simulate_ttt(W0, n, int(k), sigma, St, eta=th.eta_star, steps=1, n_tasks=n_tasks, rng=rng)
+                one = simulate_ttt(W0, n, int(k), sigma, St, eta=th.eta_star, steps=1, n_tasks=n_tasks, rng=rng,
+                                   compute_limit=False)
                 best = float(res.loss.min())
                 records.append({
                     "theta": float(t), "start": start, "k": int(k),

@@ -7,8 +7,9 @@ and says so:
 * **official**: the TabPFN v2 classifier checkpoint of Prior Labs, if the reader has it locally — a
   file named by ``$TABPFN_MODEL_PATH`` (or a folder holding one), or one of the package's own v2
   classifier file names in its cache folder (``tabpfn.model_loading.get_cache_dir()``, which honours
-  ``$TABPFN_MODEL_CACHE_DIR``). Nothing is ever downloaded: the package downloads only when it is
-  given a path that does not exist, and :func:`load_classifier` only ever passes a path that exists.
+  ``$TABPFN_MODEL_CACHE_DIR`` as read when ``tabpfn`` is imported). Nothing is ever downloaded: the
+  package downloads only when it is given a path that does not exist, and :func:`load_classifier`
+  only ever passes a path that exists.
 * **fallback**: ``data/models/tabpfn_fallback.ckpt``, a small model of the TabPFN v2 architecture
   (``tabpfn.architectures.tabpfn_v2``) that we pretrained on synthetic classification tasks from
   ``tabicl``'s structural-causal-model prior (``scripts/pretrain_tabpfn.py``). Its sha256 is checked

@@ -501,8 +501,10 @@ def context_needed(sizes, acc, target: float) -> float:
 def reduction_factors(sizes, acc_base, acc_ttt, targets=None) -> dict:
     """Sample-size reduction at equal accuracy: ``n_base(a) / n_ttt(a)`` for target accuracies ``a``.
 
-    By default the targets are the no-TTT curve's own values at the sizes > 1 (so ``n_base`` is exactly a
-    grid size); targets TTT already reaches at the first size give a lower bound (flagged ``bound=True``).
+    By default the targets are the distinct values of the no-TTT curve (running maximum) at the sizes after
+    the first that exceed its value at the first size (so ``n_base`` is exactly a grid size and > the first
+    size). A target that TTT already exceeds at the first size gives only a lower bound, ``n_base / n_1``
+    (flagged ``bound=True``).
 
     Returns
     -------
@@ -513,7 +515,10 @@ def reduction_factors(sizes, acc_base, acc_ttt, targets=None) -> dict:
     base = monotone_envelope(acc_base)
     ttt = monotone_envelope(acc_ttt)
     if targets is None:
-        targets = [float(a) for n, a in zip(sizes, base) if n > sizes[0]]
+        targets = []
+        for a in base[1:]:
+            if a > base[0] + 1e-12 and (not targets or a > targets[-1] + 1e-12):
+                targets.append(float(a))
     nb, nt, fac, bound = [], [], [], []
     for a in targets:
         b = context_needed(sizes, base, a)
@@ -795,3 +800,39 @@ def cost_table(cost: dict):
         col["TTT per step (s)"] = round(c["ttt_seconds"] / c["ttt_steps"], 3)
         cols[dev] = col
     return pd.DataFrame(cols)
+
+
+def curve_agreement(results_a: list, results_b: list, *, label: str = "none", z: float = 4.0,
+                    slack: float = 0.02) -> list:
+    """Compare two runs' mean accuracy curves over their shared tables and context sizes.
+
+    The standard error of each table's mean accuracy combines the spread of its repetitions (random contexts)
+    and the binomial noise of its test rows, ``p(1-p)/n_query``; the band is ``z`` standard errors of the
+    difference of the two means over tables, plus ``slack``.
+
+    Returns
+    -------
+    list of dicts ``{"n", "a", "b", "diff", "band", "ok"}``, one per shared context size.
+    """
+    by_b = {r["name"]: r for r in results_b}
+    shared = [r for r in results_a if r["name"] in by_b]
+    if not shared:
+        raise ValueError("the two runs share no table")
+    sizes = [s for s in shared[0]["context_sizes"] if s in by_b[shared[0]["name"]]["context_sizes"]]
+
+    def mean_and_var(r, s):
+        i = r["context_sizes"].index(s)
+        reps = np.asarray(r["acc_reps"][label][i], dtype=float)
+        p = reps.mean()
+        v_rep = reps.var(ddof=1) / len(reps) if len(reps) > 1 else 0.0
+        return p, v_rep + p * (1 - p) / r["n_query"]
+
+    rows = []
+    for s in sizes:
+        ma, va = zip(*(mean_and_var(r, s) for r in shared))
+        mb, vb = zip(*(mean_and_var(by_b[r["name"]], s) for r in shared))
+        k = len(shared)
+        a, b = float(np.mean(ma)), float(np.mean(mb))
+        band = z * math.sqrt((sum(va) + sum(vb)) / k**2) + slack
+        rows.append({"n": int(s), "a": a, "b": b, "diff": a - b, "band": band, "ok": abs(a - b) <= band})
+    return rows

@@ -1,0 +1,223 @@
+"""Tests for the command line (python -m ttt_helpers / ttt-helpers) and ttt_helpers.report, on a tiny checkpoint."""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tabpfn = pytest.importorskip("tabpfn")
+pd = pytest.importorskip("pandas")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ttt_helpers import tabpfn_model as tm  # noqa: E402
+from ttt_helpers import tabpfn_ttt as tt  # noqa: E402
+from ttt_helpers.__main__ import main  # noqa: E402
+from ttt_helpers.report import REPORT_KEYS, read_table, resolve_context_sizes  # noqa: E402
+
+HYP = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _tiny_checkpoint(path):
+    cfg = tm.make_config(emsize=32, nlayers=2, nhead=2, features_per_group=2)
+    return str(tm.build_checkpoint(cfg, tm.new_model(cfg, seed=0).state_dict(), path))
+
+
+TINY = _tiny_checkpoint(Path(tempfile.gettempdir()) / "ttt_helpers_tests" / "tiny_cli.ckpt")
+FAST = ["--model", TINY, "--steps", "2", "--n-query", "16", "--context-sizes", "2,8,32", "--repeats", "1",
+        "--max-test", "24", "--no-progress"]
+
+
+def _table(n=160, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "x1": rng.normal(size=n),
+        "x2": rng.normal(size=n),
+        "city": rng.choice(["Oslo", "Lima", "Pune"], n),
+        "label": np.array(list("abcdefghijklmnop"))[np.arange(n) % k],
+    })
+    df.loc[::9, "x2"] = np.nan
+    df.loc[::13, "city"] = np.nan
+    df.loc[5, "label"] = np.nan  # a missing target: the row is dropped
+    return df
+
+
+@pytest.fixture
+def csv(tmp_path):
+    path = tmp_path / "table.csv"
+    _table().to_csv(path, index=False)
+    return path
+
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    code, out, err = _run([csv, "--target", "label", "--output-dir", out_dir, "--ttt-size", "60", *FAST], capsys)
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert (out_dir / "accuracy_vs_context.png").stat().st_size > 1000
+    d, p, c = report["dataset"], report["protocol"], report["curves"]
+    assert d["rows_read"] == 160 and d["rows_missing_target"] == 1 and d["rows"] == 159
+    assert d["categorical_columns"] == ["city"] and d["n_classes"] == 3
+    assert p["ttt_rows"] == 60 and p["pool_rows"] + p["test_rows"] == 99 and p["context_sizes"] == [2, 8, 32]
+    assert len(c["no_ttt"]["mean"]) == len(c["ttt"]["mean"]) == 3 and 0 <= c["majority"] <= 1
+    again = tt.reduction_factors(c["context_sizes"], c["no_ttt"]["mean"], c["ttt"]["mean"])
+    assert again["factor"] == pytest.approx(report["reduction"]["factor"], nan_ok=True)
+    assert report["cost"]["ttt_seconds"] > 0 and report["cost"]["ttt_steps"] == 2
+    assert report["model"]["description"] == "checkpoint file tiny_cli.ckpt"
+    assert "model: checkpoint file tiny_cli.ckpt" in out and "reduction factor" in out
+
+
+def test_keep_top_classes_max_rows_and_categorical(tmp_path, capsys):
+    path = tmp_path / "many.csv"
+    df = _table(n=200, k=12)
+    df.loc[df["label"].isin(["a", "b"]), "label"] = "a"  # 'a' is the most frequent class
+    df.to_csv(path, index=False)
+    code, _, err = _run([path, "--target", "label", "--output-dir", tmp_path / "r", "--keep-top-classes", "3",
+                         "--max-rows", "40", "--ttt-size", "0.5", "--categorical", "x1", "--drop", "x2", *FAST],
+                        capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["dataset"]["n_classes"] == 3 and rep["dataset"]["rows"] == 40
+    assert rep["dataset"]["features"] == ["x1", "city"] and "x1" in rep["dataset"]["categorical_columns"]
+
+
+_COUNTER = iter(range(10**6))
+
+
+def _write(tmp_path, df, name=None):
+    path = tmp_path / (name or f"bad_{next(_COUNTER)}.csv")
+    df.to_csv(path, index=False)
+    return path
+
+
+def _bad_tables(tmp_path):
+    t = _table()
+    inf = t.copy()
+    inf.loc[3, "x1"] = np.inf
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    return [
+        ("unknown target", _write(tmp_path, t), ["--target", "nope"], "unknown target column 'nope'"),
+        ("single class", _write(tmp_path, t.assign(label="a")), ["--target", "label"], "only 1 class"),
+        ("eleven classes", _write(tmp_path, _table(k=11)), ["--target", "label"],
+         r"11 classes.*at most 10.*--keep-top-classes"),
+        ("too few rows", _write(tmp_path, t), ["--target", "label", "--ttt-size", "1000"],
+         "too few rows for ttt_size=1000"),
+        ("infinite feature", _write(tmp_path, inf), ["--target", "label"], "column 'x1' contains 1 infinite"),
+        ("infinite target", _write(tmp_path, t.assign(x1=np.arange(160) % 3, label=np.where(
+            np.arange(160) == 0, np.inf, np.arange(160) % 3.0))), ["--target", "label"], "infinite"),
+        ("continuous target", _write(tmp_path, t), ["--target", "x1"], "Unknown label type"),
+        ("not a CSV", garbage, ["--target", "label"], "could not read"),
+        ("empty file", empty, ["--target", "label"], "could not read"),
+        ("no such file", tmp_path / "absent.csv", ["--target", "label"], "no such file"),
+        ("a folder", tmp_path, ["--target", "label"], "no such file"),
+        ("unknown drop column", _write(tmp_path, t), ["--target", "label", "--drop", "zzz"], "unknown column"),
+        ("one-row context", _write(tmp_path, t), ["--target", "label", "--context-sizes", "1,8"], ">= 2"),
+        ("bad keep-top-classes", _write(tmp_path, t), ["--target", "label", "--keep-top-classes", "11"],
+         "between 2 and 10"),
+        ("zero steps", _write(tmp_path, t), ["--target", "label", "--steps", "0"], "--steps must be a positive"),
+        ("missing model", _write(tmp_path, t), ["--target", "label", "--model", "/nonexistent/x.ckpt"],
+         "no such file"),
+    ]
+
+
+def test_each_bad_input_fails_clearly_and_writes_nothing(tmp_path, capsys):
+    cases = _bad_tables(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, path, args, match in cases:
+        out_dir = tmp_path / f"out_{name.replace(' ', '_')}"
+        fast = [a for a in FAST if a not in ("--model", TINY)] if "--model" in args else FAST
+        code, out, err = _run([path, *fast, *args, "--output-dir", out_dir], capsys)
+        assert code == 2, name
+        assert err.startswith("ttt-helpers: error: "), (name, err)
+        assert __import__("re").search(match, err, flags=__import__("re").S), (name, err)
+        assert not out_dir.exists(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("args", [["--ttt-size", "lots"], ["--ttt-size", "-3"], ["--lr", "0"], ["--lr", "inf"],
+                                  ["--context-sizes", "2,x"], ["--optimizer", "adam"]])
+def test_bad_option_values_exit_2(csv, tmp_path, args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(csv), "--target", "label", "--output-dir", str(tmp_path / "o"), *args])
+    assert exc.value.code == 2 and not (tmp_path / "o").exists()
+    assert "error" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    res = subprocess.run([sys.executable, "-m", "ttt_helpers", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--target" in res.stdout and "--ttt-size" in res.stdout
+
+
+def test_output_dir_that_is_a_file(csv, tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    code, _, err = _run([csv, "--target", "label", "--output-dir", blocker, *FAST], capsys)
+    assert code == 2 and "not a folder" in err and blocker.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hypothesis: shapes and values (all fail before the model runs, so they are fast)
+
+
+@HYP
+@given(row=st.integers(0, 159).filter(lambda r: r != 5),  # row 5 has no target: it is dropped
+       col=st.sampled_from(["x1", "x2"]), value=st.sampled_from([np.inf, -np.inf]))
+def test_any_infinite_feature_is_refused(tmp_path, capsys, row, col, value):
+    t = _table()
+    t.loc[row, col] = value
+    path = _write(tmp_path, t, "inf.csv")
+    out_dir = tmp_path / "never"
+    code, _, err = _run([path, "--target", "label", "--output-dir", out_dir, *FAST], capsys)
+    assert code == 2 and f"column '{col}' contains 1 infinite" in err and not out_dir.exists()
+
+
+@HYP
+@given(n=st.integers(2, 80), ttt=st.integers(3, 120))
+def test_any_row_count_below_the_budget_is_refused(tmp_path, capsys, n, ttt):
+    if n - ttt >= 10:
+        return
+    path = _write(tmp_path, _table(n=n + 10).iloc[:n], "small.csv")
+    out_dir = tmp_path / "never"
+    code, _, err = _run([path, "--target", "label", "--ttt-size", str(ttt), "--output-dir", out_dir, *FAST], capsys)
+    assert code == 2 and ("too few rows" in err or "1 class" in err) and not out_dir.exists()
+
+
+@HYP
+@given(k=st.integers(11, 16))
+def test_any_class_count_above_ten_explains_the_options(tmp_path, capsys, k):
+    path = _write(tmp_path, _table(n=200, k=k).dropna(subset=["label"]), "many.csv")
+    code, _, err = _run([path, "--target", "label", "--output-dir", tmp_path / "never", *FAST], capsys)
+    assert code == 2 and f"{k} classes" in err and "--keep-top-classes" in err and "qcut" in err
+
+
+@HYP
+@given(sizes=st.lists(st.integers(-5, 3000), min_size=1, max_size=6), pool=st.integers(2, 1000))
+def test_resolve_context_sizes(sizes, pool):
+    if min(sizes) < 2:
+        with pytest.raises(ValueError, match=">= 2"):
+            resolve_context_sizes(sizes, pool)
+    else:
+        out = resolve_context_sizes(sizes, pool)
+        assert out == sorted(set(out)) and max(out) <= pool and min(out) >= 2
+
+
+def test_read_table_counts_rows(csv):
+    X, y, info = read_table(csv, "label")
+    assert X.shape == (159, 3) and y.isna().sum() == 0 and info["rows_missing_target"] == 1
+    assert info["classes"] == ["a", "b", "c"] and sum(info["class_counts"].values()) == 159

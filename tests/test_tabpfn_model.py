@@ -1,0 +1,184 @@
+"""Tests for ttt_helpers.tabpfn_model: checkpoints that tabpfn itself loads, sha256 checks, offline lookup."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+tabpfn = pytest.importorskip("tabpfn")
+
+from ttt_helpers import tabpfn_model as tm  # noqa: E402
+from ttt_helpers.provenance import write_provenance  # noqa: E402
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    model = tm.new_model(config, seed=0)
+    return tm.build_checkpoint(config, model.state_dict(), tmp_path / "tiny_fallback.ckpt"), config
+
+
+def _toy_table(seed=0, n=80, d=5, k=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, k, size=n)
+    y[:k] = np.arange(k)
+    return X, y
+
+
+def test_tiny_checkpoint_loads_in_tabpfn_and_predicts_probabilities(tiny_ckpt):
+    path, config = tiny_ckpt
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    assert record["architecture_name"] == "tabpfn_v2"
+    assert record["config"]["emsize"] == 16 and record["config"]["max_num_classes"] == 10
+    X, y = _toy_table()
+    clf = tabpfn.TabPFNClassifier(model_path=str(path), device="cpu", n_estimators=1, random_state=0)
+    clf.fit(X[:60], y[:60])
+    proba = clf.predict_proba(X[60:])
+    assert proba.shape == (20, 3)
+    assert np.all(proba >= 0) and np.all(np.isfinite(proba))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert set(np.unique(clf.predict(X[60:]))) <= {0, 1, 2}
+
+
+def test_build_checkpoint_rejects_mismatched_weights_and_versioned_names(tmp_path):
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    other = tm.new_model(tm.make_config(emsize=32, nlayers=1, nhead=2), seed=0)
+    with pytest.raises(RuntimeError):
+        tm.build_checkpoint(config, other.state_dict(), tmp_path / "bad.ckpt")
+    model = tm.new_model(config, seed=0)
+    with pytest.raises(ValueError, match="v2.5"):
+        tm.build_checkpoint(config, model.state_dict(), tmp_path / "model-v2.5.ckpt")
+    with pytest.raises(ValueError):
+        tm.make_config(emsize=18, nhead=4)
+    with pytest.raises(ValueError):
+        tm.make_config(nlayers=0)
+    with pytest.raises(ValueError):
+        tm.make_config(not_a_field=1)
+
+
+def test_new_model_is_seeded_without_touching_global_state():
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = tm.new_model(config, seed=7).state_dict()
+    after = torch.rand(1)
+    b = tm.new_model(config, seed=7).state_dict()
+    assert torch.equal(before, after)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tm.count_parameters(tm.new_model(config, seed=0)) > 0
+
+
+def _set_tabpfn_cache(monkeypatch, folder):
+    """Point tabpfn's cache folder somewhere (its settings read $TABPFN_MODEL_CACHE_DIR at import)."""
+    from tabpfn.settings import settings
+
+    monkeypatch.setattr(settings.tabpfn, "model_cache_dir", folder)
+
+
+def _fake_repo(tmp_path, monkeypatch):
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    monkeypatch.setenv("TTT_BOOK_DATA", str(tmp_path / "data"))
+    return tmp_path / "data" / "models"
+
+
+def test_load_classifier_fallback_verifies_sha256(tmp_path, monkeypatch):
+    models = _fake_repo(tmp_path, monkeypatch)
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    path = tm.build_checkpoint(config, tm.new_model(config, seed=0).state_dict(), models / tm.FALLBACK_NAME)
+    assert tm.fallback_checkpoint_path() == path
+    write_provenance(path.with_suffix(".json"), command="test", files=[path], results={"n_parameters": 1, "steps": 3})
+    clf, desc = tm.load_classifier(prefer="fallback", device="cpu", n_estimators=1)
+    assert isinstance(clf, tabpfn.TabPFNClassifier)
+    assert "fallback" in desc and "NOT the official" in desc
+    X, y = _toy_table(k=2)
+    proba = clf.fit(X[:60], y[:60]).predict_proba(X[60:])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+
+    # a replaced file no longer matches the recorded sha256
+    record = json.loads(path.with_suffix(".json").read_text())
+    record["files"][path.name] = "0" * 64
+    path.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        tm.load_classifier(prefer="fallback")
+
+
+def test_load_classifier_without_any_model_raises(tmp_path, monkeypatch):
+    _fake_repo(tmp_path, monkeypatch)
+    monkeypatch.delenv(tm.OFFICIAL_ENV_VAR, raising=False)
+    _set_tabpfn_cache(monkeypatch, tmp_path / "empty_cache")
+    with pytest.raises(FileNotFoundError):
+        tm.load_classifier(prefer="official")
+    with pytest.raises(ValueError):
+        tm.load_classifier(prefer="best")
+    with pytest.raises(ValueError):
+        tm.load_classifier(prefer="fallback", model_path="x.ckpt")
+
+
+def _forbid_network(monkeypatch):
+    import socket
+
+    import tabpfn.model_loading as ml
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(ml, "download_model", refuse)
+
+
+def test_official_path_honours_env_variable_and_never_downloads(tiny_ckpt, tmp_path, monkeypatch):
+    _forbid_network(monkeypatch)
+    path, _ = tiny_ckpt
+    _set_tabpfn_cache(monkeypatch, tmp_path / "empty_cache")
+
+    monkeypatch.setenv(tm.OFFICIAL_ENV_VAR, str(path))
+    assert tm.official_checkpoint_path() == path.resolve()
+
+    # a folder holding one of tabpfn's v2 classifier file names
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    name = tm.official_v2_classifier_names()[0]
+    (folder / name).write_bytes(path.read_bytes())
+    monkeypatch.setenv(tm.OFFICIAL_ENV_VAR, str(folder))
+    assert tm.official_checkpoint_path() == (folder / name).resolve()
+
+    # set but pointing at nothing: warns, finds nothing, downloads nothing
+    monkeypatch.setenv(tm.OFFICIAL_ENV_VAR, str(tmp_path / "missing.ckpt"))
+    with pytest.warns(UserWarning, match="names no TabPFN v2"):
+        assert tm.official_checkpoint_path() is None
+
+    # unset, with the package cache holding a v2 classifier checkpoint
+    monkeypatch.delenv(tm.OFFICIAL_ENV_VAR)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / name).write_bytes(path.read_bytes())
+    _set_tabpfn_cache(monkeypatch, cache)
+    assert tm.official_checkpoint_path() == (cache / name).resolve()
+    assert tm.official_checkpoint_path(search_cache=False) is None
+
+
+def test_load_classifier_prefers_official_when_present(tiny_ckpt, tmp_path, monkeypatch):
+    _forbid_network(monkeypatch)
+    path, _ = tiny_ckpt
+    _fake_repo(tmp_path, monkeypatch)
+    monkeypatch.setenv(tm.OFFICIAL_ENV_VAR, str(path))
+    clf, desc = tm.load_classifier(prefer="official", n_estimators=1)
+    assert desc.startswith("official") and path.name in desc
+    assert clf.model_path == str(path.resolve())
+    X, y = _toy_table(k=2)
+    proba = clf.fit(X[:60], y[:60]).predict_proba(X[60:])
+    assert proba.shape == (20, 2)
+
+
+def test_read_checkpoint_config(tiny_ckpt):
+    path, config = tiny_ckpt
+    cfg = tm.read_checkpoint_config(path)
+    assert cfg["emsize"] == config.emsize and cfg["nlayers"] == config.nlayers
+    with pytest.raises(FileNotFoundError):
+        tm.read_checkpoint_config(path.with_name("nope.ckpt"))
