@@ -12,7 +12,13 @@ JSON is rewritten after each, so a --time-budget-s cut still leaves a valid file
 Also writes the in-distribution ICL curve of the model against least squares, averaging, 3-NN and Bayes ridge.
 
 Outputs: <out> (default data/results/gpt2_ttt_full.json) and <out stem>.provenance.json.
-    python scripts/gpt2_ttt_experiment.py --model data/models/gpt2_icl.pt --time-budget-s 150
+The shipped file came from two GPU calls (see its provenance, "earlier_runs"): a first one cut by its time
+budget after 161 of 198 cells, then a --resume that finished them and widened the learning-rate grids:
+    python scripts/gpt2_ttt_experiment.py --model data/models/gpt2_icl.pt --amp bf16 --time-budget-s 226 \
+        --lrs-adamw 3e-5,1e-4,3e-4,1e-3,3e-3 --lrs-sgd 3e-3,1e-2,3e-2,1e-1,3e-1,1
+    python scripts/gpt2_ttt_experiment.py --model data/models/gpt2_icl.pt --amp bf16 --time-budget-s 230 \
+        --resume data/results/gpt2_ttt_full.json \
+        --lrs-adamw 1e-5,3e-5,1e-4,3e-4,1e-3,3e-3 --lrs-sgd 1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1
 """
 
 from __future__ import annotations

@@ -483,7 +483,7 @@ def load_state(folder: Path, model, opt, device):
     for n, p in model.named_parameters():
         if n in avg:
             opt.state[p] = {
-                "step": torch.tensor(rest["step"][n]),
+                "step": torch.tensor(rest["step"][n], dtype=torch.float32, device=device),  # fused AdamW: on device
                 "exp_avg": avg[n].to(device),
                 "exp_avg_sq": rest["exp_avg_sq"][n].to(device),
             }

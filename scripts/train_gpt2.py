@@ -13,7 +13,8 @@ Writes <out-dir>/gpt2_icl.pt (float16 state_dict + config) and <out-dir>/gpt2_ic
 commit, machine, date, seeds, final training loss, fixed-seed evaluation loss, tokens/s, MFU, sha256).
 
 Example (what was run for the shipped model, see data/models/gpt2_icl.json for the exact command):
-    python scripts/train_gpt2.py --time-budget-s 240 --batch 1024 --compile --amp bf16
+    python scripts/train_gpt2.py --time-budget-s 170 --batch 1024 --lr 1e-3 --warmup 300 --compile --amp bf16 \
+        --bench-reference --bench-optimized-reference
 CPU smoke test:
     python scripts/train_gpt2.py --steps 20 --batch 16 --n-embd 32 --n-layer 2 --n-head 2 --out-dir /tmp/m
 """

@@ -41,7 +41,8 @@ def _sizes(text: str):
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,8,32,128, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,8,32,128, "
+                                         f"got {text!r}") from None
 
 
 def _positive_float(text: str):

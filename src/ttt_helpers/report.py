@@ -325,9 +325,10 @@ def _cost(sizes, per_query: dict, red: dict, ttt_seconds: float, steps: int) -> 
     headline = None
     for a, nb, nt, f, bound in sorted(zip(red["targets"], red["n_base"], red["n_ttt"], red["factor"], red["bound"]),
                                       key=lambda r: -r[0]):
-        if np.isfinite(f) and not bound:
+        if np.isfinite(f):
             headline = {"target_accuracy": float(a), "n_without_ttt": float(nb), "n_with_ttt": float(nt),
-                        "factor": float(f), "per_query_seconds_without": per_query_at(nb),
+                        "factor": float(f), "factor_is_lower_bound": bool(bound),
+                        "per_query_seconds_without": per_query_at(nb),
                         "per_query_seconds_with": per_query_at(nt)}
             headline["break_even_queries"] = break_even_queries(ttt_seconds, headline["per_query_seconds_without"],
                                                                 headline["per_query_seconds_with"])
@@ -336,7 +337,9 @@ def _cost(sizes, per_query: dict, red: dict, ttt_seconds: float, steps: int) -> 
             "per_query_seconds": {str(n): per_query[n] for n in sizes}, "break_even": headline,
             "note": "per-query seconds: one forward pass over the context and the test queries, divided by the "
                     "number of queries (preprocessing excluded); break-even = TTT seconds / per-query saving at "
-                    "the highest no-TTT accuracy that TTT reaches with a smaller context"}
+                    "the highest no-TTT accuracy that TTT reaches with a smaller context (if TTT reaches it "
+                    "already at the smallest size, that size is used: the factor is then a lower bound and the "
+                    "break-even an upper bound)"}
 
 
 def _fmt_n(x):
