@@ -27,12 +27,20 @@ CPU smoke test (a minute)::
 
     python scripts/pretrain_tabpfn.py --tiny --device cpu --out-dir /tmp/tp --export-dir /tmp/tp
 
-GPU (one H100, two calls of ~9 minutes)::
+GPU (one H100, through the device tool; what produced the shipped model, two calls)::
 
-    python scripts/pretrain_tabpfn.py --device cuda --time-budget-min 15 --wall-limit-min 9 \
-        --out-dir $OUT --export-dir $OUT
-    python scripts/pretrain_tabpfn.py --device cuda --time-budget-min 15 --wall-limit-min 9 \
-        --out-dir $OUT --export-dir $OUT --resume .device_carry/tabpfn_pretrain
+    python scripts/pretrain_tabpfn.py --device cuda --sdpa no_gqa --no-autocast --final-call \
+        --wall-limit-min 7.15 --eval-every-min 2 --workers 14 --out-dir $OUT --export-dir $OUT --no-progress
+    # (that call ran out of GPU memory in the last curriculum stage, which was then made smaller;
+    #  its last periodic state was carried back and resumed:)
+    python scripts/pretrain_tabpfn.py --device cuda --sdpa no_gqa --no-autocast --final-call \
+        --resume .device_carry/tabpfn_pretrain --wall-limit-min 7.8 --eval-every-min 1.5 --workers 14 \
+        --out-dir $OUT --export-dir $OUT --no-progress
+
+Without ``--final-call``, ``--time-budget-min`` sets the total training minutes over several calls.
+Evaluation of a finished checkpoint on the book's offline benchmark (no training; CPU is fine)::
+
+    python scripts/pretrain_tabpfn.py --benchmark data/models/tabpfn_fallback.ckpt --device cpu
 """
 
 from __future__ import annotations
@@ -118,12 +126,13 @@ def parse_args(argv=None):
     p.add_argument("--bench-max-test", type=int, default=500, help="at most this many test rows per table")
     p.add_argument("--debug", action="store_true", help="train --max-steps steps only: no evaluation, no files")
     p.add_argument(
-        "--no-autocast",
+        "--bf16",
         action="store_true",
-        help="train in float32 (TF32 matmuls) instead of bf16 autocast. On the H100 (torch 2.11, tabpfn 9.2.0) "
-        "bf16 training hit 'CUDA error: an illegal memory access' at the first step with every attention "
-        "mode here, while float32 trained; the shipped model was trained with this flag",
+        help="bf16 autocast on the GPU (default: float32 with TF32 matmuls). On the H100 (torch 2.11, tabpfn "
+        "9.2.0) bf16 training hit 'CUDA error: an illegal memory access' at the first step with every attention "
+        "mode tried, while float32 trained",
     )
+    p.add_argument("--no-autocast", action="store_true", help="float32 (the default; overrides --bf16)")
     p.add_argument(
         "--sdpa",
         default="no_gqa",
@@ -500,7 +509,7 @@ def main(argv=None):
     device = torch.device(args.device)
     use_cuda = device.type == "cuda"
     configure_sdpa(args.sdpa)
-    autocast = use_cuda and not args.no_autocast
+    autocast = use_cuda and args.bf16 and not args.no_autocast
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -156,29 +156,44 @@ def main(argv=None):
     bar = tqdm(total=len(names), desc="tables", disable=args.no_progress)
     if args.workers > 1:
         import multiprocessing as mp
+        from concurrent.futures.process import BrokenProcessPool
 
         for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # inherited by the workers
             os.environ[v] = str(max(1, args.threads))
-
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {}
-            for n in names:
-                futs[ex.submit(_worker, n, args)] = n
-            for f in as_completed(futs):
-                n = futs[f]
-                try:
-                    r = f.result()
-                    record["results"].append(r)
-                    print(f"{n}: acc none/{'/'.join(configs)} at n={args.sizes[0]}: "
-                          + " / ".join(f"{r['acc'][k][0]:.3f}" for k in ['none', *configs]), flush=True)
-                except Exception as e:  # noqa: BLE001 - record and go on
-                    record["skipped"].append({"name": n, "error": repr(e)[:500]})
-                    print(f"{n}: FAILED {e!r}", flush=True)
-                bar.update(1)
-                save()
-                if args.deadline and time.time() - t0 > args.deadline:
-                    for g in futs:
-                        g.cancel()
+        todo, attempts = list(names), {n: 0 for n in names}
+        while todo and not (args.deadline and time.time() - t0 > args.deadline):
+            broken = False
+            with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn")) as ex:
+                futs = {ex.submit(_worker, n, args): n for n in todo}
+                for f in as_completed(futs):
+                    n = futs[f]
+                    if f.cancelled():
+                        continue
+                    try:
+                        r = f.result()
+                        record["results"].append(r)
+                        todo.remove(n)
+                        print(f"{n}: acc none/{'/'.join(configs)} at n={args.sizes[0]}: "
+                              + " / ".join(f"{r['acc'][k][0]:.3f}" for k in ['none', *configs]), flush=True)
+                        bar.update(1)
+                        save()
+                    except BrokenProcessPool as e:  # a worker died (e.g. a CUDA error): new pool, retry once
+                        broken = True
+                        attempts[n] += 1
+                        print(f"{n}: worker died ({e!r}); attempt {attempts[n]}", flush=True)
+                    except Exception as e:  # noqa: BLE001 - record and go on
+                        record["skipped"].append({"name": n, "error": repr(e)[:500]})
+                        todo.remove(n)
+                        print(f"{n}: FAILED {e!r}", flush=True)
+                        bar.update(1)
+                    if args.deadline and time.time() - t0 > args.deadline:
+                        for g in futs:
+                            g.cancel()
+            for n in [n for n in todo if attempts[n] > 1]:
+                record["skipped"].append({"name": n, "error": "worker died twice"})
+                todo.remove(n)
+            if not broken:
+                break
     else:
         for n in names:
             if args.deadline and time.time() - t0 > args.deadline:

@@ -45,7 +45,7 @@ PROFILES = {
         "alignment": dict(d=64, r=16, n=64, ks=[64, 256], thetas=list(np.linspace(0, np.pi / 2, 13)), sigma=0.5,
                           floor=0.1, n_tasks=20000, k_grid=[8, 16, 32, 64, 128, 256, 512, 1024], seed=6),
         "multistep": dict(d=64, r=16, n=64, ks=[128, 256], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5,
-                          floor=0.1, steps=60, gamma=0.5, n_tasks=4000, seed=7),
+                          floor=0.1, steps=40, gamma=0.5, n_tasks=1500, seed=7),
         "sample": dict(ds=[20, 80, 320], kappas=[0.25, 0.5, 1, 2, 4, 8, 16], es=[0.6, 0.4, 0.25], sigma=0.5,
                        shift=dict(d=32, r=8, k=64, e=0.4, thetas=list(np.linspace(0, np.pi / 2, 7)), n_max=800)),
     },

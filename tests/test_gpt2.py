@@ -198,8 +198,8 @@ def test_ttt_vmap_equals_loop():
 def test_ttt_many_steps_fit_the_task():
     model = G.new_scratch_model(TINY, 2)
     beta = G.sample_beta_torch(4, 4, 3, torch.eye(3) / 3)
-    out = G.test_time_train(model, beta, n_context=2, k=64, steps=60, optimizer="adamw", lr=1e-2, gen=5,
-                            sigma=0.0, n_eval=32, eval_steps=[0, 60])
+    out = G.test_time_train(model, beta, n_context=2, k=32, steps=40, optimizer="adamw", lr=1e-2, gen=5,
+                            sigma=0.0, n_eval=32, eval_steps=[0, 40])
     assert out.shape == (2, 4)
     assert float(out[1].mean()) < 0.3 * float(out[0].mean())
 

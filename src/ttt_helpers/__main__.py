@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="AdamW or SGD with momentum")
     p.add_argument("--n-query", type=int, default=128, help="query rows per TTT episode (default 128)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="largest context of a TTT episode (default: all TTT rows that are not queries); smaller "
+                        "is faster")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the episodes, TTT and preprocessing")
     p.add_argument("--context-sizes", type=_sizes, default=list(DEFAULT_CONTEXT_SIZES),
                    help="comma-separated context sizes to evaluate, each >= 2 (default %(default)s)")
@@ -107,6 +110,8 @@ def main(argv=None) -> int:
     from .validation import check_positive_int
 
     try:
+        if args.max_context is not None:
+            check_positive_int(args.max_context, "--max-context")
         for name in ("steps", "n_query", "repeats", "max_test", "max_rows", "n_estimators"):
             check_positive_int(getattr(args, name), "--" + name.replace("_", "-"))
         out_dir = Path(args.output_dir) if args.output_dir else Path(f"ttt_report_{Path(args.csv).stem}")
@@ -115,7 +120,8 @@ def main(argv=None) -> int:
         X, y, info = read_table(args.csv, args.target, drop=args.drop, categorical=args.categorical,
                                 keep_top_classes=args.keep_top_classes, max_rows=args.max_rows, seed=args.seed)
         report = run_protocol(X, y, model=args.model, ttt_size=args.ttt_size, steps=args.steps, lr=args.lr,
-                              optimizer=args.optimizer, n_query=args.n_query, context_sizes=args.context_sizes,
+                              optimizer=args.optimizer, n_query=args.n_query,
+                              max_context=args.max_context, context_sizes=args.context_sizes,
                               n_repeats=args.repeats, max_test=args.max_test, n_estimators=args.n_estimators,
                               seed=args.seed, device=args.device, progress=not args.no_progress, dataset_info=info)
     except (ValueError, TypeError) as exc:

@@ -465,6 +465,9 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         AdamW (``weight_decay``) or SGD with heavy-ball ``momentum`` (the paper found them about equal).
     n_query : int, default 128
         Query rows per TTT episode (the rest of an episode's rows is its context, of random size).
+    max_context : int or None, default None
+        Largest context of a TTT episode (sizes are drawn log-uniformly from 2 to this); ``None``: all the TTT
+        rows that are not queries. A small value makes each step cheap, and trains where TTT helps most.
     weight_decay, momentum, grad_clip : float
         See :class:`ttt_helpers.tabpfn_ttt.TTTConfig`.
     n_estimators : int, default 1
@@ -498,8 +501,9 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, model="auto", *, ttt_size=0.5, context_size=None, reuse_ttt_rows=False, steps=50, lr=1e-4,
-                 optimizer="adamw", n_query=128, weight_decay=0.01, momentum=0.9, grad_clip=1.0, n_estimators=1,
-                 categorical_features="auto", batch_size=1024, device="cpu", random_state=0, verbose=False):
+                 optimizer="adamw", n_query=128, max_context=None, weight_decay=0.01, momentum=0.9, grad_clip=1.0,
+                 n_estimators=1, categorical_features="auto", batch_size=1024, device="cpu", random_state=0,
+                 verbose=False):
         self.model = model
         self.ttt_size = ttt_size
         self.context_size = context_size
@@ -508,6 +512,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.optimizer = optimizer
         self.n_query = n_query
+        self.max_context = max_context
         self.weight_decay = weight_decay
         self.momentum = momentum
         self.grad_clip = grad_clip
@@ -533,7 +538,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
 
         steps = check_nonnegative_int(self.steps, "steps")
         return TTTConfig(optimizer=self.optimizer, steps=max(steps, 1), lr=self.lr, n_query=self.n_query,
-                         weight_decay=self.weight_decay, momentum=self.momentum, grad_clip=self.grad_clip), steps
+                         max_context=self.max_context, weight_decay=self.weight_decay, momentum=self.momentum,
+                         grad_clip=self.grad_clip), steps
 
     def _check_params(self):
         from .validation import check_positive_int
