@@ -393,7 +393,6 @@ def ttt_finetune(clf, X_ttt, y_ttt, n_classes: int, config: TTTConfig, rng, *, p
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"TTT ({config.optimizer})", leave=False)
-    dev = next(model.parameters()).device
     for _ in iterator:
         tp = time.perf_counter()
         for _attempt in range(_MAX_REDRAWS):
@@ -410,7 +409,7 @@ def ttt_finetune(clf, X_ttt, y_ttt, n_classes: int, config: TTTConfig, rng, *, p
         opt.zero_grad(set_to_none=True)
         logits = episode_logits(clf, ep, n_classes, grad=True)  # (Q, E, C)
         Q, E, C = logits.shape
-        target = batch.y_query[0].to(dev).long().repeat(E)
+        target = batch.y_query[0].to(logits.device).long().repeat(E)
         loss = torch.nn.functional.cross_entropy(logits.permute(1, 0, 2).reshape(E * Q, C), target)
         loss.backward()
         if config.grad_clip:
@@ -418,7 +417,7 @@ def ttt_finetune(clf, X_ttt, y_ttt, n_classes: int, config: TTTConfig, rng, *, p
         opt.step()
         losses.append(float(loss.detach()))
         sizes.append(int(splitter.last_n_context))
-    if dev.type == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
     return {"losses": losses, "context_sizes": sizes, "seconds": time.perf_counter() - t0, "prep_seconds": prep,
             "redraws": redraws}
@@ -646,7 +645,7 @@ def measure_cost(template, name: str, config: TTTConfig, *, context_sizes=CONTEX
     rng = np.random.default_rng([int(seed), _name_seed(name), 2])
     split = split_rows(len(y), rng)
     clf = prepare_classifier(template, seed=seed, device=device)
-    dev = next(clf.models_[0].parameters()).device
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     test = split["test"]
     n_query = check_positive_int(n_query, "n_query")
     # timing only: queries from the test rows (with replacement if there are fewer), contexts from the
@@ -686,7 +685,7 @@ def measure_cost(template, name: str, config: TTTConfig, *, context_sizes=CONTEX
     info = ttt_finetune(clf, X[split["ttt"]], y[split["ttt"]], C, config, [int(seed), _name_seed(name), 3], seed=seed)
     load_state(clf, base)
     nq = len(q_idx)
-    return {"dataset": name, "device": str(dev), "ttt_seconds": info["seconds"], "ttt_prep_seconds": info["prep_seconds"],
+    return {"dataset": name, "device": str(dev.type), "ttt_seconds": info["seconds"], "ttt_prep_seconds": info["prep_seconds"],
             "ttt_steps": config.steps, "ttt_seconds_per_step": info["seconds"] / config.steps,
             "ttt_config": config.to_dict(), "context_sizes": [int(s) for s in context_sizes], "n_query": nq,
             "prep_seconds": prep, "forward_seconds": fwd,
