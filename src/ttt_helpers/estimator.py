@@ -89,8 +89,8 @@ class TableEncoder:
         numbers) are categorical. A list names further categorical columns by position or by name (their values
         are coded as categories even if numeric). ``None``: only non-numeric columns are categorical.
 
-    Attributes (after :meth:`fit`)
-    ------------------------------
+    Attributes
+    ----------
     n_features_in_ : int
     feature_names_in_ : ndarray of str or None (set when fitted on a DataFrame with string column names)
     kinds_ : list of {"numeric", "bool", "categorical"}
@@ -493,7 +493,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     categorical_features_ : list of int — column indices treated as categorical
     n_ttt_rows_, n_context_ : int
     ttt_rows_, context_rows_ : ndarray of int — row indices (into the training X) of the two parts
-    context_X_ : ndarray (n_context_, n_features_in_) float — the encoded context; context_y_ : its labels 0..C-1
+    context_X_ : ndarray (n_context, n_features_in) float — the encoded context
+    context_y_ : ndarray of int — its labels 0..C-1
     ttt_history_ : dict or None — ``losses``, ``context_sizes``, ``seconds`` ... from ``ttt_finetune``
     ttt_seconds_ : float — wall time of TTT (0.0 without TTT)
     fit_seconds_ : float

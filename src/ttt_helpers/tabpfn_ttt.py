@@ -10,7 +10,7 @@ context/query split per epoch and chunk, and evaluates with the dataset's own la
 1,000 TTT rows, and (iii) evaluation at context sizes down to one sample.
 
 Protocol (what :func:`split_rows`, :func:`ttt_finetune` and :func:`evaluate_states` do)
--------------------------------------------------------------------------------------
+---------------------------------------------------------------------------------------
 - Per table, rows are shuffled with the seeded generator; the first ``n_ttt`` (1,000) rows are the TTT set;
   the remaining rows are split 80--20 into a *context pool* and a *test set*.
 - TTT: ``steps`` optimiser steps; each step is one episode built from the TTT set alone: a random context of
