@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-tabpfn = pytest.importorskip("tabpfn")
-pd = pytest.importorskip("pandas")
+import torch  # a hard dependency: fail, never skip, if it is missing
+import tabpfn  # a hard dependency: fail, never skip, if it is missing
+import pandas as pd  # a hard dependency: fail, never skip, if it is missing
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -24,12 +24,7 @@ from ttt_helpers.estimator import TableEncoder, TTTTabPFNClassifier, check_targe
 HYP = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _tiny_checkpoint(path):
-    cfg = tm.make_config(emsize=32, nlayers=2, nhead=2, features_per_group=2)
-    return str(tm.build_checkpoint(cfg, tm.new_model(cfg, seed=0).state_dict(), path))
-
-
-TINY = _tiny_checkpoint(Path(tempfile.gettempdir()) / "ttt_helpers_tests" / "tiny_estimator.ckpt")
+TINY = str(tm.tiny_random_checkpoint(Path(tempfile.gettempdir()) / "ttt_helpers_tests" / "tiny_estimator.ckpt"))
 
 
 def _est(**kw):

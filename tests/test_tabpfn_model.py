@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-tabpfn = pytest.importorskip("tabpfn")
+import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
 from ttt_helpers import tabpfn_model as tm  # noqa: E402
 from ttt_helpers.provenance import write_provenance  # noqa: E402

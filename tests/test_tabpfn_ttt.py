@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-tabpfn = pytest.importorskip("tabpfn")
+import torch  # a hard dependency: fail, never skip, if it is missing
+import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
 from ttt_helpers import tabpfn_ttt as tt  # noqa: E402
 

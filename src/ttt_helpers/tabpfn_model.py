@@ -40,6 +40,7 @@ __all__ = [
     "new_model",
     "count_parameters",
     "build_checkpoint",
+    "tiny_random_checkpoint",
     "read_checkpoint_config",
     "load_classifier",
 ]
@@ -183,6 +184,15 @@ def new_model(config, seed: int | None = None):
 def count_parameters(model) -> int:
     """Number of parameters of a torch module."""
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def tiny_random_checkpoint(path, seed: int = 0) -> Path:
+    """A tiny TabPFN-v2 checkpoint with random weights (emsize 32, 2 layers), for tests and demos.
+
+    It loads in ``tabpfn.TabPFNClassifier(model_path=path)`` and predicts at chance level.
+    """
+    cfg = make_config(emsize=32, nlayers=2, nhead=2, features_per_group=2)
+    return build_checkpoint(cfg, new_model(cfg, seed=seed).state_dict(), path)
 
 
 def build_checkpoint(config, state_dict, path, *, extra: dict | None = None, half: bool = False) -> Path:
