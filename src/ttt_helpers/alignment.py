@@ -46,13 +46,13 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+from .isotropic import per_task_coefficients
 from .pretraining import optimal_W, population_icl_loss
 from .tasks import as_generator
 from .validation import (
     check_covariance,
     check_finite_array,
     check_nonnegative_float,
-    check_nonnegative_int,
     check_positive_int,
     check_square_matrix,
 )
@@ -301,7 +301,6 @@ def _conditional(key, W0, beta, n, k, sigma):
     n = check_positive_int(n, "n")
     k = check_positive_int(k, "k")
     sigma = check_nonnegative_float(sigma, "sigma")
-    expr = conditional_polynomials()[key]
     f = _lambdified_conditional(key)
     forms = _forms(beta, W0, n)
     return f(*forms, n, k, d, sigma**2, float(np.sum(W0 * W0))) + 0 * forms[0]
@@ -319,22 +318,9 @@ def mc_coefficients(problems, W0, n: int, sigma: float = 0.0) -> dict:
     with the problem's own context ``u`` and training queries (:class:`ttt_helpers.ttt.TTTProblems`).
     """
     W0 = _check_start(W0)
-    n = check_nonnegative_int(n, "n")
-    s2 = check_nonnegative_float(sigma, "sigma") ** 2
-    beta, u = problems.beta, problems.u
-    if beta.shape[1] != W0.shape[0]:
-        raise ValueError(f"W0 must be {beta.shape[1]} x {beta.shape[1]}, got {W0.shape}")
-    b2 = np.sum(beta**2, axis=1)
-    s = np.einsum("td,td->t", beta, u)
-    W0u = u @ W0.T
-    resid = problems.y_train - np.einsum("tkd,td->tk", problems.X_train, W0u)
-    g = 2.0 * np.einsum("tkd,tk->td", problems.X_train, resid)
-    Qu = n * (n + 1) * beta * s[:, None] + n * (b2 + s2)[:, None] * u
-    a = n * np.einsum("td,td->t", beta, g) * s - np.einsum("td,td->t", g, Qu @ W0.T)
-    bb = np.sum(g**2, axis=1) * np.einsum("td,td->t", u, Qu)
-    Wb = beta @ W0.T
-    l0 = (b2 + s2 - 2 * n * np.einsum("td,td->t", beta, Wb) + n * (n + 1) * np.sum(Wb**2, axis=1)
-          + n * (b2 + s2) * np.sum(W0 * W0))
+    if problems.beta.shape[1] != W0.shape[0]:
+        raise ValueError(f"W0 must be {problems.beta.shape[1]} x {problems.beta.shape[1]}, got {W0.shape}")
+    l0, a, bb = per_task_coefficients(problems, W0, n, sigma)
     se = lambda x: float(x.std(ddof=1) / np.sqrt(x.size))  # noqa: E731
     return {"A": float(a.mean()), "A_se": se(a), "B": float(bb.mean()), "B_se": se(bb), "L0": float(l0.mean()),
             "L0_se": se(l0), "a": a, "b": bb, "l0": l0}

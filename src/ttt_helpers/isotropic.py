@@ -46,7 +46,7 @@ import sympy as sp
 
 from .moments import chi2_moment, expect_independent, standard_normal_moment
 from .tasks import as_generator
-from .ttt import conditional_test_loss, sample_ttt_problems, ttt_step
+from .ttt import Q_times, conditional_test_loss, sample_ttt_problems, ttt_step
 from .validation import check_finite_array, check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 __all__ = [
@@ -429,7 +429,7 @@ def per_task_coefficients(problems, W0, n: int, sigma: float = 0.0):
         l0 = conditional_test_loss(W0, beta, n, sigma)
     resid = problems.y_train - np.einsum("tkd,td->tk", problems.X_train, W0u)
     g = 2.0 * np.einsum("tkd,tk->td", problems.X_train, resid)
-    Qu = n * (n + 1) * beta * s[:, None] + n * (b2 + s2)[:, None] * u
+    Qu = Q_times(beta, u, n, sigma)
     W0Qu = c * Qu if np.ndim(W0) == 0 else Qu @ W0.T
     a = n * np.einsum("td,td->t", beta, g) * s - np.einsum("td,td->t", g, W0Qu)
     b = np.sum(g**2, axis=1) * np.einsum("td,td->t", u, Qu)

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .tasks import as_generator
-from .ttt import conditional_test_loss, sample_ttt_problems, ttt_step
+from .ttt import Q_times, conditional_test_loss, sample_ttt_problems, ttt_step
 from .validation import (
     check_covariance,
-    check_finite_array,
     check_nonnegative_float,
     check_nonnegative_int,
     check_positive_int,
@@ -32,13 +31,6 @@ from .validation import (
 )
 
 __all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin", "multistep_sweep"]
-
-
-def _Q_times(beta, u, n, s2):
-    """``Q_beta u`` for each task (``Q = n(n+1) beta beta^T + n(||beta||^2 + sigma^2) I``)."""
-    b2 = np.sum(beta**2, axis=1)
-    s = np.einsum("td,td->t", beta, u)
-    return n * (n + 1) * beta * s[:, None] + n * (b2 + s2)[:, None] * u
 
 
 def oracle_terms(W0, problems, n: int, sigma: float = 0.0):
@@ -51,9 +43,9 @@ def oracle_terms(W0, problems, n: int, sigma: float = 0.0):
     """
     W0 = check_square_matrix(W0, "W0")
     n = check_nonnegative_int(n, "n")
-    s2 = check_nonnegative_float(sigma, "sigma") ** 2
+    check_nonnegative_float(sigma, "sigma")
     beta, u = problems.beta, problems.u
-    Qu = _Q_times(beta, u, n, s2)
+    Qu = Q_times(beta, u, n, sigma)
     Gu = Qu @ W0.T - n * beta * np.einsum("td,td->t", beta, u)[:, None]
     uQu = np.einsum("td,td->t", u, Qu)
     gain = np.sum(Gu**2, axis=1) / uQu

@@ -27,7 +27,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ttt_helpers.provenance import models_dir, read_provenance, sha256_file, verify_sha256
+from ttt_helpers.provenance import models_dir, read_provenance, verify_sha256
 from ttt_helpers.validation import check_positive_int
 
 __all__ = [
@@ -334,8 +334,3 @@ def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bo
         description = _describe_fallback(path)
     clf = TabPFNClassifier(model_path=str(path), device=device, **tabpfn_kwargs)
     return clf, description
-
-
-def file_sha256(path) -> str:
-    """Hex sha256 of a file (re-exported for convenience)."""
-    return sha256_file(path)

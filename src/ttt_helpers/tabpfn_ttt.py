@@ -33,7 +33,6 @@ Protocol (what :func:`split_rows`, :func:`ttt_finetune` and :func:`evaluate_stat
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field

@@ -30,6 +30,7 @@ __all__ = [
     "ttt_gradient",
     "ttt_step",
     "conditional_test_loss",
+    "Q_times",
     "sample_ttt_problems",
     "TTTProblems",
     "step_loss_coefficients",
@@ -153,6 +154,26 @@ def conditional_test_loss(W, beta, n: int, sigma: float = 0.0):
         + n * (b2 + s2) * np.sum(W**2, axis=(1, 2))
     )
     return float(out[0]) if single else out
+
+
+def Q_times(beta, u, n: int, sigma: float = 0.0) -> np.ndarray:
+    """``Q_beta u`` per task, with ``Q_beta = n(n+1) beta beta^T + n(||beta||^2 + sigma^2) I``.
+
+    ``Q_beta`` is the matrix of the quadratic term of :func:`conditional_test_loss`,
+    ``L(W | beta) = ... + tr(W Q_beta W^T)``.
+
+    Parameters
+    ----------
+    beta, u : ndarray, shape (T, d)
+
+    Returns
+    -------
+    ndarray, shape (T, d)
+    """
+    s2 = check_nonnegative_float(sigma, "sigma") ** 2
+    b2 = np.sum(beta**2, axis=1)
+    s = np.einsum("td,td->t", beta, u)
+    return n * (n + 1) * beta * s[:, None] + n * (b2 + s2)[:, None] * u
 
 
 class TTTProblems:
