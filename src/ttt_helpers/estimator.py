@@ -706,7 +706,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         """
         import torch
 
-        from .tabpfn_model import build_checkpoint, read_checkpoint_config
+        from .tabpfn_model import build_checkpoint, read_checkpoint_config, read_checkpoint_inference_config
         from .tabpfn_ttt import snapshot_state
 
         check_is_fitted(self, "tabpfn_")
@@ -731,7 +731,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
             "ttt_losses": [] if self.ttt_history_ is None else list(map(float, self.ttt_history_["losses"])),
         }
         config = read_checkpoint_config(self.model_path_)
-        return build_checkpoint(config, snapshot_state(self.tabpfn_), path, extra={_SAVE_KEY: state})
+        return build_checkpoint(config, snapshot_state(self.tabpfn_), path, extra={_SAVE_KEY: state},
+                                inference_config=read_checkpoint_inference_config(self.model_path_))
 
     @classmethod
     def load(cls, path, *, device: str | None = None) -> "TTTTabPFNClassifier":

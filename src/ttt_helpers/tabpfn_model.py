@@ -16,8 +16,13 @@ and says so:
   against ``data/models/tabpfn_fallback.json`` before it is loaded.
 
 A checkpoint file is what ``tabpfn`` itself reads (``tabpfn.model_loading.load_model``): a
-``torch.save`` of ``{"state_dict", "config", "architecture_name": "tabpfn_v2"}``; see
-:func:`build_checkpoint`.
+``torch.save`` of ``{"state_dict", "config", "architecture_name": "tabpfn_v2"}`` and, optionally, the
+``"inference_config"`` (preprocessing and ensembling settings) that ``tabpfn`` then applies whenever it
+runs the checkpoint; see :func:`build_checkpoint`. Our fallback declares
+:data:`FALLBACK_INFERENCE_OVERRIDES`: the official v2 defaults expect inputs that went through a quantile
+transform, an SVD and a hashed "fingerprint" column — transforms the official model saw in pretraining
+but ours did not — and on them our model ignores the features (it then predicts class 0 whatever the
+context says). The overrides feed it what its pretraining fed it.
 """
 
 from __future__ import annotations
@@ -39,14 +44,32 @@ __all__ = [
     "make_config",
     "new_model",
     "count_parameters",
+    "FALLBACK_INFERENCE_OVERRIDES",
+    "inference_config_for_checkpoint",
     "build_checkpoint",
     "tiny_random_checkpoint",
     "read_checkpoint_config",
+    "read_checkpoint_inference_config",
     "load_classifier",
 ]
 
 OFFICIAL_ENV_VAR = "TABPFN_MODEL_PATH"
 FALLBACK_NAME = "tabpfn_fallback.ckpt"
+
+#: What our fallback checkpoint changes in ``tabpfn``'s default v2 classifier inference settings
+#: (``tabpfn.inference_config.InferenceConfig``): features reach the model as numbers, standardised by the
+#: model's own encoder as in pretraining (``"none"``), or robustly scaled and softly clipped
+#: (``"squashing_scaler_default"``, which tames the heavy tails real tables have and the prior's do not);
+#: ensemble members alternate between the two. No fingerprint column, no SVD, no appended originals.
+#: Class and feature shuffling stay on: pretraining permuted labels and columns at random.
+FALLBACK_INFERENCE_OVERRIDES = {
+    "PREPROCESS_TRANSFORMS": [
+        {"name": "none", "categorical_name": "numeric", "append_original": False},
+        {"name": "squashing_scaler_default", "categorical_name": "numeric", "append_original": False},
+    ],
+    "FINGERPRINT_FEATURE": False,
+    "POLYNOMIAL_FEATURES": "no",
+}
 
 
 def official_v2_classifier_names() -> list[str]:
@@ -195,7 +218,36 @@ def tiny_random_checkpoint(path, seed: int = 0) -> Path:
     return build_checkpoint(cfg, new_model(cfg, seed=seed).state_dict(), path)
 
 
-def build_checkpoint(config, state_dict, path, *, extra: dict | None = None, half: bool = False) -> Path:
+def inference_config_for_checkpoint(overrides: dict) -> dict:
+    """``tabpfn``'s default v2 classifier inference settings with ``overrides`` applied, as a plain dict.
+
+    The result is what :func:`build_checkpoint` stores under ``"inference_config"``; ``tabpfn`` rebuilds
+    its ``InferenceConfig`` from it (an unknown key or a bad value raises here, not at load time).
+    """
+    from tabpfn.constants import ModelVersion
+    from tabpfn.inference_config import InferenceConfig
+
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of InferenceConfig fields, got {type(overrides).__name__}")
+    default = InferenceConfig.get_default("multiclass", ModelVersion.V2)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(default)}
+    if unknown:
+        raise ValueError(f"not InferenceConfig fields: {sorted(unknown)}")
+    merged = dataclasses.asdict(default)
+    merged.update(overrides)
+    InferenceConfig(**merged)  # validates
+    return merged
+
+
+def build_checkpoint(
+    config,
+    state_dict,
+    path,
+    *,
+    extra: dict | None = None,
+    half: bool = False,
+    inference_config: dict | None = None,
+) -> Path:
     """Save a checkpoint that ``tabpfn.TabPFNClassifier(model_path=path)`` loads.
 
     The state dict is first loaded (strictly) into ``tabpfn_v2.get_architecture(config)``, so a
@@ -214,6 +266,9 @@ def build_checkpoint(config, state_dict, path, *, extra: dict | None = None, hal
         Additional JSON-able fields stored in the checkpoint (e.g. training metadata).
     half : bool
         Store floating-point tensors as float16 (halves the file; ``tabpfn`` casts back on load).
+    inference_config : dict, optional
+        Overrides of ``tabpfn``'s default v2 inference settings (see :func:`inference_config_for_checkpoint`)
+        that every ``TabPFNClassifier`` running this checkpoint applies; ``None`` leaves the defaults.
 
     Returns
     -------
@@ -239,6 +294,8 @@ def build_checkpoint(config, state_dict, path, *, extra: dict | None = None, hal
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     record = {"state_dict": state, "config": dataclasses.asdict(cfg), "architecture_name": "tabpfn_v2"}
+    if inference_config is not None:
+        record["inference_config"] = inference_config_for_checkpoint(inference_config)
     if extra:
         clash = set(extra) & set(record)
         if clash:
@@ -259,6 +316,17 @@ def read_checkpoint_config(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return dict(Checkpoint(path).load()["config"])
+
+
+def read_checkpoint_inference_config(path) -> dict | None:
+    """The ``inference_config`` dict a checkpoint declares, or ``None`` (then ``tabpfn`` uses its v2 defaults)."""
+    from tabpfn.checkpoint import Checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    cfg = Checkpoint(path).load().get("inference_config")
+    return None if cfg is None else dict(cfg)
 
 
 def _describe_fallback(path: Path) -> str:
