@@ -104,6 +104,13 @@ def parse_args(argv=None):
         help="end training in this call: the time budget is reset to what this call's wall limit leaves",
     )
     p.add_argument("--eval-every-min", type=float, default=2.0)
+    p.add_argument(
+        "--min-reuse",
+        type=int,
+        default=1,
+        help="train on every prior batch at least this many times (each time with a fresh context/test split "
+        "and label permutation); raises the stages' 'reuse' when the CPU prior cannot keep up with the GPU",
+    )
     p.add_argument("--workers", type=int, default=14)
     p.add_argument(
         "--prior",
@@ -637,7 +644,7 @@ def main(argv=None):
             t0 = time.time()
             batch = next(it)
             data_wait += time.time() - t0
-            reuse_left = stage["reuse"]
+            reuse_left = max(stage["reuse"], args.min_reuse)
             fresh = True
         else:
             fresh = False
