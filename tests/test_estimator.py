@@ -130,6 +130,18 @@ def test_save_load_roundtrip_and_plain_tabpfn_reads_the_file(tmp_path):
         TTTTabPFNClassifier.load(TINY)
 
 
+def test_save_keeps_the_base_checkpoints_inference_config(tmp_path):
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    base = tm.build_checkpoint(config, tm.new_model(config, seed=0).state_dict(), tmp_path / "base.ckpt",
+                               inference_config=tm.FALLBACK_INFERENCE_OVERRIDES)
+    X, y = _toy()
+    est = TTTTabPFNClassifier(str(base), steps=1, n_query=16).fit(X, y)
+    saved = est.save(tmp_path / "adapted.ckpt")
+    assert tm.read_checkpoint_inference_config(saved) == tm.read_checkpoint_inference_config(base)
+    plain = TTTTabPFNClassifier(TINY, steps=1, n_query=16).fit(X, y).save(tmp_path / "plain.ckpt")
+    assert tm.read_checkpoint_inference_config(plain) is None
+
+
 def test_params_clone_pickle_and_not_fitted():
     est = _est(lr=3e-4, optimizer="sgd")
     assert est.get_params()["lr"] == 3e-4 and est.get_params()["model"] == TINY

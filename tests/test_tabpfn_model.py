@@ -182,3 +182,40 @@ def test_read_checkpoint_config(tiny_ckpt):
     assert cfg["emsize"] == config.emsize and cfg["nlayers"] == config.nlayers
     with pytest.raises(FileNotFoundError):
         tm.read_checkpoint_config(path.with_name("nope.ckpt"))
+
+
+def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
+    path, _ = tiny_ckpt
+    assert tm.read_checkpoint_inference_config(path) is None  # tabpfn then uses its v2 defaults
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    state = tm.new_model(config, seed=0).state_dict()
+    declared = tm.build_checkpoint(config, state, tmp_path / "declared.ckpt",
+                                   inference_config=tm.FALLBACK_INFERENCE_OVERRIDES)
+    stored = tm.read_checkpoint_inference_config(declared)
+    assert stored["FINGERPRINT_FEATURE"] is False
+    assert [t["name"] for t in stored["PREPROCESS_TRANSFORMS"]] == ["none", "squashing_scaler_default"]
+    assert stored["CLASS_SHIFT_METHOD"] == "shuffle"  # untouched defaults are filled in
+    clf = tabpfn.TabPFNClassifier(model_path=str(declared), device="cpu", n_estimators=2, random_state=0)
+    used = clf.get_inference_config()
+    assert used.FINGERPRINT_FEATURE is False
+    assert [t.name for t in used.PREPROCESS_TRANSFORMS] == ["none", "squashing_scaler_default"]
+    # a user's dict still overrides single fields on top of the checkpoint's declaration
+    clf2 = tabpfn.TabPFNClassifier(model_path=str(declared), device="cpu",
+                                   inference_config={"CLASS_SHIFT_METHOD": None})
+    assert clf2.get_inference_config().CLASS_SHIFT_METHOD is None
+    assert clf2.get_inference_config().FINGERPRINT_FEATURE is False
+    X, y = _toy_table()
+    proba = clf.fit(X[:60], y[:60]).predict_proba(X[60:])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="not InferenceConfig fields"):
+        tm.build_checkpoint(config, state, tmp_path / "bad.ckpt", inference_config={"NOT_A_FIELD": 1})
+    with pytest.raises(ValueError, match="must be a dict"):
+        tm.inference_config_for_checkpoint(["FINGERPRINT_FEATURE"])
+
+
+def test_shipped_fallback_declares_its_inference_config():
+    path = tm.fallback_checkpoint_path()
+    stored = tm.read_checkpoint_inference_config(path)
+    assert stored is not None
+    for key, value in tm.FALLBACK_INFERENCE_OVERRIDES.items():
+        assert stored[key] == value, key

@@ -12,7 +12,7 @@ and says so:
   only ever passes a path that exists.
 * **fallback**: ``data/models/tabpfn_fallback.ckpt``, a small model of the TabPFN v2 architecture
   (``tabpfn.architectures.tabpfn_v2``) that we pretrained on synthetic classification tasks from
-  ``tabicl``'s structural-causal-model prior (``scripts/pretrain_tabpfn.py``). Its sha256 is checked
+  ``tabicl``'s structural-causal-model prior ``graph_scm`` (``scripts/pretrain_tabpfn.py``). Its sha256 is checked
   against ``data/models/tabpfn_fallback.json`` before it is loaded.
 
 A checkpoint file is what ``tabpfn`` itself reads (``tabpfn.model_loading.load_model``): a
@@ -342,7 +342,8 @@ def _describe_fallback(path: Path) -> str:
         if cfg:
             bits.append(f"emsize {cfg.get('emsize')}, {cfg.get('nlayers')} layers")
         if steps:
-            bits.append(f"{steps} pretraining steps on tabicl's SCM prior")
+            prior = prov.get("config", {}).get("prior", {}).get("prior_type", "SCM")
+            bits.append(f"{steps} pretraining steps on tabicl's {prior} prior")
         if bits:
             desc += "; " + ", ".join(bits)
     except (FileNotFoundError, ValueError):
