@@ -383,21 +383,9 @@ def real_tables(seed: int):
 
 
 def baseline_accuracies(tables, seed: int):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from ttt_helpers.tabular_data import baseline_accuracies as baselines
 
-    res = {}
-    for name, (Xtr, Xte, ytr, yte) in tables.items():
-        lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(Xtr, ytr)
-        hgb = HistGradientBoostingClassifier(random_state=seed).fit(Xtr, ytr)
-        res[name] = {
-            "logistic_regression": float((lr.predict(Xte) == yte).mean()),
-            "hist_gradient_boosting": float((hgb.predict(Xte) == yte).mean()),
-            "majority": float((yte == np.bincount(ytr).argmax()).mean()),
-        }
-    return res
+    return {name: baselines(Xtr, ytr, Xte, yte, seed=seed) for name, (Xtr, Xte, ytr, yte) in tables.items()}
 
 
 def eval_real(ckpt_path, tables, device, n_estimators, seed):
@@ -426,11 +414,6 @@ def run_benchmark(args, command):
     """Accuracy on the offline benchmark at ``--bench-context`` context samples; written into the provenance."""
     import datetime as dt
 
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from tabpfn import TabPFNClassifier
 
     from ttt_helpers import tabular_data as td
@@ -439,31 +422,20 @@ def run_benchmark(args, command):
     ckpt = Path(args.benchmark)
     prov_path = ckpt.with_suffix(".json")
     verify_sha256(ckpt, prov_path)
-    rng = np.random.default_rng(args.seed)
     rows, t0 = [], time.time()
-    names = td.list_datasets()
     from tqdm import tqdm
 
-    for name in tqdm(names, disable=args.no_progress, desc="benchmark"):
-        X, y, meta = td.load_dataset(name)
-        perm = rng.permutation(len(y))
-        ctx, rest = perm[: args.bench_context], perm[args.bench_context :]
-        test = rest[: args.bench_max_test]
-        # keep test rows whose class occurs in the context (TabPFN and the baselines can only predict those)
-        test = test[np.isin(y[test], np.unique(y[ctx]))]
-        Xc, yc, Xt, yt = X[ctx], y[ctx], X[test], y[test]
-        res = {"name": name, "n_context": len(ctx), "n_test": len(test), "classes": int(meta["classes"]),
-               "features": int(X.shape[1])}
+    splits = td.quality_splits(n_context=args.bench_context, max_test=args.bench_max_test, seed=args.seed)
+    for name, Xc, yc, Xt, yt, meta in tqdm(splits, total=len(td.list_datasets()), disable=args.no_progress,
+                                           desc="benchmark"):
+        res = {"name": name, "n_context": len(yc), "n_test": len(yt), "classes": int(meta["classes"]),
+               "features": int(Xc.shape[1])}
         clf = TabPFNClassifier(model_path=str(ckpt), device=args.device, n_estimators=args.eval_estimators,
                                random_state=args.seed, ignore_pretraining_limits=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res["tabpfn_fallback"] = float((clf.fit(Xc, yc).predict(Xt) == yt).mean())
-            lr = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=3000))
-            res["logistic_regression"] = float((lr.fit(Xc, yc).predict(Xt) == yt).mean())
-            hgb = HistGradientBoostingClassifier(random_state=args.seed)
-            res["hist_gradient_boosting"] = float((hgb.fit(Xc, yc).predict(Xt) == yt).mean())
-        res["majority"] = float((yt == np.bincount(yc).argmax()).mean())
+        res.update(td.baseline_accuracies(Xc, yc, Xt, yt, seed=args.seed))
         rows.append(res)
         print(json.dumps(res), flush=True)
     means = {k: round(float(np.mean([r[k] for r in rows])), 4)

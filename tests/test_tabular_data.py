@@ -110,3 +110,32 @@ def test_shipped_manifest_matches_the_loader():
         X, y, meta = td.load_dataset(row.name, 0)
         assert (row.rows, row.features, row.classes) == (meta["rows"], meta["features"], meta["classes"])
         assert row.package_version == meta["package_version"]
+
+
+def test_quality_splits_subset_matches_full_walk_and_keeps_only_seen_classes():
+    names = td.list_datasets()
+    pick = [names[3], names[-1]]
+    full = {s[0]: s for s in td.quality_splits(n_context=300, max_test=50, seed=1)}
+    sub = list(td.quality_splits(pick, n_context=300, max_test=50, seed=1))
+    assert [s[0] for s in sub] == pick
+    for name, Xc, yc, Xt, yt, meta in sub:
+        np.testing.assert_array_equal(Xc, full[name][1])
+        np.testing.assert_array_equal(yt, full[name][4])
+        assert Xc.shape == (300, meta["features"]) and len(yc) == 300
+        assert 0 < len(yt) <= 50 and set(np.unique(yt)) <= set(np.unique(yc))
+    other = next(td.quality_splits([pick[0]], n_context=300, max_test=50, seed=2))
+    assert not np.array_equal(other[2], full[pick[0]][2])  # the seed matters
+    with pytest.raises(ValueError, match="unknown datasets"):
+        next(td.quality_splits(["no_such_table"]))
+    with pytest.raises(ValueError):
+        next(td.quality_splits(n_context=0))
+
+
+def test_baseline_accuracies_on_a_separable_toy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    X[::17, 2] = np.nan  # imputed for the logistic regression; native for gradient boosting
+    res = td.baseline_accuracies(X[:200], y[:200], X[200:], y[200:], seed=0)
+    assert res["majority"] == pytest.approx(float((y[200:] == 0).mean()))
+    assert res["logistic_regression"] > 0.9 and res["hist_gradient_boosting"] > 0.9

@@ -59,6 +59,8 @@ __all__ = [
     "manifest_path",
     "write_cache",
     "package_version",
+    "quality_splits",
+    "baseline_accuracies",
 ]
 
 MIN_ROWS = 1250
@@ -346,6 +348,64 @@ def load_dataset(name: str, rng=0):
     meta = _meta(s, X, y, features_original=info["features_original"], categorical=info["categorical"],
                  version=package_version(s.source))
     return X, y, meta
+
+
+def quality_splits(names=None, *, n_context: int = 1000, max_test: int = 200, seed: int = 0):
+    """The context/test splits on which the fallback model's quality is measured against baselines.
+
+    One seeded generator walks the tables in :func:`list_datasets` order (a subset ``names`` gets the same
+    splits as in the full walk): per table a random permutation of the rows, the first ``n_context`` rows
+    are the context, the next at most ``max_test`` rows the test set, keeping only test rows whose class
+    occurs in the context (no model can predict a class it has not seen).
+
+    Yields
+    ------
+    (name, X_context, y_context, X_test, y_test, meta)
+    """
+    n_context = check_positive_int(n_context, "n_context")
+    max_test = check_positive_int(max_test, "max_test")
+    every = list_datasets()
+    wanted = every if names is None else list(names)
+    unknown = [n for n in wanted if n not in every]
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown}; choose from list_datasets()")
+    rng = np.random.default_rng(seed)
+    for name in every:
+        X, y, meta = load_dataset(name)
+        perm = rng.permutation(len(y))
+        if name not in wanted:
+            continue
+        ctx, rest = perm[:n_context], perm[n_context:]
+        test = rest[:max_test]
+        test = test[np.isin(y[test], np.unique(y[ctx]))]
+        yield name, X[ctx], y[ctx], X[test], y[test], meta
+
+
+def baseline_accuracies(X_context, y_context, X_test, y_test, *, seed: int = 0) -> dict:
+    """Test accuracy of the reference learners fitted on the context.
+
+    ``logistic_regression``: mean imputation, standardisation, ``LogisticRegression(max_iter=3000)``;
+    ``hist_gradient_boosting``: ``HistGradientBoostingClassifier`` with its defaults (it handles NaN itself);
+    ``majority``: always the context's most frequent class.
+    """
+    import warnings
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_context, y_test = np.asarray(y_context), np.asarray(y_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on hard tables
+        lr = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=3000))
+        hgb = HistGradientBoostingClassifier(random_state=seed)
+        return {
+            "logistic_regression": float((lr.fit(X_context, y_context).predict(X_test) == y_test).mean()),
+            "hist_gradient_boosting": float((hgb.fit(X_context, y_context).predict(X_test) == y_test).mean()),
+            "majority": float((y_test == np.bincount(y_context).argmax()).mean()),
+        }
 
 
 def _meta(s: DatasetSpec, X, y, *, features_original, categorical, version):
