@@ -27,9 +27,9 @@ CPU smoke test (a minute)::
 
     python scripts/pretrain_tabpfn.py --tiny --device cpu --out-dir /tmp/tp --export-dir /tmp/tp
 
-GPU (one H100, through the device tool; what produced the shipped model: four calls, each resuming the
-training state the previous one wrote, about 26 training minutes in all; the exact commands, commits and
-dates are in ``data/models/tabpfn_fallback.json``)::
+GPU (one H100, through the device tool; what produced the shipped model: six calls, each resuming the
+training state the previous one wrote, 35 training minutes in all; the exact commands, commits and dates
+are in ``data/models/tabpfn_fallback.json``)::
 
     python scripts/pretrain_tabpfn.py --device cuda --sdpa no_gqa --no-autocast --time-budget-min 27 \
         --wall-limit-min 8.9 --eval-every-min 3 --workers 15 --out-dir $OUT/state --no-progress
@@ -42,6 +42,7 @@ dates are in ``data/models/tabpfn_fallback.json``)::
     # the CPU. A last call continued from the same state with fresh embeddings at every step:
     python scripts/pretrain_tabpfn.py ... --resume STATE --min-reuse 4 --random-column-embeddings --final-call \
         --wall-limit-min 6.0 --eval-every-min 2 --export-dir $OUT
+    # and two more calls like it (--wall-limit-min 6.4, then 6.2), each a short warm restart of the schedule
 
 Without ``--final-call``, ``--time-budget-min`` sets the total training minutes over several calls.
 Evaluation of a finished checkpoint on the book's offline benchmark (no training; CPU is fine)::
