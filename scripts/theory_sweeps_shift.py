@@ -25,7 +25,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from ttt_helpers import alignment as al
 from ttt_helpers import multistep as ms
@@ -33,22 +32,9 @@ from ttt_helpers import sample_complexity as sc
 from ttt_helpers.provenance import results_dir, write_provenance
 
 PROFILES = {
-    "ci": {
-        "alignment": dict(d=16, r=4, n=16, ks=[16, 64], thetas=list(np.linspace(0, np.pi / 2, 7)), sigma=0.5,
-                          floor=0.1, n_tasks=4000, k_grid=[4, 8, 16, 32, 64, 128, 256], seed=6),
-        "multistep": dict(d=16, r=4, n=16, ks=[32, 128], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5, floor=0.1,
-                          steps=30, gamma=0.5, n_tasks=2000, seed=7),
-        "sample": dict(ds=[20], kappas=[0.25, 0.5, 1, 2, 4, 8], es=[0.6, 0.4, 0.25], sigma=0.5,
-                       shift=dict(d=16, r=4, k=32, e=0.4, thetas=[0.0, np.pi / 4, np.pi / 2], n_max=300)),
-    },
-    "full": {
-        "alignment": dict(d=64, r=16, n=64, ks=[64, 256], thetas=list(np.linspace(0, np.pi / 2, 13)), sigma=0.5,
-                          floor=0.1, n_tasks=20000, k_grid=[8, 16, 32, 64, 128, 256, 512, 1024], seed=6),
-        "multistep": dict(d=64, r=16, n=64, ks=[128, 256], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5,
-                          floor=0.1, steps=40, gamma=0.5, n_tasks=1500, seed=7),
-        "sample": dict(ds=[20, 80, 320], kappas=[0.25, 0.5, 1, 2, 4, 8, 16], es=[0.6, 0.4, 0.25], sigma=0.5,
-                       shift=dict(d=32, r=8, k=64, e=0.4, thetas=list(np.linspace(0, np.pi / 2, 7)), n_max=800)),
-    },
+    name: {"alignment": al.SWEEP_PROFILES[name], "multistep": ms.SWEEP_PROFILES[name],
+           "sample": sc.SWEEP_PROFILES[name]}
+    for name in ("ci", "full")
 }
 
 
@@ -64,14 +50,7 @@ def run_sample(cfg):
     cfg = dict(cfg)
     shift = cfg.pop("shift")
     out = sc.reduction_sweep(**cfg)
-    sh = {"config": shift, "theta": [], "n_icl": [], "n_ttt": [], "ratio": []}
-    for t in tqdm(shift["thetas"], desc="shift", file=sys.stderr):
-        Sb, St = al.subspace_pair(shift["d"], shift["r"], float(t), 0.1)
-        g = sc.general_context_lengths(shift["e"] * shift["d"], shift["k"], cfg["sigma"], Sb, St, shift["n_max"])
-        for key in ("n_icl", "n_ttt", "ratio"):
-            sh[key].append(float(g[key]))
-        sh["theta"].append(float(t))
-    out["shift"] = sh
+    out["shift"] = sc.shift_sweep(sigma=cfg["sigma"], **shift)
     return out
 
 

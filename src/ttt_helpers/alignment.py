@@ -76,6 +76,7 @@ __all__ = [
     "target_loss",
     "mc_one_step_losses",
     "alignment_sweep",
+    "SWEEP_PROFILES",
 ]
 
 #: quadratic forms in beta: b = ||beta||^2, p = beta^T P beta (P = W0^T W0), r = ||(I - n W0) beta||^2,
@@ -522,3 +523,13 @@ def alignment_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floo
             cr["sim_diff_se"].append(se_row)
         out["crossing"] = cr
     return out
+
+
+#: Arguments of :func:`alignment_sweep` for the book: ``"ci"`` runs live in chapter 6, ``"full"`` is the shipped
+#: run of ``scripts/theory_sweeps_shift.py`` (``data/results/alignment_sweep.json``).
+SWEEP_PROFILES = {
+    "ci": dict(d=16, r=4, n=16, ks=[16, 64], thetas=list(np.linspace(0, np.pi / 2, 7)), sigma=0.5,
+               floor=0.1, n_tasks=4000, k_grid=[4, 8, 16, 32, 64, 128, 256], seed=6),
+    "full": dict(d=64, r=16, n=64, ks=[64, 256], thetas=list(np.linspace(0, np.pi / 2, 13)), sigma=0.5,
+                 floor=0.1, n_tasks=20000, k_grid=[8, 16, 32, 64, 128, 256, 512, 1024], seed=6),
+}

@@ -30,7 +30,8 @@ from .validation import (
     check_square_matrix,
 )
 
-__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin", "multistep_sweep"]
+__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin", "multistep_sweep",
+           "SWEEP_PROFILES"]
 
 
 def oracle_terms(W0, problems, n: int, sigma: float = 0.0):
@@ -245,3 +246,13 @@ def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floo
                            sigma=sigma, floor=floor, steps=steps, gamma=gamma, n_tasks=n_tasks, seed=seed,
                            family="subspace_pair"),
             "records": records}
+
+
+#: Arguments of :func:`multistep_sweep` for the book: ``"ci"`` runs live in chapter 7, ``"full"`` is the shipped
+#: run of ``scripts/theory_sweeps_shift.py`` (``data/results/multistep_sweep.json``).
+SWEEP_PROFILES = {
+    "ci": dict(d=16, r=4, n=16, ks=[32, 128], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5, floor=0.1,
+               steps=30, gamma=0.5, n_tasks=2000, seed=7),
+    "full": dict(d=64, r=16, n=64, ks=[128, 256], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5,
+                 floor=0.1, steps=40, gamma=0.5, n_tasks=1500, seed=7),
+}
