@@ -308,24 +308,24 @@ def build_checkpoint(
     return path
 
 
-def read_checkpoint_config(path) -> dict:
-    """The ``config`` dict stored in a checkpoint file (read with ``tabpfn``'s own reader)."""
+def _load_checkpoint(path) -> dict:
+    """The record a checkpoint file holds, read with ``tabpfn``'s own reader."""
     from tabpfn.checkpoint import Checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return dict(Checkpoint(path).load()["config"])
+    return Checkpoint(path).load()
+
+
+def read_checkpoint_config(path) -> dict:
+    """The ``config`` dict stored in a checkpoint file (read with ``tabpfn``'s own reader)."""
+    return dict(_load_checkpoint(path)["config"])
 
 
 def read_checkpoint_inference_config(path) -> dict | None:
     """The ``inference_config`` dict a checkpoint declares, or ``None`` (then ``tabpfn`` uses its v2 defaults)."""
-    from tabpfn.checkpoint import Checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    cfg = Checkpoint(path).load().get("inference_config")
+    cfg = _load_checkpoint(path).get("inference_config")
     return None if cfg is None else dict(cfg)
 
 
