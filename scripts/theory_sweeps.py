@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers import isotropic as iso
+from ttt_helpers.theory import isotropic as iso
 from ttt_helpers.provenance import results_dir, write_provenance
 
 PROFILES = iso.SWEEP_PROFILES

@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from ttt_helpers import alignment as al
-from ttt_helpers import multistep as ms
-from ttt_helpers import sample_complexity as sc
+from ttt_helpers.theory import general_covariance as al
+from ttt_helpers.theory import multistep as ms
+from ttt_helpers.theory import sample_complexity as sc
 from ttt_helpers.provenance import results_dir, write_provenance
 
 PROFILES = {

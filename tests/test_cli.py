@@ -1,4 +1,4 @@
-"""Tests for the command line (python -m ttt_helpers / ttt-helpers) and ttt_helpers.report, on a tiny checkpoint."""
+"""Tests for the command line (python -m ttt_helpers / ttt-helpers) and ttt_helpers.tabpfn.report, on a tiny checkpoint."""
 
 import json
 import subprocess
@@ -16,10 +16,10 @@ import pandas as pd  # a hard dependency: fail, never skip, if it is missing
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ttt_helpers import tabpfn_model as tm  # noqa: E402
-from ttt_helpers import tabpfn_ttt as tt  # noqa: E402
-from ttt_helpers.__main__ import main  # noqa: E402
-from ttt_helpers.report import REPORT_KEYS, read_table, resolve_context_sizes  # noqa: E402
+from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
+from ttt_helpers.tabpfn import ttt as tt  # noqa: E402
+from ttt_helpers.tabpfn.cli import main  # noqa: E402
+from ttt_helpers.tabpfn.report import REPORT_KEYS, read_table, resolve_context_sizes  # noqa: E402
 
 HYP = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

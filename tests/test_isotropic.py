@@ -1,11 +1,11 @@
-"""Tests for ttt_helpers.isotropic: exact one-step theory, Gaussian approximation, limit, Monte Carlo engine."""
+"""Tests for ttt_helpers.theory.isotropic: exact one-step theory, Gaussian approximation, limit, Monte Carlo engine."""
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from ttt_helpers import isotropic as iso
-from ttt_helpers.pretraining import isotropic_optimal_loss
+from ttt_helpers.theory import isotropic as iso
+from ttt_helpers.theory.pretraining import isotropic_optimal_loss
 
 
 def test_loss_before_is_the_pretrained_loss():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from ttt_helpers import linear_attention as la
-from ttt_helpers import tasks
+from ttt_helpers.theory import linear_attention as la
+from ttt_helpers.theory import tasks
 
 
 def test_predict_matches_definition():

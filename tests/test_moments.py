@@ -1,11 +1,11 @@
-"""Tests for ttt_helpers.moments: Isserlis expectations, chi-square moments and the Wick contraction engine."""
+"""Tests for ttt_helpers.theory.moments: Isserlis expectations, chi-square moments and the Wick contraction engine."""
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from ttt_helpers import moments
-from ttt_helpers.isotropic import SYMBOLS, u_moments_given_beta
+from ttt_helpers.theory import moments
+from ttt_helpers.theory.isotropic import SYMBOLS, u_moments_given_beta
 
 n, d = sp.symbols("n d", positive=True)
 I_, J_, A_, B_, C_ = (n, "i"), (n, "j"), (d, "a"), (d, "b"), (d, "c")

@@ -1,12 +1,12 @@
-"""Tests of ttt_helpers.multistep: rank-one engine = ttt_step engine, oracle bound, gradient-descent limit."""
+"""Tests of ttt_helpers.theory.multistep: rank-one engine = ttt_step engine, oracle bound, gradient-descent limit."""
 
 import numpy as np
 import pytest
 
-from ttt_helpers import multistep as ms
-from ttt_helpers.alignment import one_step_theory, subspace_pair
-from ttt_helpers.pretraining import optimal_W
-from ttt_helpers.ttt import conditional_test_loss, sample_ttt_problems, ttt_step
+from ttt_helpers.theory import multistep as ms
+from ttt_helpers.theory.general_covariance import one_step_theory, subspace_pair
+from ttt_helpers.theory.pretraining import optimal_W
+from ttt_helpers.theory.ttt import conditional_test_loss, sample_ttt_problems, ttt_step
 
 
 def _setting():

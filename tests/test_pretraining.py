@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ttt_helpers import pretraining as pt
+from ttt_helpers.theory import pretraining as pt
 
 
 def test_isotropic_optimum_closed_form():

@@ -1,10 +1,10 @@
-"""Tests of ttt_helpers.sample_complexity."""
+"""Tests of ttt_helpers.theory.sample_complexity."""
 
 import numpy as np
 import pytest
 
-from ttt_helpers import sample_complexity as sc
-from ttt_helpers.pretraining import isotropic_optimal_loss
+from ttt_helpers.theory import sample_complexity as sc
+from ttt_helpers.theory.pretraining import isotropic_optimal_loss
 
 
 def test_icl_context_length_is_minimal():
@@ -24,7 +24,7 @@ def test_first_n_below():
 
 
 def test_ttt_needs_no_more_context_and_ratio_grows_with_k():
-    import ttt_helpers.isotropic  # noqa: F401  (exists: never skip)
+    import ttt_helpers.theory.isotropic  # noqa: F401  (exists: never skip)
     d, s = 10, 0.5
     ratios = [sc.reduction_factor(0.5 * d, d, k, s)["ratio"] for k in (2, 10, 40)]
     assert all(r >= 1 for r in ratios)
@@ -42,7 +42,7 @@ def test_proportional_reduction_factor():
 
 
 def test_general_matches_isotropic():
-    import ttt_helpers.isotropic  # noqa: F401  (exists: never skip)
+    import ttt_helpers.theory.isotropic  # noqa: F401  (exists: never skip)
     d, s, k, eps = 6, 0.5, 6, 3.5
     g = sc.general_context_lengths(eps, k, s, np.eye(d), np.eye(d), n_max=40)
     assert g["n_icl"] == sc.icl_context_length(eps, d, s)
@@ -66,7 +66,7 @@ def test_bad_input_raises(call):
 
 
 def test_shift_sweep_matches_general_context_lengths_per_angle():
-    from ttt_helpers import alignment as al
+    from ttt_helpers.theory import general_covariance as al
 
     thetas = [0.0, np.pi / 2]
     out = sc.shift_sweep(d=8, r=2, k=16, e=0.4, thetas=thetas, n_max=120, sigma=0.5)
@@ -82,7 +82,7 @@ def test_sweep_profiles_are_the_scripts_profiles():
     import importlib.util
     from pathlib import Path
 
-    from ttt_helpers import alignment as al, multistep as ms
+    from ttt_helpers.theory import general_covariance as al, multistep as ms
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "theory_sweeps_shift.py"
     spec = importlib.util.spec_from_file_location("theory_sweeps_shift", path)

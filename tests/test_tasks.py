@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ttt_helpers import tasks
+from ttt_helpers.theory import tasks
 
 
 def test_shapes_and_u():

@@ -1,11 +1,11 @@
-"""Tests for ttt_helpers.ttt: the TTT loss, its gradient (vs torch autograd), the step and the exact test loss."""
+"""Tests for ttt_helpers.theory.ttt: the TTT loss, its gradient (vs torch autograd), the step and the exact test loss."""
 
 import numpy as np
 import pytest
 import torch
 
-from ttt_helpers import ttt
-from ttt_helpers.pretraining import population_icl_loss
+from ttt_helpers.theory import ttt
+from ttt_helpers.theory.pretraining import population_icl_loss
 
 
 @pytest.fixture

@@ -33,6 +33,6 @@ write_provenance(
                                   "length": "length of the pre-election interview in minutes (8 missing)",
                                   "id": "identifier of the interviewer (an R factor, stored as integers)"}},
            "export": "R row names dropped; values, column names and missing entries unchanged",
-           "not_in_benchmark": "absent from data/tabular/manifest.csv and from ttt_helpers.tabular_data.SPECS"},
+           "not_in_benchmark": "absent from data/tabular/manifest.csv and from ttt_helpers.tabpfn.benchmark.SPECS"},
 )
 print(out, back.shape)

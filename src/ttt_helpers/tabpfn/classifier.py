@@ -3,7 +3,7 @@
 ``fit(X, y)`` splits the labelled rows in two (seeded):
 
 * ``ttt_size`` rows are spent on **test-time training**: the TabPFN weights take ``steps`` optimiser steps, each
-  on one context/query episode drawn from these rows (``ttt_helpers.tabpfn_ttt.ttt_finetune``, the paper's
+  on one context/query episode drawn from these rows (``ttt_helpers.tabpfn.ttt.ttt_finetune``, the paper's
   protocol; AdamW or SGD with momentum);
 * of the other rows, ``context_size`` are kept as the **context** that every prediction conditions on.
 
@@ -22,7 +22,7 @@ Inputs: a NumPy array or a pandas DataFrame. Columns of dtype ``object``, ``stri
 Booleans become 0/1. Missing values (``NaN``, ``None``, ``pd.NA``) are allowed in features, not in the target;
 infinite values are rejected.
 
-This module is the adapter between tables and the array-based functions of :mod:`ttt_helpers.tabpfn_ttt`
+This module is the adapter between tables and the array-based functions of :mod:`ttt_helpers.tabpfn.ttt`
 (which it imports, never copies): the table encoder (:class:`TableEncoder`), the row split of ``fit`` and the
 batched prediction.
 """
@@ -369,7 +369,7 @@ def resolve_model(model="auto", *, verify: bool = True):
     -------
     (pathlib.Path, str)
     """
-    from . import tabpfn_model as tm
+    from . import checkpoints as tm
 
     if isinstance(model, str) and model in ("auto", "official", "fallback"):
         if model in ("auto", "official"):
@@ -469,7 +469,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         Largest context of a TTT episode (sizes are drawn log-uniformly from 2 to this); ``None``: all the TTT
         rows that are not queries. A small value makes each step cheap, and trains where TTT helps most.
     weight_decay, momentum, grad_clip : float
-        See :class:`ttt_helpers.tabpfn_ttt.TTTConfig`.
+        See :class:`ttt_helpers.tabpfn.ttt.TTTConfig`.
     n_estimators : int, default 1
         TabPFN ensemble members (preprocessing variants) per episode and per prediction.
     categorical_features : "auto", None or list of int/str, default "auto"
@@ -534,8 +534,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _ttt_config(self):
-        from .tabpfn_ttt import TTTConfig
-        from .validation import check_nonnegative_int
+        from .ttt import TTTConfig
+        from ..validation import check_nonnegative_int
 
         steps = check_nonnegative_int(self.steps, "steps")
         return TTTConfig(optimizer=self.optimizer, steps=max(steps, 1), lr=self.lr, n_query=self.n_query,
@@ -543,7 +543,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
                          grad_clip=self.grad_clip), steps
 
     def _check_params(self):
-        from .validation import check_positive_int
+        from ..validation import check_positive_int
 
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
@@ -609,7 +609,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        from . import tabpfn_ttt as tt
+        from . import ttt as tt
 
         t0 = time.perf_counter()
         encoder = TableEncoder(self.categorical_features).fit(X)
@@ -659,7 +659,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _max_classes(path) -> int:
-        from .tabpfn_model import read_checkpoint_config
+        from .checkpoints import read_checkpoint_config
 
         try:
             return int(min(MAX_CLASSES, read_checkpoint_config(path).get("max_num_classes", MAX_CLASSES)))
@@ -667,7 +667,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
             return MAX_CLASSES
 
     def _logits(self, Xe: np.ndarray) -> np.ndarray:
-        from . import tabpfn_ttt as tt
+        from . import ttt as tt
 
         out = []
         n_classes = len(self.classes_)
@@ -706,8 +706,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         """
         import torch
 
-        from .tabpfn_model import build_checkpoint, read_checkpoint_config, read_checkpoint_inference_config
-        from .tabpfn_ttt import snapshot_state
+        from .checkpoints import build_checkpoint, read_checkpoint_config, read_checkpoint_inference_config
+        from .ttt import snapshot_state
 
         check_is_fitted(self, "tabpfn_")
         path = Path(path)
@@ -739,7 +739,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         """Read an estimator written by :meth:`save` (ready to predict; no TTT is run again)."""
         import torch
 
-        from . import tabpfn_ttt as tt
+        from . import ttt as tt
 
         path = Path(path)
         if not path.is_file():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from .validation import check_finite_array, check_square_matrix
+from ..validation import check_finite_array, check_square_matrix
 
 __all__ = [
     "predict",

@@ -1,4 +1,4 @@
-"""Tests for ttt_helpers.tabpfn_model: checkpoints that tabpfn itself loads, sha256 checks, offline lookup."""
+"""Tests for ttt_helpers.tabpfn.checkpoints: checkpoints that tabpfn itself loads, sha256 checks, offline lookup."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
-from ttt_helpers import tabpfn_model as tm  # noqa: E402
+from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
 from ttt_helpers.provenance import write_provenance  # noqa: E402
 
 

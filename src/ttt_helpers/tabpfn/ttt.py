@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .validation import check_finite_array, check_nonnegative_float, check_positive_int
+from ..validation import check_finite_array, check_nonnegative_float, check_positive_int
 
 __all__ = [
     "TTTConfig",
@@ -123,7 +123,7 @@ def prepare_classifier(template, *, n_estimators: int = 1, seed: int = 0, device
     Parameters
     ----------
     template : tabpfn.TabPFNClassifier
-        E.g. from ``ttt_helpers.tabpfn_model.load_classifier`` (its ``model_path`` and device are kept).
+        E.g. from ``ttt_helpers.tabpfn.checkpoints.load_classifier`` (its ``model_path`` and device are kept).
     n_estimators : int
         Ensemble members per episode (the package's fine-tuning default is 2; we use 1 by default, which makes
         one TTT step exactly one forward--backward pass, as in the paper's remark).
@@ -565,7 +565,7 @@ def run_dataset(template, name: str, configs: dict, *, context_sizes=CONTEXT_SIZ
     template : tabpfn.TabPFNClassifier
         Carries the checkpoint (``model_path``); see :func:`prepare_classifier`.
     name : str
-        A table of :func:`ttt_helpers.tabular_data.list_datasets`.
+        A table of :func:`ttt_helpers.tabpfn.benchmark.list_datasets`.
     configs : dict label -> TTTConfig
         One TTT run per entry, each from the pretrained weights, all on the same episodes
         (same seed), e.g. ``{"adamw": TTTConfig("adamw", ...), "sgd": TTTConfig("sgd", ...)}``.
@@ -577,7 +577,7 @@ def run_dataset(template, name: str, configs: dict, *, context_sizes=CONTEXT_SIZ
     ``ttt`` (label -> seconds, prep_seconds, first/last losses), ``timing`` (per-size mean preprocessing and
     forward seconds per episode, n_query).
     """
-    from .tabular_data import load_dataset
+    from .benchmark import load_dataset
 
     if not configs or not all(isinstance(c, TTTConfig) for c in configs.values()):
         raise ValueError("configs must be a non-empty dict of TTTConfig")
@@ -637,7 +637,7 @@ def measure_cost(template, name: str, config: TTTConfig, *, context_sizes=CONTEX
     ``per_query_seconds``, ``prep_seconds``, ``forward_seconds`` (per size), ``n_query``.
     """
     torch = _torch()
-    from .tabular_data import load_dataset
+    from .benchmark import load_dataset
 
     X, y, meta = load_dataset(name, seed)
     C = int(meta["classes"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .tasks import as_generator, sample_tasks
-from .validation import (
+from ..validation import (
     check_covariance,
     check_finite_array,
     check_nonnegative_float,

@@ -1,4 +1,4 @@
-"""Tests for ttt_helpers.estimator (TTTTabPFNClassifier), on a tiny random TabPFN-v2 checkpoint (fast, offline)."""
+"""Tests for ttt_helpers.tabpfn.classifier (TTTTabPFNClassifier), on a tiny random TabPFN-v2 checkpoint (fast, offline)."""
 
 import pickle
 import tempfile
@@ -18,8 +18,8 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.exceptions import NotFittedError  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from ttt_helpers import tabpfn_model as tm  # noqa: E402
-from ttt_helpers.estimator import TableEncoder, TTTTabPFNClassifier, check_target, resolve_model  # noqa: E402
+from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
+from ttt_helpers.tabpfn.classifier import TableEncoder, TTTTabPFNClassifier, check_target, resolve_model  # noqa: E402
 
 HYP = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validation import (
+from ..validation import (
     check_covariance,
     check_finite_array,
     check_nonnegative_float,

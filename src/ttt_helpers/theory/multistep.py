@@ -1,7 +1,7 @@
 """Multi-step TTT: full-batch gradient descent on the TTT loss of one task, vectorised over tasks.
 
 Each task gets one context ``u`` and ``k`` training queries; ``t`` steps of
-:func:`ttt_helpers.ttt.ttt_step` with a fixed ``eta`` are applied to the same data. Facts used by the
+:func:`ttt_helpers.theory.ttt.ttt_step` with a fixed ``eta`` are applied to the same data. Facts used by the
 chapter "Beyond one step" (our derivations, checked in ``tests/test_multistep.py``):
 
 * **Rank-one structure.** Every iterate is ``W_t = W0 + c_t u^T``: the gradient is always ``(...) u^T``.
@@ -22,7 +22,7 @@ import numpy as np
 
 from .tasks import as_generator
 from .ttt import Q_times, conditional_test_loss, sample_ttt_problems, ttt_step
-from .validation import (
+from ..validation import (
     check_covariance,
     check_nonnegative_float,
     check_nonnegative_int,
@@ -106,8 +106,8 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
                  method: str = "rank1", compute_limit: bool = True) -> MultiStepResult:
     """Simulate ``steps`` TTT gradient steps (fixed ``eta``) on the same context and training set, per task.
 
-    Batched over tasks (chunks of ``chunk``); each step is :func:`ttt_helpers.ttt.ttt_step`, and the test
-    loss of every iterate is the exact fresh-context loss :func:`ttt_helpers.ttt.conditional_test_loss`.
+    Batched over tasks (chunks of ``chunk``); each step is :func:`ttt_helpers.theory.ttt.ttt_step`, and the test
+    loss of every iterate is the exact fresh-context loss :func:`ttt_helpers.theory.ttt.conditional_test_loss`.
 
     Parameters
     ----------
@@ -120,7 +120,7 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
     Sigma_t : ndarray (d, d), optional
         Target task covariance (identity if omitted).
     eta : float
-        Fixed step size (e.g. the one-step optimum of :func:`ttt_helpers.alignment.one_step_theory`), or,
+        Fixed step size (e.g. the one-step optimum of :func:`ttt_helpers.theory.general_covariance.one_step_theory`), or,
         with ``normalised=True``, the factor ``gamma`` of the per-task step
         ``gamma / (||u||^2 lambda_max(X_tr^T X_tr))`` (stable for ``gamma < 1``).
     steps : int
@@ -130,8 +130,8 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
     normalised : bool
         Per-task normalised step (see ``eta``).
     method : {"rank1", "matrix"}
-        ``"matrix"`` iterates :func:`ttt_helpers.ttt.ttt_step` on ``d x d`` matrices and evaluates
-        :func:`ttt_helpers.ttt.conditional_test_loss`; ``"rank1"`` (default, faster) iterates the
+        ``"matrix"`` iterates :func:`ttt_helpers.theory.ttt.ttt_step` on ``d x d`` matrices and evaluates
+        :func:`ttt_helpers.theory.ttt.conditional_test_loss`; ``"rank1"`` (default, faster) iterates the
         equivalent update of ``c_t`` in ``W_t = W0 + c_t u^T`` and uses the exact identity
         ``L(W_t | beta) = oracle + (u^T Q u) ||c_t - c_orc||^2``. Both give the same numbers (tested).
     compute_limit : bool
@@ -210,12 +210,12 @@ def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floo
                     gamma: float = 0.5, n_tasks: int = 2000, seed: int = 0) -> dict:
     """Multi-step TTT (normalised step ``gamma``) from ``W*`` and from scratch, for each ``k`` and ``theta``.
 
-    Target family :func:`ttt_helpers.alignment.subspace_pair`. Per setting: the loss curve over steps, the
+    Target family :func:`ttt_helpers.theory.general_covariance.subspace_pair`. Per setting: the loss curve over steps, the
     per-step gains, the remaining misalignment (excess over the oracle), the oracle bound, the
     gradient-descent limit, and the one-step theory with the optimal fixed step ``eta*``. Returns a
     JSON-serialisable dict with one record per (theta, start, k).
     """
-    from .alignment import misalignment_magnitude, one_step_theory, subspace_pair
+    from .general_covariance import misalignment_magnitude, one_step_theory, subspace_pair
     from .pretraining import optimal_W
 
     rng = np.random.default_rng(seed)

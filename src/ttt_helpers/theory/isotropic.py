@@ -1,6 +1,6 @@
 """One TTT step in the isotropic setting (``Sigma_x = Sigma_beta = I``): exact theory, limits, Monte Carlo.
 
-Setting (our conventions, see :mod:`ttt_helpers.ttt`): ``beta ~ N(0, I_d)`` (so ``||beta||^2 ~ chi^2_d``,
+Setting (our conventions, see :mod:`ttt_helpers.theory.ttt`): ``beta ~ N(0, I_d)`` (so ``||beta||^2 ~ chi^2_d``,
 about ``d``), context ``X`` (``n x d``, i.i.d. ``N(0,1)``), ``y = X beta + xi``, ``xi ~ N(0, sigma^2 I_n)``,
 ``u = X^T y``; ``k`` training queries ``(X_tr, y_tr)`` of the same task; TTT loss
 ``||y_tr - X_tr W u||^2`` (plain sum); start ``W0 = c I``; one step
@@ -47,7 +47,7 @@ import sympy as sp
 from .moments import chi2_moment, expect_independent, standard_normal_moment
 from .tasks import as_generator
 from .ttt import Q_times, conditional_test_loss, sample_ttt_problems, ttt_step
-from .validation import check_finite_array, check_nonnegative_float, check_nonnegative_int, check_positive_int
+from ..validation import check_finite_array, check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 __all__ = [
     "SYMBOLS",
@@ -827,7 +827,7 @@ def plot_sweep_context_length(rows: dict, axes=None, title_suffix: str = ""):
     """
     import matplotlib.pyplot as plt
 
-    from .plotting import theory_vs_simulation
+    from ..plotting import theory_vs_simulation
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(12, 4.2))

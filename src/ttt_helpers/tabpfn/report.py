@@ -1,7 +1,7 @@
 """The paper's TabPFN protocol on one table of your own, and its report (JSON + PNG).
 
 :func:`read_table` reads a CSV and checks the target; :func:`run_protocol` runs the protocol of the paper's
-Figure 3a on it (one table instead of a collection), built from :mod:`ttt_helpers.tabpfn_ttt`:
+Figure 3a on it (one table instead of a collection), built from :mod:`ttt_helpers.tabpfn.ttt`:
 
 1. rows are shuffled (seeded); ``ttt_size`` rows are the TTT set, the rest is split 80--20 into a context pool
    and test rows (``tabpfn_ttt.split_rows``);
@@ -81,8 +81,8 @@ def read_table(csv, target: str, *, drop=(), categorical=(), keep_top_classes: i
     """
     import pandas as pd
 
-    from .estimator import MAX_CLASSES, check_target
-    from .provenance import sha256_file
+    from .classifier import MAX_CLASSES, check_target
+    from ..provenance import sha256_file
 
     path = Path(csv)
     if not path.is_file():
@@ -111,7 +111,7 @@ def read_table(csv, target: str, *, drop=(), categorical=(), keep_top_classes: i
         raise ValueError(f"the target column {target!r} is empty (all {n_read} values are missing)")
     n_dropped_classes = 0
     if keep_top_classes is not None:
-        from .validation import check_positive_int
+        from ..validation import check_positive_int
 
         k = check_positive_int(keep_top_classes, "keep_top_classes")
         if not 2 <= k <= MAX_CLASSES:
@@ -123,7 +123,7 @@ def read_table(csv, target: str, *, drop=(), categorical=(), keep_top_classes: i
         df = df[keep].reset_index(drop=True)
     n_subsampled = 0
     if max_rows is not None:
-        from .validation import check_positive_int
+        from ..validation import check_positive_int
 
         max_rows = check_positive_int(max_rows, "max_rows")
         if len(df) > max_rows:
@@ -157,7 +157,7 @@ def read_table(csv, target: str, *, drop=(), categorical=(), keep_top_classes: i
 
 def prepare_table(X, y, categorical_features="auto"):
     """Encode features (``TableEncoder``) and labels (``0..C-1``); returns ``Xe, ye, classes, encoder``."""
-    from .estimator import TableEncoder, check_target
+    from .classifier import TableEncoder, check_target
 
     enc = TableEncoder(categorical_features).fit(X)
     Xe = enc.transform(X)
@@ -181,7 +181,7 @@ def resolve_context_sizes(requested, pool_size: int) -> list[int]:
 
 
 def _resolve_ttt_size(ttt_size, n: int) -> int:
-    from .estimator import _n_rows
+    from .classifier import _n_rows
 
     n_ttt = _n_rows(ttt_size, n, "ttt_size", allow_zero=False)
     if n_ttt < 3:
@@ -209,10 +209,10 @@ def run_protocol(X, y, *, model="auto", ttt_size=0.5, steps: int = 50, lr: float
     Parameters
     ----------
     X : DataFrame or array (n, d); y : (n,) labels (2 to 10 classes, none missing)
-    model : see :func:`ttt_helpers.estimator.resolve_model`
+    model : see :func:`ttt_helpers.tabpfn.classifier.resolve_model`
     ttt_size : int or float in (0, 1)
         TTT rows (a fraction of the rows if a float).
-    steps, lr, optimizer, n_query, max_context : TTT hyper-parameters (:class:`ttt_helpers.tabpfn_ttt.TTTConfig`)
+    steps, lr, optimizer, n_query, max_context : TTT hyper-parameters (:class:`ttt_helpers.tabpfn.ttt.TTTConfig`)
     context_sizes : sequence of int >= 2
     n_repeats : int
         Random contexts per size.
@@ -227,9 +227,9 @@ def run_protocol(X, y, *, model="auto", ttt_size=0.5, steps: int = 50, lr: float
     -------
     dict with the keys :data:`REPORT_KEYS` (JSON-able).
     """
-    from . import tabpfn_ttt as tt
-    from .estimator import _template, resolve_model
-    from .validation import check_positive_int
+    from . import ttt as tt
+    from .classifier import _template, resolve_model
+    from ..validation import check_positive_int
 
     t_start = time.perf_counter()
     n_repeats = check_positive_int(n_repeats, "n_repeats")
@@ -316,7 +316,7 @@ def run_protocol(X, y, *, model="auto", ttt_size=0.5, steps: int = 50, lr: float
 
 def _cost(sizes, per_query: dict, red: dict, ttt_seconds: float, steps: int) -> dict:
     """TTT cost and the break-even number of queries at the highest accuracy both curves reach."""
-    from .tabpfn_ttt import break_even_queries
+    from .ttt import break_even_queries
 
     logs = np.log(np.asarray(sizes, dtype=float))
     q = np.asarray([per_query[n] for n in sizes])

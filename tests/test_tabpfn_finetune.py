@@ -1,4 +1,4 @@
-"""Tests for ttt_helpers.tabpfn_ttt, on a tiny random TabPFN-v2-architecture checkpoint (fast, offline)."""
+"""Tests for ttt_helpers.tabpfn.ttt, on a tiny random TabPFN-v2-architecture checkpoint (fast, offline)."""
 
 import dataclasses
 import math
@@ -9,7 +9,7 @@ import pytest
 import torch  # a hard dependency: fail, never skip, if it is missing
 import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
-from ttt_helpers import tabpfn_ttt as tt  # noqa: E402
+from ttt_helpers.tabpfn import ttt as tt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .tasks import as_generator, sample_beta, sample_prompts
-from .validation import check_finite_array, check_nonnegative_float, check_nonnegative_int, check_positive_int
+from ..validation import check_finite_array, check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 __all__ = [
     "ttt_loss",

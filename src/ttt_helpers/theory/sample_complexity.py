@@ -2,18 +2,18 @@
 
 Without TTT the model is the pretraining optimum ``W*_n`` for the context length ``n`` it is used with; in
 the isotropic case its loss is ``L_ICL(n) = d (d + 1 + sigma^2) / (n + d + 1 + sigma^2) + sigma^2``
-(:func:`ttt_helpers.pretraining.isotropic_optimal_loss`), so the context length needed for a target
+(:func:`ttt_helpers.theory.pretraining.isotropic_optimal_loss`), so the context length needed for a target
 ``eps > sigma^2`` is the closed form
 
     n_ICL(eps) = ceil( d (d + 1 + sigma^2) / (eps - sigma^2) - (d + 1 + sigma^2) ) .
 
 With TTT, ``W*_n`` takes one step with the optimal ``eta*`` on ``k`` training queries; its loss ``L_TTT(n)``
-is the one-step theory (isotropic: the exact formula of :mod:`ttt_helpers.isotropic`; general covariance:
-the Gaussian-approximation trace formula of :mod:`ttt_helpers.alignment`). ``L_TTT`` need not be monotone
+is the one-step theory (isotropic: the exact formula of :mod:`ttt_helpers.theory.isotropic`; general covariance:
+the Gaussian-approximation trace formula of :mod:`ttt_helpers.theory.general_covariance`). ``L_TTT`` need not be monotone
 in ``n``, so we define ``n_TTT(eps)`` as the smallest ``n`` from which on (up to ``n_max``) the loss stays
 ``<= eps``. Proportional limit (``sigma^2 = O(1)``, ``n = gamma d``, ``k = kappa d``, ``x = 1 / (1 + gamma)``):
 ``L_ICL / d -> x`` and ``L_TTT / d -> x - kappa x^3 / (1 + kappa)`` (our derivation, the leading order of
-:func:`ttt_helpers.alignment.misalignment_magnitude`), so for a target ``e = eps / d`` the reduction factor
+:func:`ttt_helpers.theory.general_covariance.misalignment_magnitude`), so for a target ``e = eps / d`` the reduction factor
 ``n_ICL / n_TTT`` is ``gamma_ICL / gamma_TTT`` with ``x_ICL = e`` and ``x_TTT`` the root of the cubic.
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .alignment import one_step_theory, subspace_pair
+from .general_covariance import one_step_theory, subspace_pair
 from .pretraining import isotropic_optimal_loss, optimal_W, population_icl_loss
-from .validation import check_covariance, check_nonnegative_float, check_positive_int
+from ..validation import check_covariance, check_nonnegative_float, check_positive_int
 
 __all__ = [
     "icl_context_length",
@@ -171,7 +171,7 @@ def reduction_sweep(ds, kappas, es, sigma: float = 0.5, method: str = "exact") -
 def shift_sweep(d: int, r: int, k: int, e: float, thetas, n_max: int, sigma: float = 0.5, floor: float = 0.1) -> dict:
     """Context lengths without and with TTT under a rotated target, one entry per angle.
 
-    For each angle ``theta`` the pretraining covariance and the target are :func:`~ttt_helpers.alignment.subspace_pair`
+    For each angle ``theta`` the pretraining covariance and the target are :func:`~ttt_helpers.theory.general_covariance.subspace_pair`
     ``(d, r, theta, floor)``; the target loss is ``e * d`` and TTT uses ``k`` samples
     (:func:`general_context_lengths`, searched up to ``n_max``).
 

@@ -1,10 +1,10 @@
-"""Tests for ttt_helpers.tabular_data: the offline real-table benchmark and its filters."""
+"""Tests for ttt_helpers.tabpfn.benchmark: the offline real-table benchmark and its filters."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ttt_helpers import tabular_data as td
+from ttt_helpers.tabpfn import benchmark as td
 
 
 def test_list_has_at_least_20_tables_and_excludes_rejected():

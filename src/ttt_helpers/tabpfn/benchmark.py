@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import check_positive_int
+from ..validation import check_positive_int
 
 __all__ = [
     "DatasetSpec",
@@ -446,7 +446,7 @@ def build_manifest(names=None, rng=0):
 
 def manifest_path() -> Path:
     """``data/tabular/manifest.csv``."""
-    from .provenance import data_dir
+    from ..provenance import data_dir
 
     return data_dir() / "tabular" / "manifest.csv"
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
+from ..validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
 
 __all__ = [
     "GPT2ICLConfig",
@@ -761,7 +761,7 @@ def load_gpt2_icl(path, *, verify: bool = True, provenance_path=None, device="cp
     With ``verify`` the file's sha256 is checked against its provenance JSON first
     (:func:`ttt_helpers.provenance.verify_sha256`; ``ValueError`` on a mismatch).
     """
-    from .provenance import verify_sha256
+    from ..provenance import verify_sha256
 
     path = Path(path)
     if not path.exists():

@@ -1,13 +1,13 @@
-"""Tests of ttt_helpers.alignment: trace formula, exact A, Gaussian-approximation B, families."""
+"""Tests of ttt_helpers.theory.general_covariance: trace formula, exact A, Gaussian-approximation B, families."""
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from ttt_helpers import alignment as al
-from ttt_helpers.moments import expect_gaussian
-from ttt_helpers.pretraining import optimal_W, population_icl_loss
-from ttt_helpers.ttt import sample_ttt_problems
+from ttt_helpers.theory import general_covariance as al
+from ttt_helpers.theory.moments import expect_gaussian
+from ttt_helpers.theory.pretraining import optimal_W, population_icl_loss
+from ttt_helpers.theory.ttt import sample_ttt_problems
 
 
 def test_quadratic_form_moments_isotropic_exact():
@@ -33,7 +33,7 @@ def test_quadratic_form_moments_match_isserlis_symbolically():
 
 
 def test_matches_isotropic_gaussian_formula():
-    from ttt_helpers import isotropic as iso
+    from ttt_helpers.theory import isotropic as iso
     d, n, k, s = 6, 9, 7, 0.3
     for c in (0.0, 0.05, 1 / (n + d + 1 + s**2)):
         th = al.one_step_theory(c * np.eye(d), n, k, s)

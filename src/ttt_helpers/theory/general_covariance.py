@@ -2,13 +2,13 @@
 
 Setting (``Sigma_x = I``): target tasks ``beta ~ N(0, Sigma_t)``; the start ``W0`` is any ``d x d`` matrix,
 typically the pretraining optimum ``W*`` of a *different* covariance ``Sigma_beta``
-(:func:`ttt_helpers.pretraining.optimal_W`) or ``0`` (scratch). One TTT step on ``k`` training queries that
-share one context of length ``n`` (:mod:`ttt_helpers.ttt`) is ``W1 = W0 + eta g u^T`` with
+(:func:`ttt_helpers.theory.pretraining.optimal_W`) or ``0`` (scratch). One TTT step on ``k`` training queries that
+share one context of length ``n`` (:mod:`ttt_helpers.theory.ttt`) is ``W1 = W0 + eta g u^T`` with
 ``g = 2 X_tr^T (y_tr - X_tr W0 u)``, and the expected test loss on fresh contexts is (our derivation)
 
     E L(W1) = L0 - 2 eta A + eta^2 B ,    eta* = A / B ,    E L(W1*) = L0 - A^2 / B .
 
-*Exact* parts (second moments only): ``L0`` is :func:`ttt_helpers.pretraining.population_icl_loss` under
+*Exact* parts (second moments only): ``L0`` is :func:`ttt_helpers.theory.pretraining.population_icl_loss` under
 ``Sigma_t``, and
 
     A = 2 k E_beta || W0 Q_beta - n beta beta^T ||_F^2 = (k / 2) E_beta || grad_W L(W0 | beta) ||_F^2 ,
@@ -49,7 +49,7 @@ import sympy as sp
 from .isotropic import per_task_coefficients
 from .pretraining import optimal_W, population_icl_loss
 from .tasks import as_generator
-from .validation import (
+from ..validation import (
     check_covariance,
     check_finite_array,
     check_nonnegative_float,
@@ -316,7 +316,7 @@ def mc_coefficients(problems, W0, n: int, sigma: float = 0.0) -> dict:
     """Monte Carlo estimates of ``A``, ``B`` and ``L0`` from sampled TTT problems (means and standard errors).
 
     Per task: ``a = n (beta^T g)(u^T beta) - g^T W0 Q u``, ``b = ||g||^2 u^T Q u`` and ``l0 = L(W0 | beta)``
-    with the problem's own context ``u`` and training queries (:class:`ttt_helpers.ttt.TTTProblems`).
+    with the problem's own context ``u`` and training queries (:class:`ttt_helpers.theory.ttt.TTTProblems`).
     """
     W0 = _check_start(W0)
     if problems.beta.shape[1] != W0.shape[0]:
