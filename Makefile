@@ -11,10 +11,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) $(MATHJAX_DIR)/tex-chtml.js
 
+# The lock is installed with --no-deps (it is complete: pip check proves it), so that xgboost-cpu can stand in
+# for the xgboost of tabicl's prior, whose CUDA build would pull ~200 MB of nvidia-nccl-cu12 onto a CPU machine.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.lock
+	$(VPY) -m pip uninstall -q -y xgboost nvidia-nccl-cu12 2>/dev/null || true
+	$(VPY) -m pip install -q --no-deps -r requirements.lock
+	$(VPY) -m pip check
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
