@@ -78,6 +78,7 @@ def test_show_shipped_result_and_model(tmp_path, monkeypatch, capsys):
     data = _shipped_tree(tmp_path, monkeypatch)
     res = pv.show_shipped("sweep")
     assert res == {"rows": [1, 2]} and res.provenance["command"] == "python scripts/sweep.py --full"
+    assert repr(res) == "<shipped result with keys rows>"
     assert capsys.readouterr().out.splitlines() == [
         "shipped result data/results/sweep.json (sha256 matches sweep.provenance.json)",
         "  made by: python scripts/sweep.py --full",

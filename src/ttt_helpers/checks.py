@@ -7,8 +7,9 @@ A chapter's verification cell calls one of these instead of ``print(...)`` follo
 
 The printed line states the tolerance and how many values were checked, never the measured deviation
 itself, so that it is the same on every machine and every CPU kernel (nbval compares it). The deviation is
-returned, and written into the error message when the check fails. A failed check raises
-:class:`CheckFailed`, a subclass of :class:`AssertionError`, so a failing chapter stops at that cell.
+written into the error message when the check fails. A failed check raises :class:`CheckFailed`, a subclass
+of :class:`AssertionError`, so a failing chapter stops at that cell. The checks return ``None``, so that a
+check on the last line of a cell adds no output (a returned float would print with all its digits).
 
 The checks: :func:`agrees` (simulation vs theory, in standard errors), :func:`close` (relative and absolute
 tolerance), :func:`at_most` and :func:`at_least` (bounds), :func:`same_expression` (two SymPy expressions
@@ -68,7 +69,7 @@ def _where(index, shape) -> str:
     return f" at index {where[0] if len(where) == 1 else where}"
 
 
-def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> float:
+def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
     """Check that a simulation agrees with theory within ``z`` standard errors, at every point.
 
     Parameters
@@ -79,11 +80,6 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> float:
         Tolerance in standard errors (4.5 leaves a false alarm probability of about 7e-6 per point).
     what : str
         What is compared, for the printed line.
-
-    Returns
-    -------
-    float
-        The largest ``|sim - theory| / se``.
 
     Raises
     ------
@@ -109,10 +105,9 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> float:
     n = sim.size
     _report(what, f"simulation agrees with theory within {_fmt(z)} standard errors "
                   f"({'1 point' if n == 1 else f'{n} points'})")
-    return largest
 
 
-def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str = "") -> float:
+def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str = "") -> None:
     """Check ``|actual - expected| <= atol + rtol * |expected|`` at every point.
 
     Parameters
@@ -123,11 +118,6 @@ def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str =
         Relative and absolute tolerance (at least one positive).
     what : str
         What is compared, for the printed line.
-
-    Returns
-    -------
-    float
-        The largest ``|actual - expected| / (atol + rtol * |expected|)`` (at most 1 when the check holds).
 
     Raises
     ------
@@ -153,7 +143,6 @@ def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str =
             f"tolerance {tolerance}"
         )
     _report(what, f"equal within {tolerance} ({_count(actual.size)})")
-    return largest
 
 
 def _bound(values, bound, *, upper: bool, strict: bool, what: str) -> None:

@@ -240,9 +240,19 @@ def provenance_table(root=None):
 
 
 class ShippedResult(dict):
-    """A shipped result (the parsed JSON) with its provenance record in ``.provenance``."""
+    """A shipped result (the parsed JSON) with its provenance record in ``.provenance``.
+
+    Its repr names the keys only, so that a notebook cell ending in :func:`show_shipped` does not print the
+    whole table.
+    """
 
     provenance: dict
+
+    def __repr__(self) -> str:
+        return f"<shipped result with keys {', '.join(map(str, self))}>"
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self))
 
 
 def _machine_line(machine: dict) -> str:
