@@ -1,4 +1,4 @@
-"""Tests of ttt_helpers.theory.general_covariance: trace formula, exact A, Gaussian-approximation B, families."""
+"""Tests of ttt_helpers.theory.general_covariance: trace formulas, exact A, Gaussian and exact B, families, MC."""
 
 import numpy as np
 import pytest
@@ -108,6 +108,117 @@ def test_crossing_moves_with_alignment():
     assert ks[1] < ks[0]
 
 
+def _generic_setting(d, n, s, theta=0.9):
+    """Subspace-pair target and a generic (non-symmetric, non-isotropic) start near W* of Sigma_beta."""
+    Sb, St = al.subspace_pair(d, 2, theta, floor=0.1)
+    W0 = optimal_W(n, d, s, Sb) + 0.1 / (n + d) * np.random.default_rng(0).standard_normal((d, d))
+    return W0, St
+
+
+def test_rotation_derivation_reproduces_the_gaussian_trace_formula():
+    b, p, r, h, w = al.FORM_SYMBOLS
+    n = al.PARAM_SYMBOLS[0]
+    to_bpw = {r: b - 2 * n * w + n**2 * p, h: w - n * p}
+    hand = al.conditional_polynomials()
+    for method in al.METHODS:
+        rot = al.rotation_polynomials(method)
+        assert not rot["B"].has(r) and not rot["B"].has(h)
+        for key in ("A", "L0"):  # exact under both
+            assert sp.expand(rot[key] - hand[key].subs(to_bpw)) == 0
+    assert sp.expand(al.rotation_polynomials("gauss")["B"] - hand["B"].subs(to_bpw)) == 0
+    assert sp.expand(al.rotation_polynomials("exact")["B"] - hand["B"].subs(to_bpw)) != 0
+
+
+@pytest.mark.parametrize("n", [3, 8, 30])
+def test_exact_B_reduces_to_isotropic_exact(n):
+    from ttt_helpers.theory import isotropic as iso
+    d, k, s = 8, 11, 0.5
+    for c in (0.0, 0.04, 1 / (n + d + 1 + s**2)):
+        th = al.one_step_theory(c * np.eye(d), n, k, s, method="exact")
+        ref = iso.isotropic_one_step(n, d, k, s, c, method="exact")
+        for key in ("loss_before", "A", "B", "loss_after"):
+            assert getattr(th, key) == pytest.approx(ref[key], rel=1e-9)
+        assert th.method == "exact"
+
+
+def test_exact_B_equals_gaussian_for_scratch_and_exceeds_it_for_pretrained():
+    d, n, k, s = 8, 6, 20, 0.5
+    W0, St = _generic_setting(d, n, s)
+    Z = np.zeros((d, d))
+    assert al.one_step_theory(Z, n, k, s, St, "exact").B == pytest.approx(al.one_step_theory(Z, n, k, s, St).B,
+                                                                           rel=1e-12)
+    ex, ga = al.one_step_theory(W0, n, k, s, St, "exact"), al.one_step_theory(W0, n, k, s, St, "gauss")
+    assert ex.A == ga.A and ex.loss_before == ga.loss_before
+    assert ex.B > 1.1 * ga.B and ex.improvement < ga.improvement
+
+
+@pytest.mark.parametrize("d,n,k", [(6, 3, 10), (6, 6, 6), (6, 24, 10)])
+def test_conditional_exact_B_matches_simulated_contexts(d, n, k):
+    """Fixed task: the exact B(beta) agrees with simulated contexts and training queries; the Gaussian does not."""
+    s = 0.5
+    W0, St = _generic_setting(d, n, s)
+    beta = np.random.default_rng(1).multivariate_normal(np.zeros(d), St, method="cholesky")
+    T = 60_000
+    prob = sample_ttt_problems(3, T, n, k, d, sigma=s, beta=np.tile(beta, (T, 1)))
+    b = al.mc_coefficients(prob, W0, n, s)["b"]
+    se = b.std(ddof=1) / np.sqrt(T)
+    exact = al.conditional_B_exact(W0, beta[None], n, k, s)[0]
+    gauss = al.conditional_B_gauss(W0, beta[None], n, k, s)[0]
+    assert abs(b.mean() - exact) < 4.5 * se
+    assert abs(b.mean() - gauss) > 6 * se
+
+
+def test_exact_trace_formula_matches_average_of_conditional():
+    d, n, k, s = 6, 5, 7, 0.4
+    W0, St = _generic_setting(d, n, s)
+    betas = np.random.default_rng(4).multivariate_normal(np.zeros(d), St, size=200_000, method="cholesky")
+    vals = al.conditional_B_exact(W0, betas, n, k, s)
+    th = al.one_step_theory(W0, n, k, s, St, "exact")
+    assert abs(vals.mean() - th.B) < 4.5 * vals.std(ddof=1) / np.sqrt(vals.size)
+
+
+@pytest.mark.parametrize("d,n,k", [(6, 3, 10), (6, 24, 10)])
+def test_exact_one_step_agrees_with_simulation(d, n, k):
+    s = 0.5
+    W0, St = _generic_setting(d, n, s)
+    r = al.mc_check_one_step(W0, n, k, s, St, 100_000, np.random.default_rng(5))
+    assert abs(r["A_mc"] - r["A"]) < 4.5 * r["A_mc_se"]
+    assert abs(r["B_mc"] - r["B_exact"]) < 4.5 * r["B_mc_se"]
+    assert abs(r["gain_mc"] - r["gain_exact"]) < 4.5 * r["gain_mc_se"]
+    assert abs(r["gain_mc_at_gauss_eta"] - r["gain_exact_at_gauss_eta"]) < 4.5 * r["gain_mc_at_gauss_eta_se"]
+    if n < d:  # where the Gaussian approximation is off by about 20 %, the simulation tells the two apart
+        assert r["gain_gauss"] - r["gain_mc_at_gauss_eta"] > 4.5 * r["gain_mc_at_gauss_eta_se"]
+
+
+def test_mc_one_step_losses_is_built_on_mc_per_task():
+    d, n, k, s = 4, 5, 3, 0.3
+    W0, St = _generic_setting(d, n, s)
+    Z = np.zeros((d, d))
+    before, after = al.mc_one_step_losses([W0, Z], [0.01, 0.02], n, k, s, St, 700, 9, chunk=300)
+    per = al.mc_per_task([W0, Z], n, k, s, St, 700, 9, chunk=300)
+    np.testing.assert_array_equal(before[1], per[1]["l0"])
+    np.testing.assert_array_equal(after[0], per[0]["l0"] - 0.02 * per[0]["a"] + 0.0001 * per[0]["b"])
+    with pytest.raises(ValueError):
+        al.mc_one_step_losses([W0, Z], [0.01], n, k, s, St, 10, 0)
+
+
+def test_alignment_theory_exact_and_error_map():
+    res = {"config": dict(d=8, r=2, n=8, ks=[8], sigma=0.5, floor=0.1), "theta": [0.0, np.pi / 2],
+           "crossing": {"k_grid": [2, 64]}}
+    ex = al.alignment_theory_exact(res)
+    rec = ex["per_k"]["8"]
+    assert np.all(np.array(rec["exact_warm"]) <= np.array(rec["exact_warm_at_gauss_eta"]))
+    assert np.all(np.array(rec["exact_warm"]) > np.array(rec["gauss_warm"]))   # the Gaussian overstates the gain
+    assert np.all(np.array(rec["eta_ratio"]) > 1)
+    Sb, St = al.subspace_pair(8, 2, np.pi / 2, 0.1)
+    assert ex["crossing"]["theory_k"][1] < al.scratch_pretrained_crossing(8, 8, 0.5, Sb, St)
+    assert ex["crossing"]["theory_k"][1] == pytest.approx(
+        al.scratch_pretrained_crossing(8, 8, 0.5, Sb, St, method="exact"))
+    maps = [al.gain_error_map(d, d // 4, [0.5, 1.0], [0.5, 4.0], [0.0, np.pi / 2]) for d in (8, 32)]
+    assert maps[0]["rel_error"].shape == (2, 2, 2) and maps[0]["n"] == [4, 8]
+    assert np.all(maps[0]["rel_error"] > 0) and np.all(maps[1]["rel_error"] < maps[0]["rel_error"])
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -121,6 +232,8 @@ def test_crossing_moves_with_alignment():
         lambda: al.rotation(4, 0.1, [(0, 0)]),
         lambda: al.expect_quadratic_forms([np.eye(2)] * 4, np.eye(2)),
         lambda: al.conditional_A(np.eye(3), np.ones((2, 4)), 3, 2),
+        lambda: al.one_step_theory(np.eye(3), 4, 2, method="laplace"),
+        lambda: al.rotation_polynomials("gauss_iso"),
     ],
 )
 def test_bad_input_raises(call):

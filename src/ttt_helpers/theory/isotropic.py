@@ -52,6 +52,7 @@ from ..validation import check_finite_array, check_nonnegative_float, check_nonn
 __all__ = [
     "SYMBOLS",
     "METHODS",
+    "expect_given_beta",
     "u_moments_given_beta",
     "one_step_coefficients",
     "isotropic_one_step",
@@ -99,6 +100,58 @@ def _even_moment(fn):
     return m
 
 
+def expect_given_beta(build, method: str = "exact"):
+    """``E[f(u) | beta]`` for a polynomial ``f`` of the context statistic ``u``, in the frame ``beta = ||beta|| e_1``.
+
+    The conditional law of ``u = X^T (X beta + xi)`` given ``beta`` is invariant under the rotations that
+    fix ``beta``, so ``u = u_1 e_1 + sqrt(v) z`` with ``z ~ N(0, I_{d-1})`` independent of ``(u_1, v)``. Exactly
+    (module docstring): ``u_1 = rho h``, ``v = h^2 + sigma^2 q``, ``h = ||beta|| rho + sigma g1``; under the
+    Gaussian approximations ``u_1 = n ||beta|| + tau g1`` and ``v = n (||beta||^2 + sigma^2)``.
+
+    Parameters
+    ----------
+    build : callable ``(norm, u1, v, z2) -> sympy expression``
+        Builds ``f`` from the symbol ``norm = ||beta||``, the expressions ``u1`` and ``v`` and the symbol
+        ``z2 = ||z||^2 ~ chi^2_{d-1}``; ``f`` must be a polynomial in ``u1``, ``v``, ``z2`` (other symbols,
+        including negative powers of ``norm``, are constants).
+    method : {"exact", "gauss", "gauss_iso"}
+
+    Returns
+    -------
+    sympy expression (expanded) in ``n, d, s2, b2`` of :data:`SYMBOLS` and the other symbols of ``f``.
+    """
+    _check_method(method)
+    b, sig = sp.symbols("b sigma", positive=True)
+    g1 = sp.Symbol("g1", positive=True)
+    moments = {g1: standard_normal_moment}
+    if method == "exact":
+        rho, q = sp.symbols("rho q", positive=True)
+        moments[rho] = _even_moment(lambda m: chi2_moment(_n, m))
+        moments[q] = lambda m: chi2_moment(_n - 1, m)
+        h = b * rho + sig * g1
+        u1 = rho * h
+        v = h**2 + sig**2 * q
+    else:
+        tau = sp.Symbol("tau", positive=True)
+        u1 = _n * b + tau * g1
+        v = _n * (b**2 + sig**2)
+    # expand f in the rotated coordinates first, then take each monomial's moment (z2 is independent)
+    U1, V, Z2 = sp.symbols("U1 V Z2")
+    f = sp.Poly(sp.expand(build(b, U1, V, Z2)), U1, V, Z2)
+    e = sp.Integer(0)
+    for (i, j, m), coeff in f.terms():
+        e += coeff * expect_independent(u1**i * v**j, moments) * chi2_moment(_d - 1, m)
+    e = sp.expand(e)
+    if method != "exact":
+        tau2 = _n * (2 * b**2 + sig**2) if method == "gauss" else _n * (b**2 + sig**2)
+        e = sp.expand(e.subs(sp.Symbol("tau", positive=True), sp.sqrt(tau2)))
+    e = sp.expand(e.subs({b: sp.sqrt(_b2), sig: sp.sqrt(_s2)}))
+    if e.has(b) or e.has(sig) or any(a.is_Pow and a.exp.is_Rational and not a.exp.is_integer
+                                      for a in e.atoms(sp.Pow)):
+        raise RuntimeError("odd power of ||beta|| or sigma left after the expectation (derivation error)")
+    return e
+
+
 @lru_cache(maxsize=None)
 def u_moments_given_beta(method: str = "exact") -> dict:
     """Moments of ``s = beta^T u`` and ``t = ||u||^2`` given ``||beta||^2 = b2``, as SymPy expressions.
@@ -107,7 +160,7 @@ def u_moments_given_beta(method: str = "exact") -> dict:
     ----------
     method : {"exact", "gauss", "gauss_iso"}
         Exact finite-``n`` moments (rotation argument in the module docstring) or a Gaussian
-        approximation of ``u | beta``.
+        approximation of ``u | beta`` (see :func:`expect_given_beta`).
 
     Returns
     -------
@@ -117,38 +170,13 @@ def u_moments_given_beta(method: str = "exact") -> dict:
         :data:`SYMBOLS`.
     """
     _check_method(method)
-    b, sig = sp.symbols("b sigma", positive=True)
-    g1, p = sp.symbols("g1 p", positive=True)
-    moments = {
-        g1: standard_normal_moment,
-        p: lambda m: chi2_moment(_d - 1, m),
-    }
-    if method == "exact":
-        rho, q = sp.symbols("rho q", positive=True)
-        moments[rho] = _even_moment(lambda m: chi2_moment(_n, m))
-        moments[q] = lambda m: chi2_moment(_n - 1, m)
-        h = b * rho + sig * g1
-        u1 = rho * h
-        uperp2 = (h**2 + sig**2 * q) * p
-    else:
-        tau = sp.Symbol("tau", positive=True)
-        u1 = _n * b + tau * g1
-        uperp2 = _n * (b**2 + sig**2) * p
-    s = b * u1
-    t = u1**2 + uperp2
-    exprs = {"s": s, "s2": s**2, "t": t, "s3": s**3, "st": s * t, "s2t": s**2 * t, "t2": t**2}
-    out = {}
-    for key in _MOMENT_KEYS:
-        e = expect_independent(exprs[key], moments)
-        if method != "exact":
-            tau2 = _n * (2 * b**2 + sig**2) if method == "gauss" else _n * (b**2 + sig**2)
-            e = sp.expand(e.subs(sp.Symbol("tau", positive=True), sp.sqrt(tau2)))
-        e = sp.expand(e.subs({b: sp.sqrt(_b2), sig: sp.sqrt(_s2)}))
-        if e.has(b) or e.has(sig) or any(a.is_Pow and a.exp.is_Rational and not a.exp.is_integer
-                                          for a in e.atoms(sp.Pow)):
-            raise RuntimeError(f"odd power left in moment {key} (derivation error)")
-        out[key] = e
-    return out
+    powers = {"s": (1, 0), "s2": (2, 0), "t": (0, 1), "s3": (3, 0), "st": (1, 1), "s2t": (2, 1), "t2": (0, 2)}
+
+    def builder(i, j):
+        # s = ||beta|| u_1, t = u_1^2 + v ||z||^2
+        return lambda b, u1, v, z2: (b * u1) ** i * (u1**2 + v * z2) ** j
+
+    return {key: expect_given_beta(builder(*powers[key]), method) for key in _MOMENT_KEYS}
 
 
 @lru_cache(maxsize=None)
