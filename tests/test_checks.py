@@ -9,7 +9,7 @@ from ttt_helpers.checks import CheckFailed
 def test_agrees_prints_tolerance_and_count_not_the_deviation(capsys):
     result = checks.agrees([1.0, 2.1, 2.95], [0.1, 0.1, 0.1], [1.0, 2.0, 3.0], z=4.5, what="loss after TTT")
     out = capsys.readouterr().out
-    assert out == "✓ loss after TTT: simulation agrees with theory within 4.5 standard errors (3 points)\n"
+    assert out == "✓ loss after TTT: within 4.5 standard errors of theory (3 points)\n"
     assert result is None  # nothing for a notebook cell to display after the line
 
 
@@ -22,7 +22,7 @@ def test_agrees_raises_with_the_offending_point():
 
 def test_agrees_boundary_nan_and_bad_arguments(capsys):
     checks.agrees(4.5, 1.0, 0.0, z=4.5)  # on the boundary: passes
-    assert capsys.readouterr().out == "✓ simulation agrees with theory within 4.5 standard errors\n"
+    assert capsys.readouterr().out == "✓ within 4.5 standard errors of theory\n"
     with pytest.raises(CheckFailed):
         checks.agrees([1.0, np.nan], 1.0, [1.0, 1.0])
     with pytest.raises(ValueError, match="standard errors must be positive"):

@@ -3,7 +3,7 @@
 A chapter's verification cell calls one of these instead of ``print(...)`` followed by ``assert``::
 
     checks.agrees(mc_mean, mc_se, theory, z=4.5, what="loss after one TTT step")
-    # ✓ loss after one TTT step: simulation agrees with theory within 4.5 standard errors (12 points)
+    # ✓ loss after one TTT step: within 4.5 standard errors of theory (12 points)
 
 The printed line states the tolerance and how many values were checked, never the measured deviation
 itself, so that it is the same on every machine and every CPU kernel (nbval compares it). The deviation is
@@ -103,7 +103,7 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
             f"{_where(worst, sim.shape)} (simulation {float(sim.flat[worst])!r}, theory "
             f"{float(theory.flat[worst])!r}, se {float(se.flat[worst])!r}); tolerance {_fmt(z)}"
         )
-    _report(what, f"simulation agrees with theory within {_fmt(z)} standard errors{_count(sim.size, 'points')}")
+    _report(what, f"within {_fmt(z)} standard errors of theory{_count(sim.size, 'points')}")
 
 
 def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str = "") -> None:
