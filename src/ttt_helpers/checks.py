@@ -3,7 +3,7 @@
 A chapter's verification cell calls one of these instead of ``print(...)`` followed by ``assert``::
 
     checks.agrees(mc_mean, mc_se, theory, z=4.5, what="loss after one TTT step")
-    # ✓ loss after one TTT step: simulation agrees with theory within 4.5 standard errors (12 points)
+    # ✓ loss after one TTT step: within 4.5 standard errors of theory (12 points)
 
 The printed line states the tolerance and how many values were checked, never the measured deviation
 itself, so that it is the same on every machine and every CPU kernel (nbval compares it). The deviation is
@@ -36,8 +36,9 @@ def _fmt(x) -> str:
     return f"{float(x):.3g}"
 
 
-def _count(n: int) -> str:
-    return "1 value" if n == 1 else f"{n} values"
+def _count(n: int, noun: str = "values") -> str:
+    """`` (12 values)`` after a check of several values; nothing after a check of one."""
+    return "" if n == 1 else f" ({n} {noun})"
 
 
 def _report(what: str, message: str) -> None:
@@ -102,9 +103,7 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
             f"{_where(worst, sim.shape)} (simulation {float(sim.flat[worst])!r}, theory "
             f"{float(theory.flat[worst])!r}, se {float(se.flat[worst])!r}); tolerance {_fmt(z)}"
         )
-    n = sim.size
-    _report(what, f"simulation agrees with theory within {_fmt(z)} standard errors "
-                  f"({'1 point' if n == 1 else f'{n} points'})")
+    _report(what, f"within {_fmt(z)} standard errors of theory{_count(sim.size, 'points')}")
 
 
 def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str = "") -> None:
@@ -142,7 +141,7 @@ def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str =
             f"{_where(worst, actual.shape)} by {float(gap.flat[worst])!r}; "
             f"tolerance {tolerance}"
         )
-    _report(what, f"equal within {tolerance} ({_count(actual.size)})")
+    _report(what, f"equal within {tolerance}{_count(actual.size)}")
 
 
 def _bound(values, bound, *, upper: bool, strict: bool, what: str) -> None:
@@ -156,7 +155,7 @@ def _bound(values, bound, *, upper: bool, strict: bool, what: str) -> None:
             f"is not {sign} {float(bound.flat[bad])!r}"
         )
     shown = _fmt(bound.flat[0]) if np.all(bound == bound.flat[0]) else "the given bounds"
-    _report(what, f"{sign} {shown} ({_count(values.size)})")
+    _report(what, f"{sign} {shown}{_count(values.size)}")
 
 
 def at_most(values, bound, *, strict: bool = False, what: str = "") -> None:
