@@ -10,8 +10,8 @@ full size by a script with provenance), and :data:`SWEEP_PROFILES` holds both si
   :func:`plot_gain_vs_misalignment`, :func:`plot_crossings`, :func:`plot_gain_error_map`;
 - chapter 07: :func:`multistep_sweep`, drawn by :func:`plot_multistep_curves` and
   :func:`plot_remaining_misalignment`, tabulated by :func:`multistep_table`;
-- chapter 08: :func:`reduction_sweep` and :func:`shift_sweep`, drawn by :func:`plot_reduction_factors` and
-  :func:`plot_shift_reduction`.
+- chapter 08: :func:`loss_against_context` (drawn by :func:`plot_loss_against_context`), :func:`reduction_sweep`
+  and :func:`shift_sweep`, drawn by :func:`plot_reduction_factors` and :func:`plot_shift_reduction`.
 
 The theory comes from :mod:`~ttt_helpers.theory.isotropic`, :mod:`~ttt_helpers.theory.general_covariance`,
 :mod:`~ttt_helpers.theory.multistep` and :mod:`~ttt_helpers.theory.sample_complexity`; the simulations from
@@ -31,8 +31,13 @@ from .isotropic import (
 )
 from .montecarlo import mc_one_step, mc_one_step_losses, mc_paired_starts
 from .multistep import simulate_ttt
-from .pretraining import optimal_W
-from .sample_complexity import general_context_lengths, proportional_reduction_factor, reduction_factor
+from .pretraining import isotropic_optimal_loss, optimal_W
+from .sample_complexity import (
+    general_context_lengths,
+    isotropic_ttt_loss,
+    proportional_reduction_factor,
+    reduction_factor,
+)
 from .tasks import as_generator
 from ..validation import check_positive_int
 
@@ -56,6 +61,8 @@ __all__ = [
     "plot_multistep_curves",
     "plot_remaining_misalignment",
     "multistep_table",
+    "loss_against_context",
+    "plot_loss_against_context",
     "plot_reduction_factors",
     "plot_shift_reduction",
 ]
@@ -665,6 +672,40 @@ def shift_sweep(d: int, r: int, k: int, e: float, thetas, n_max: int, sigma: flo
             out[key].append(float(g[key]))
         out["theta"].append(float(t))
     return out
+
+
+def loss_against_context(d: int, k: int, sigma: float, n_max: int, n_sim, n_tasks: int, rng) -> dict:
+    """Isotropic loss of ``W*_n`` without TTT and after one optimal TTT step on ``k`` queries, against ``n``.
+
+    Exact theory at every ``n = 1 .. n_max``; simulation of the TTT step (:func:`mc_one_step`, ``n_tasks``
+    tasks, start ``W*``) at the context lengths ``n_sim``, drawn from ``rng`` in that order.
+
+    Returns
+    -------
+    dict with ``n`` (1 .. n_max), ``ttt`` and ``icl`` (exact losses), ``n_sim``, ``sim`` and ``sim_se``, and
+    the setting ``d``, ``k``, ``sigma``.
+    """
+    n = np.arange(1, int(n_max) + 1)
+    n_sim = np.asarray(n_sim, dtype=int)
+    sims = [mc_one_step(int(m), d, k, sigma, "pretrained", n_tasks=n_tasks, rng=rng) for m in n_sim]
+    return {"n": n, "ttt": isotropic_ttt_loss(n, d, k, sigma), "icl": isotropic_optimal_loss(n, d, sigma),
+            "n_sim": n_sim, "sim": np.array([s["loss_after"] for s in sims]),
+            "sim_se": np.array([s["loss_after_se"] for s in sims]), "d": d, "k": k, "sigma": sigma}
+
+
+def plot_loss_against_context(ax, res: dict, eps: float, eps_label: str = ""):
+    """Draw a :func:`loss_against_context` result: both exact losses (lines), the simulated TTT step (markers,
+    2 standard errors) and the target ``eps`` (dotted, labelled ``eps_label``)."""
+    k = res["k"]
+    ax.plot(res["n"], res["ttt"], "-", label=f"one TTT step, k={k} (theory, exact)")
+    ax.errorbar(res["n_sim"], res["sim"], 2 * res["sim_se"], fmt="o", ms=4, capsize=2,
+                label=f"one TTT step, k={k} (simulation)")
+    ax.plot(res["n"], res["icl"], "-", label="pretrained, no TTT (theory, exact)")
+    ax.axhline(eps, color="gray", ls=":", label=eps_label or f"target {eps:g}")
+    ax.set(title=f"Loss against context length, d={res['d']}, sigma={res['sigma']}", xlabel="context length n",
+           ylabel="test loss")
+    ax.legend(fontsize=8)
+    return ax
 
 
 def plot_reduction_factors(axes, ci: dict, full: dict, es=("0.6", "0.4", "0.25")):
