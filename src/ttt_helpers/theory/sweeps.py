@@ -5,7 +5,8 @@ full size by a script with provenance), and :data:`SWEEP_PROFILES` holds both si
 
 - chapter 04 (Figure 1): :func:`sweep_context_length`, drawn by :func:`plot_sweep_context_length`;
 - chapter 05: :func:`sweep_starts` (scratch vs pretrained), drawn by :func:`plot_sweep_starts`;
-- chapter 06 (Figure 2a-b): :func:`alignment_sweep`, its exact-``B`` theory :func:`alignment_theory_exact`,
+- chapter 06 (Figure 2a-b): :func:`alignment_sweep`, its exact-``B`` theory :func:`alignment_theory_exact`
+  and the simulation's distance to both theories :func:`alignment_z_scores`,
   the error map :func:`gain_error_map`, and the figures :func:`plot_loss_vs_alignment`,
   :func:`plot_gain_vs_misalignment`, :func:`plot_crossings`, :func:`plot_gain_error_map`;
 - chapter 07: :func:`multistep_sweep`, drawn by :func:`plot_multistep_curves` and
@@ -52,6 +53,7 @@ __all__ = [
     "reduction_sweep",
     "shift_sweep",
     "simulated_crossings",
+    "alignment_z_scores",
     "plot_sweep_context_length",
     "plot_sweep_starts",
     "plot_loss_vs_alignment",
@@ -450,6 +452,23 @@ def simulated_crossings(res: dict) -> np.ndarray:
             i = idx[0]
             out.append(float(np.exp(lk[i] + (lk[i + 1] - lk[i]) * row[i] / (row[i] - row[i + 1]))))
     return np.array(out, dtype=float)
+
+
+def alignment_z_scores(res: dict, exact: dict):
+    """Simulated losses after one step minus theory, in standard errors, for an :func:`alignment_sweep` result.
+
+    Returns ``(z_exact, z_gauss)``: one flat array each over ``k``, both starts and every angle; ``z_exact``
+    against the exact theory at the simulated step (``exact`` from :func:`alignment_theory_exact`),
+    ``z_gauss`` against the Gaussian theory. For scratch both theories coincide.
+    """
+    zs_e, zs_g = [], []
+    for kk, rec in res["per_k"].items():
+        for sim, se, th_e, th_g in ((rec["sim_warm"], rec["sim_warm_se"], exact["per_k"][kk]["exact_warm_at_gauss_eta"],
+                                     rec["theory_warm"]),
+                                    (rec["sim_scratch"], rec["sim_scratch_se"], rec["theory_scratch"], rec["theory_scratch"])):
+            zs_e.append((np.array(sim) - th_e) / se)
+            zs_g.append((np.array(sim) - th_g) / se)
+    return np.concatenate(zs_e), np.concatenate(zs_g)
 
 
 def plot_loss_vs_alignment(ax, res: dict, exact: dict, title: str = ""):
