@@ -58,3 +58,48 @@ def test_sweep_profiles_are_the_scripts_profiles():
             for name in names:
                 assert mod.PROFILES[profile][name] is sweeps.SWEEP_PROFILES[profile][name]
     assert all(set(sizes) == set(sweeps.SWEEP_PROFILES["ci"]) for sizes in sweeps.SWEEP_PROFILES.values())
+
+
+def test_loss_against_context_matches_theory_and_the_chapter_draws():
+    from ttt_helpers.theory.montecarlo import mc_one_step
+    from ttt_helpers.theory.pretraining import isotropic_optimal_loss
+
+    res = sweeps.loss_against_context(6, 12, 0.5, n_max=10, n_sim=[3, 8], n_tasks=300, rng=np.random.default_rng(1))
+    assert list(res["n"]) == list(range(1, 11)) and res["sim"].shape == (2,)
+    assert np.allclose(res["ttt"], sc.isotropic_ttt_loss(np.arange(1, 11), 6, 12, 0.5))
+    assert np.allclose(res["icl"], isotropic_optimal_loss(np.arange(1, 11), 6, 0.5))
+    rng = np.random.default_rng(1)   # the same draws, in the same order, as the chapter's loop made them
+    again = [mc_one_step(m, 6, 12, 0.5, "pretrained", n_tasks=300, rng=rng)["loss_after"] for m in (3, 8)]
+    assert np.array_equal(res["sim"], again)
+    assert np.all(np.abs(res["sim"] - res["ttt"][res["n_sim"] - 1]) < 5 * res["sim_se"])
+
+
+def test_alignment_z_scores_and_multistep_table():
+    rec = {"sim_warm": [1.0, 2.0], "sim_warm_se": [0.5, 0.5], "theory_warm": [1.5, 2.0],
+           "sim_scratch": [3.0, 3.0], "sim_scratch_se": [1.0, 1.0], "theory_scratch": [1.0, 4.0]}
+    z_e, z_g = sweeps.alignment_z_scores({"per_k": {"4": rec}}, {"per_k": {"4": {"exact_warm_at_gauss_eta": [1.0, 1.0]}}})
+    assert np.allclose(z_e, [0.0, 2.0, 2.0, -1.0]) and np.allclose(z_g, [-1.0, 0.0, 2.0, -1.0])
+    res = sweeps.multistep_sweep(d=8, r=2, n=8, ks=[16], thetas=[np.pi / 2], steps=3, n_tasks=200, seed=0)
+    lines = sweeps.multistep_table(res).splitlines()
+    assert len(lines) == len(res["records"]) == 2 and "pretrained" in lines[0] and "scratch" in lines[1]
+
+
+def test_chapter_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = sweeps.multistep_sweep(d=8, r=2, n=8, ks=[16, 32], thetas=[np.pi / 2], steps=3, n_tasks=200, seed=0)
+    fig, axes = plt.subplots(1, 3)
+    sweeps.plot_multistep_curves(axes[:2], res, "toy")
+    sweeps.plot_remaining_misalignment(axes[2], res, "toy")
+    assert axes[2].get_title() == "toy, k=32" and len(axes[0].get_lines()) >= 4
+    red = sweeps.reduction_sweep([8], [0.5, 2.0], [0.6, 0.4, 0.25])
+    fig, axes = plt.subplots(1, 3)
+    sweeps.plot_reduction_factors(axes, red, red)
+    sh = sweeps.shift_sweep(d=8, r=2, k=16, e=0.4, thetas=[0.0, np.pi / 2], n_max=120)
+    fig, ax = plt.subplots()
+    sweeps.plot_shift_reduction(ax, [(sh, "toy", "ok")])
+    assert "k=2d" in ax.get_title()
+    plt.close("all")

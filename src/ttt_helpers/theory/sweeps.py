@@ -5,11 +5,14 @@ full size by a script with provenance), and :data:`SWEEP_PROFILES` holds both si
 
 - chapter 04 (Figure 1): :func:`sweep_context_length`, drawn by :func:`plot_sweep_context_length`;
 - chapter 05: :func:`sweep_starts` (scratch vs pretrained), drawn by :func:`plot_sweep_starts`;
-- chapter 06 (Figure 2a-b): :func:`alignment_sweep`, its exact-``B`` theory :func:`alignment_theory_exact`,
+- chapter 06 (Figure 2a-b): :func:`alignment_sweep`, its exact-``B`` theory :func:`alignment_theory_exact`
+  and the simulation's distance to both theories :func:`alignment_z_scores`,
   the error map :func:`gain_error_map`, and the figures :func:`plot_loss_vs_alignment`,
   :func:`plot_gain_vs_misalignment`, :func:`plot_crossings`, :func:`plot_gain_error_map`;
-- chapter 07: :func:`multistep_sweep`;
-- chapter 08: :func:`reduction_sweep` and :func:`shift_sweep`.
+- chapter 07: :func:`multistep_sweep`, drawn by :func:`plot_multistep_curves` and
+  :func:`plot_remaining_misalignment`, tabulated by :func:`multistep_table`;
+- chapter 08: :func:`loss_against_context` (drawn by :func:`plot_loss_against_context`), :func:`reduction_sweep`
+  and :func:`shift_sweep`, drawn by :func:`plot_reduction_factors` and :func:`plot_shift_reduction`.
 
 The theory comes from :mod:`~ttt_helpers.theory.isotropic`, :mod:`~ttt_helpers.theory.general_covariance`,
 :mod:`~ttt_helpers.theory.multistep` and :mod:`~ttt_helpers.theory.sample_complexity`; the simulations from
@@ -29,8 +32,13 @@ from .isotropic import (
 )
 from .montecarlo import mc_one_step, mc_one_step_losses, mc_paired_starts
 from .multistep import simulate_ttt
-from .pretraining import optimal_W
-from .sample_complexity import general_context_lengths, proportional_reduction_factor, reduction_factor
+from .pretraining import isotropic_optimal_loss, optimal_W
+from .sample_complexity import (
+    general_context_lengths,
+    isotropic_ttt_loss,
+    proportional_reduction_factor,
+    reduction_factor,
+)
 from .tasks import as_generator
 from ..validation import check_positive_int
 
@@ -45,12 +53,20 @@ __all__ = [
     "reduction_sweep",
     "shift_sweep",
     "simulated_crossings",
+    "alignment_z_scores",
     "plot_sweep_context_length",
     "plot_sweep_starts",
     "plot_loss_vs_alignment",
     "plot_gain_vs_misalignment",
     "plot_crossings",
     "plot_gain_error_map",
+    "plot_multistep_curves",
+    "plot_remaining_misalignment",
+    "multistep_table",
+    "loss_against_context",
+    "plot_loss_against_context",
+    "plot_reduction_factors",
+    "plot_shift_reduction",
 ]
 
 
@@ -438,6 +454,23 @@ def simulated_crossings(res: dict) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
+def alignment_z_scores(res: dict, exact: dict):
+    """Simulated losses after one step minus theory, in standard errors, for an :func:`alignment_sweep` result.
+
+    Returns ``(z_exact, z_gauss)``: one flat array each over ``k``, both starts and every angle; ``z_exact``
+    against the exact theory at the simulated step (``exact`` from :func:`alignment_theory_exact`),
+    ``z_gauss`` against the Gaussian theory. For scratch both theories coincide.
+    """
+    zs_e, zs_g = [], []
+    for kk, rec in res["per_k"].items():
+        for sim, se, th_e, th_g in ((rec["sim_warm"], rec["sim_warm_se"], exact["per_k"][kk]["exact_warm_at_gauss_eta"],
+                                     rec["theory_warm"]),
+                                    (rec["sim_scratch"], rec["sim_scratch_se"], rec["theory_scratch"], rec["theory_scratch"])):
+            zs_e.append((np.array(sim) - th_e) / se)
+            zs_g.append((np.array(sim) - th_g) / se)
+    return np.concatenate(zs_e), np.concatenate(zs_g)
+
+
 def plot_loss_vs_alignment(ax, res: dict, exact: dict, title: str = ""):
     """Figure 2a: loss after one TTT step against ``cos^2 theta``; exact (solid) and Gaussian (dashed) theory,
     simulation (markers, 2 standard errors), per ``k``; the pretrained loss before TTT (dotted).
@@ -562,6 +595,56 @@ def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floo
             "records": records}
 
 
+def plot_multistep_curves(axes, res: dict, title: str = ""):
+    """Test loss against the number of TTT steps, one panel per ``k`` (``axes`` has one Axes per ``k``).
+
+    Per setting (start, angle): the simulated loss curve (markers and line), its oracle floor (dashed, same
+    colour) and the one-step theory with the fixed ``eta*`` at step 1 (star). ``res`` is a
+    :func:`multistep_sweep` result.
+    """
+    for ax, k in zip(axes, res["config"]["ks"]):
+        for rec in (x for x in res["records"] if x["k"] == k):
+            steps = np.arange(len(rec["loss"]))
+            lab = f"{rec['start']}, $\\theta$={rec['theta']:.2f}"
+            line, = ax.plot(steps, rec["loss"], "o-", ms=2.5, label=f"{lab} (simulation)")
+            ax.axhline(rec["oracle"], color=line.get_color(), ls="--", lw=0.8)
+            ax.plot([1], [rec["theory_one_step"]], "*", ms=10, color=line.get_color(), mec="k")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set(title=f"{title}, k={k}", xlabel="TTT steps", ylabel="test loss")
+    axes[0].plot([], [], "k--", lw=0.8, label="oracle floor (Monte Carlo of exact bound)")
+    axes[0].plot([], [], "k*", ms=8, label=r"one step with $\eta^\star$ (theory)")
+    axes[0].legend(fontsize=6)
+    return axes
+
+
+def plot_remaining_misalignment(ax, res: dict, title: str = ""):
+    """Remaining misalignment (mean excess over the oracle floor) relative to its value at the start, against
+    the number of steps, for the largest ``k`` of a :func:`multistep_sweep` result; log scale."""
+    k = max(res["config"]["ks"])
+    for rec in (x for x in res["records"] if x["k"] == k):
+        ex = np.array(rec["excess"])
+        ax.plot(np.arange(ex.size), ex / ex[0], "o-", ms=2.5,
+                label=f"{rec['start']}, $\\theta$={rec['theta']:.2f} (simulation)")
+    ax.set(xscale="symlog", yscale="log", title=f"{title}, k={k}", xlabel="TTT steps",
+           ylabel="remaining misalignment / initial")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def multistep_table(res: dict) -> str:
+    """One line per setting of a :func:`multistep_sweep` result, values rounded to 3 decimals: one-step theory
+    and simulation, the first three gains, the first step's share of the best gain, the best loss, the
+    gradient-descent limit and the oracle floor."""
+    rows = []
+    for rec in res["records"]:
+        g = rec["gain"]
+        rows.append(f"theta={rec['theta']:.2f} {rec['start']:10s} k={rec['k']:3d}: one step theory "
+                    f"{rec['theory_one_step']:7.3f} sim {rec['sim_one_step']:7.3f}; gains {g[0]:6.3f} {g[1]:6.3f} "
+                    f"{g[2]:6.3f}; first-step share {rec['first_step_fraction']:.2f}; best {min(rec['loss']):.3f}, "
+                    f"limit {rec['limit']:.3f}, floor {rec['oracle']:.3f}")
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Chapter 08: sample complexity
 # ---------------------------------------------------------------------------------------------------------
@@ -608,3 +691,69 @@ def shift_sweep(d: int, r: int, k: int, e: float, thetas, n_max: int, sigma: flo
             out[key].append(float(g[key]))
         out["theta"].append(float(t))
     return out
+
+
+def loss_against_context(d: int, k: int, sigma: float, n_max: int, n_sim, n_tasks: int, rng) -> dict:
+    """Isotropic loss of ``W*_n`` without TTT and after one optimal TTT step on ``k`` queries, against ``n``.
+
+    Exact theory at every ``n = 1 .. n_max``; simulation of the TTT step (:func:`mc_one_step`, ``n_tasks``
+    tasks, start ``W*``) at the context lengths ``n_sim``, drawn from ``rng`` in that order.
+
+    Returns
+    -------
+    dict with ``n`` (1 .. n_max), ``ttt`` and ``icl`` (exact losses), ``n_sim``, ``sim`` and ``sim_se``, and
+    the setting ``d``, ``k``, ``sigma``.
+    """
+    n = np.arange(1, int(n_max) + 1)
+    n_sim = np.asarray(n_sim, dtype=int)
+    sims = [mc_one_step(int(m), d, k, sigma, "pretrained", n_tasks=n_tasks, rng=rng) for m in n_sim]
+    return {"n": n, "ttt": isotropic_ttt_loss(n, d, k, sigma), "icl": isotropic_optimal_loss(n, d, sigma),
+            "n_sim": n_sim, "sim": np.array([s["loss_after"] for s in sims]),
+            "sim_se": np.array([s["loss_after_se"] for s in sims]), "d": d, "k": k, "sigma": sigma}
+
+
+def plot_loss_against_context(ax, res: dict, eps: float, eps_label: str = ""):
+    """Draw a :func:`loss_against_context` result: both exact losses (lines), the simulated TTT step (markers,
+    2 standard errors) and the target ``eps`` (dotted, labelled ``eps_label``)."""
+    k = res["k"]
+    ax.plot(res["n"], res["ttt"], "-", label=f"one TTT step, k={k} (theory, exact)")
+    ax.errorbar(res["n_sim"], res["sim"], 2 * res["sim_se"], fmt="o", ms=4, capsize=2,
+                label=f"one TTT step, k={k} (simulation)")
+    ax.plot(res["n"], res["icl"], "-", label="pretrained, no TTT (theory, exact)")
+    ax.axhline(eps, color="gray", ls=":", label=eps_label or f"target {eps:g}")
+    ax.set(title=f"Loss against context length, d={res['d']}, sigma={res['sigma']}", xlabel="context length n",
+           ylabel="test loss")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_reduction_factors(axes, ci: dict, full: dict, es=("0.6", "0.4", "0.25")):
+    """Reduction factor ``n_ICL / n_TTT`` against ``k / d``, one panel per target ``e = eps / d``: the CI run at
+    ``d = 20`` (black markers), each ``d`` of the full run (lines) and the proportional limit (dashed).
+    ``ci`` and ``full`` are :func:`reduction_sweep` results."""
+    kf = np.array(full["config"]["kappas"])
+    kl = np.geomspace(0.2, 20, 200)
+    for ax, e in zip(axes, es):
+        for d in ci["config"]["ds"]:
+            ax.plot(ci["config"]["kappas"], ci["ratio"][str(d)][e], "o", color="k",
+                    label=f"d={d}, CI run (theory, exact)")
+        for d in full["config"]["ds"]:
+            ax.plot(kf, full["ratio"][str(d)][e], "-", marker=".", label=f"d={d}, full run (theory, exact)")
+        limit = proportional_reduction_factor(float(e), kl)
+        ax.plot(kl, np.where(np.isfinite(limit), limit, np.nan), "k--", label=r"$d\to\infty$ (theory)")
+        ax.set(xscale="log", yscale="log", title=rf"target $\varepsilon = {e}\,d$", xlabel="k / d",
+               ylabel=r"reduction factor $n_{\rm ICL}/n_{\rm TTT}$")
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def plot_shift_reduction(ax, runs):
+    """Reduction factor against the alignment ``cos^2 theta`` for :func:`shift_sweep` results; ``runs`` is a
+    list of ``(result, label, style)`` with a Matplotlib format string per run."""
+    for sh, label, style in runs:
+        ax.plot(np.cos(sh["theta"]) ** 2, sh["ratio"], style, label=label)
+    c = runs[0][0]["config"]
+    ax.set(title=rf"Context-length reduction under shift ($\varepsilon={c['e']:g}d$, $k={c['k'] // c['d']:g}d$)",
+           xlabel=r"alignment $\cos^2\theta$", ylabel=r"$n_{\rm ICL}/n_{\rm TTT}$")
+    ax.legend()
+    return ax
