@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from ..validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
+from ..validation import check_covariance, check_nonnegative_float, check_nonnegative_int, check_positive_int
 from .model import _as_config
 
 __all__ = [
@@ -110,24 +110,16 @@ def covariance_alignment(S1: torch.Tensor, S2: torch.Tensor) -> float:
     return float((S1 * S2).sum() / (S1.norm() * S2.norm()))
 
 
-def _check_cov(S, name):
-    S = torch.as_tensor(S, dtype=torch.float64)
-    if S.ndim != 2 or S.shape[0] != S.shape[1]:
-        raise ValueError(f"{name} must be a square matrix, got shape {tuple(S.shape)}")
-    if not torch.isfinite(S).all():
-        raise ValueError(f"{name} must be finite")
-    if not torch.allclose(S, S.T, atol=1e-10):
-        raise ValueError(f"{name} must be symmetric")
-    if torch.linalg.eigvalsh(S).min() < -1e-10:
-        raise ValueError(f"{name} must be positive semi-definite")
-    return S
+def _check_cov(S, name, size=None) -> torch.Tensor:
+    """``S`` as a float64 CPU tensor, checked as :mod:`ttt_helpers.theory.tasks` checks its covariances."""
+    if torch.is_tensor(S):
+        S = S.detach().cpu()
+    return torch.as_tensor(check_covariance(S, name, size=size), dtype=torch.float64)
 
 
 def _cov_root(Sigma, d):
-    S = _check_cov(Sigma, "Sigma_beta")
-    if S.shape[0] != d:
-        raise ValueError(f"Sigma_beta must have shape ({d}, {d}), got {tuple(S.shape)}")
-    vals, vecs = torch.linalg.eigh(S)
+    """Square root ``vecs * sqrt(vals)`` by eigen-decomposition (singular covariances allowed), as ``theory.tasks``."""
+    vals, vecs = torch.linalg.eigh(_check_cov(Sigma, "Sigma_beta", size=d))
     return vecs * vals.clamp_min(0).sqrt()
 
 
