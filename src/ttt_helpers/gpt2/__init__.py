@@ -23,82 +23,12 @@ All random draws come from a seeded :class:`torch.Generator` (or an int seed) pa
 
 from __future__ import annotations
 
-from .baselines import averaging_predictions, knn_predictions, least_squares_predictions, ridge_predictions
-from .data import (
-    as_torch_generator,
-    covariance_alignment,
-    decaying_covariance,
-    eval_dataset,
-    rotated_covariance,
-    sample_beta_torch,
-    sample_regression,
-)
-from .model import (
-    PUBLIC_REFERENCE_CONFIG,
-    GPT2ICL,
-    GPT2ICLConfig,
-    count_parameters,
-    flops_per_token,
-    load_gpt2_icl,
-    new_scratch_model,
-    save_fp16_checkpoint,
-)
-from .throughput import PEAK_BF16_DENSE, add_optimized_reference_benchmark, benchmark_throughput, mfu, peak_flops
-from .train import (
-    TrainConfig,
-    Trainer,
-    eval_loss_per_position,
-    icl_curve,
-    icl_loss,
-    lr_factor,
-    train_icl,
-    training_provenance,
-)
-from .ttt import INITS, OPTIMIZERS, TTTConfig, TTTExperiment, best_ttt_curve, test_time_train
+from . import baselines, data, model, throughput, train, ttt
+from .baselines import *  # noqa: F401,F403  (each module's __all__)
+from .data import *  # noqa: F401,F403
+from .model import *  # noqa: F401,F403
+from .throughput import *  # noqa: F401,F403
+from .train import *  # noqa: F401,F403
+from .ttt import *  # noqa: F401,F403
 
-__all__ = [
-    # model
-    "GPT2ICLConfig",
-    "GPT2ICL",
-    "PUBLIC_REFERENCE_CONFIG",
-    "new_scratch_model",
-    "count_parameters",
-    "flops_per_token",
-    "save_fp16_checkpoint",
-    "load_gpt2_icl",
-    # data
-    "as_torch_generator",
-    "decaying_covariance",
-    "rotated_covariance",
-    "covariance_alignment",
-    "sample_beta_torch",
-    "sample_regression",
-    "eval_dataset",
-    # baselines
-    "least_squares_predictions",
-    "ridge_predictions",
-    "knn_predictions",
-    "averaging_predictions",
-    # train
-    "icl_loss",
-    "lr_factor",
-    "TrainConfig",
-    "Trainer",
-    "train_icl",
-    "eval_loss_per_position",
-    "icl_curve",
-    "training_provenance",
-    # throughput
-    "PEAK_BF16_DENSE",
-    "peak_flops",
-    "mfu",
-    "benchmark_throughput",
-    "add_optimized_reference_benchmark",
-    # ttt
-    "TTTConfig",
-    "test_time_train",
-    "best_ttt_curve",
-    "TTTExperiment",
-    "INITS",
-    "OPTIMIZERS",
-]
+__all__ = [*model.__all__, *data.__all__, *baselines.__all__, *train.__all__, *throughput.__all__, *ttt.__all__]

@@ -286,17 +286,18 @@ class TTTExperiment:
     lrs : dict of str to sequence of float
         Learning-rate grid of each optimizer in :data:`OPTIMIZERS`.
     n_context, steps, tasks, n_val, n_eval, seed : int
+        As commented below.
     """
 
     thetas: tuple[float, ...]
     ks: tuple[int, ...]
     lrs: dict
-    n_context: int = 10
-    steps: int = 20
-    tasks: int = 64
-    n_val: int = 16
-    n_eval: int = 64
-    seed: int = 100
+    n_context: int = 10  # context length n of every TTT and test prompt
+    steps: int = 20  # TTT steps; the test loss is measured before and after each
+    tasks: int = 64  # target tasks per cell ...
+    n_val: int = 16  # ... of which the first n_val choose the learning rate
+    n_eval: int = 64  # fresh test prompts per task
+    seed: int = 100  # base seed, see above
 
     def __post_init__(self):
         object.__setattr__(self, "thetas", tuple(float(t) for t in self.thetas))
