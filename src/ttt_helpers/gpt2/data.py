@@ -5,7 +5,9 @@ of NumPy so that training data can be sampled on the GPU:
 
 - features ``x ~ N(0, I_d)``; task vectors ``beta ~ N(0, Sigma_beta)``; labels ``y = x^T beta + xi`` with
   ``xi ~ N(0, sigma^2)``;
-- covariance roots by eigen-decomposition (singular covariances allowed), as ``theory.tasks``;
+- the canonical covariance factor of ``theory.tasks`` (:func:`ttt_helpers.theory.tasks.covariance_root`:
+  Cholesky, or the symmetric root of a singular covariance), never an eigenbasis that depends on the
+  LAPACK kernel;
 - a leading task axis ``T`` on every array, so that tasks are batched.
 
 Two differences from ``theory.tasks``: here ``tr(Sigma_beta) = 1`` (unit signal variance; the default is
@@ -16,7 +18,10 @@ Pretraining covariance: :func:`decaying_covariance`; target tasks: :func:`rotate
 covariance rotated by an angle ``theta`` in the planes ``(e_i, e_{d-1-i})`` (``theta = 0``: no shift;
 ``theta = pi/2``: the spectrum reversed).
 
-All random draws come from a seeded :class:`torch.Generator` (or an int seed) passed in.
+All random draws come from a generator passed in (:func:`as_sampler`): a :class:`numpy.random.Generator`, a
+:class:`torch.Generator`, or an int seed. An int seed gives NumPy draws on the CPU, which are the same numbers on
+every processor and math kernel (torch's CPU ``randn`` differs in the last bits between its AVX2 and scalar
+kernels), and a torch generator on a GPU, where training samples its batches.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import math
 import numpy as np
 import torch
 
+from ..theory.tasks import covariance_root
 from ..validation import check_covariance, check_nonnegative_float, check_nonnegative_int, check_positive_int
 from .model import _as_config
 
 __all__ = [
     "as_torch_generator",
+    "as_sampler",
     "decaying_covariance",
     "rotated_covariance",
     "covariance_alignment",
@@ -49,6 +56,29 @@ def as_torch_generator(gen, device="cpu") -> torch.Generator:
         g.manual_seed(int(gen))
         return g
     raise ValueError(f"gen must be a torch.Generator or an integer seed, got {gen!r}")
+
+
+def as_sampler(gen, device="cpu"):
+    """The generator a sampling function draws from.
+
+    ``gen`` is returned as is if it is a :class:`numpy.random.Generator` or a :class:`torch.Generator`; an int
+    seed becomes ``numpy.random.default_rng(seed)`` on the CPU (the same draws on every CPU and kernel) and a
+    :class:`torch.Generator` on any other device.
+    """
+    if isinstance(gen, (np.random.Generator, torch.Generator)):
+        return gen
+    if isinstance(gen, (int, np.integer)) and not isinstance(gen, bool):
+        if torch.device(device).type == "cpu":
+            return np.random.default_rng(int(gen))
+        return as_torch_generator(gen, device)
+    raise ValueError(f"gen must be a numpy.random.Generator, a torch.Generator or an integer seed, got {gen!r}")
+
+
+def _randn(gen, shape, device, dtype) -> torch.Tensor:
+    """Standard normals from ``gen`` (see :func:`as_sampler`) as a tensor on ``device``."""
+    if isinstance(gen, np.random.Generator):
+        return torch.from_numpy(gen.standard_normal(shape)).to(device=device, dtype=dtype)
+    return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
 
 def decaying_covariance(d: int, ratio: float = 30.0) -> torch.Tensor:
@@ -118,9 +148,8 @@ def _check_cov(S, name, size=None) -> torch.Tensor:
 
 
 def _cov_root(Sigma, d):
-    """Square root ``vecs * sqrt(vals)`` by eigen-decomposition (singular covariances allowed), as ``theory.tasks``."""
-    vals, vecs = torch.linalg.eigh(_check_cov(Sigma, "Sigma_beta", size=d))
-    return vecs * vals.clamp_min(0).sqrt()
+    """The canonical factor of ``theory.tasks`` (:func:`~ttt_helpers.theory.tasks.covariance_root`), float64."""
+    return torch.from_numpy(covariance_root(_check_cov(Sigma, "Sigma_beta", size=d).numpy(), "Sigma_beta", size=d))
 
 
 def sample_beta_torch(gen, n_tasks: int, d: int, Sigma_beta=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -128,8 +157,8 @@ def sample_beta_torch(gen, n_tasks: int, d: int, Sigma_beta=None, device="cpu", 
 
     Parameters
     ----------
-    gen : torch.Generator or int
-        On ``device``.
+    gen : numpy.random.Generator, torch.Generator or int
+        See :func:`as_sampler`; a torch generator must be on ``device``.
     n_tasks, d : int
     Sigma_beta : Tensor, shape (d, d), optional
         Identity scaled to unit trace (``I / d``) if omitted.
@@ -138,10 +167,10 @@ def sample_beta_torch(gen, n_tasks: int, d: int, Sigma_beta=None, device="cpu", 
     -------
     Tensor, shape (n_tasks, d)
     """
-    gen = as_torch_generator(gen, device)
+    gen = as_sampler(gen, device)
     n_tasks, d = check_positive_int(n_tasks, "n_tasks"), check_positive_int(d, "d")
     root = _cov_root(Sigma_beta if Sigma_beta is not None else torch.eye(d, dtype=torch.float64) / d, d)
-    z = torch.randn(n_tasks, d, generator=gen, device=device, dtype=dtype)
+    z = _randn(gen, (n_tasks, d), device, dtype)
     return z @ root.T.to(device=device, dtype=dtype)
 
 
@@ -150,8 +179,8 @@ def sample_regression(gen, beta: torch.Tensor, n_prompts: int, n_points: int, si
 
     Parameters
     ----------
-    gen : torch.Generator or int
-        On ``beta.device``.
+    gen : numpy.random.Generator, torch.Generator or int
+        See :func:`as_sampler`; a torch generator must be on ``beta.device``.
     beta : Tensor, shape (T, d)
     n_prompts : int
         Prompts per task ``m``.
@@ -167,19 +196,19 @@ def sample_regression(gen, beta: torch.Tensor, n_prompts: int, n_points: int, si
     """
     if not torch.is_tensor(beta) or beta.ndim != 2:
         raise ValueError(f"beta must be a tensor of shape (T, d), got {getattr(beta, 'shape', type(beta))}")
-    gen = as_torch_generator(gen, beta.device)
+    gen = as_sampler(gen, beta.device)
     m, N = check_positive_int(n_prompts, "n_prompts"), check_positive_int(n_points, "n_points")
     sigma = check_nonnegative_float(sigma, "sigma")
     T, d = beta.shape
-    xs = torch.randn(T, m, N, d, generator=gen, device=beta.device, dtype=beta.dtype)
+    xs = _randn(gen, (T, m, N, d), beta.device, beta.dtype)
     ys = torch.einsum("tmnd,td->tmn", xs, beta)
     if sigma > 0:
-        ys = ys + sigma * torch.randn(T, m, N, generator=gen, device=beta.device, dtype=beta.dtype)
+        ys = ys + sigma * _randn(gen, (T, m, N), beta.device, beta.dtype)
     return xs, ys
 
 
 def eval_dataset(seed: int, n_prompts: int, config, sigma: float, Sigma_beta):
-    """A fixed in-distribution evaluation set, drawn on the CPU (so every machine gets the same numbers).
+    """A fixed in-distribution evaluation set, drawn with NumPy on the CPU (the same numbers on every machine).
 
     Returns
     -------
@@ -187,7 +216,7 @@ def eval_dataset(seed: int, n_prompts: int, config, sigma: float, Sigma_beta):
     ys : Tensor, shape (n_prompts, N)
     """
     c = _as_config(config)
-    g = as_torch_generator(check_nonnegative_int(seed, "seed"))
+    g = as_sampler(check_nonnegative_int(seed, "seed"))
     beta = sample_beta_torch(g, n_prompts, c.d, Sigma_beta)
     xs, ys = sample_regression(g, beta, 1, c.n_points, sigma)
     return xs[:, 0], ys[:, 0]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..validation import check_nonnegative_float, check_nonnegative_int, check_positive_int
-from .data import as_torch_generator, rotated_covariance, sample_beta_torch, sample_regression
+from .data import as_sampler, rotated_covariance, sample_beta_torch, sample_regression
 from .model import GPT2ICL
 
 __all__ = ["TTTConfig", "test_time_train", "best_ttt_curve", "TTTExperiment", "INITS", "OPTIMIZERS"]
@@ -161,7 +161,7 @@ def test_time_train(model: GPT2ICL, beta: torch.Tensor, config: TTTConfig | None
         Target tasks (on the model's device).
     config : TTTConfig, optional
         The run's settings.
-    gen : torch.Generator or int
+    gen : numpy.random.Generator, torch.Generator or int
         On ``beta.device``.
     **settings
         Fields of :class:`TTTConfig` (``n_context=10, k=32, ...``): all of its required ones without
@@ -176,7 +176,7 @@ def test_time_train(model: GPT2ICL, beta: torch.Tensor, config: TTTConfig | None
 
     cfg = TTTConfig.build(config, **settings)
     _check_model_and_tasks(model, beta, cfg)
-    gen = as_torch_generator(gen, beta.device)
+    gen = as_sampler(gen, beta.device)
     n, eval_steps = cfg.n_context, cfg.evaluated_steps
     tr_x, tr_y, q_y, ev_x, ev_y = _ttt_data(gen, beta, cfg)
     with _eager_attention(model):
@@ -331,7 +331,7 @@ class TTTExperiment:
         device = next(start.parameters()).device
         seed = self.seed + 1000 * self.thetas.index(th)
         beta = sample_beta_torch(seed, self.tasks, start.config.d, rotated_covariance(S_pre, th)).to(device)
-        gen = as_torch_generator(seed + 17 * k + 1, device)
+        gen = as_sampler(seed + 17 * k + 1, device)
         config = TTTConfig(n_context=self.n_context, k=k, steps=self.steps, optimizer=opt, lr=lr, sigma=sigma,
                            n_eval=self.n_eval, autocast_dtype=autocast_dtype)
         losses = test_time_train(start, beta, config, gen=gen).double().numpy()
