@@ -11,6 +11,8 @@ def test_agrees_prints_tolerance_and_count_not_the_deviation(capsys):
     out = capsys.readouterr().out
     assert out == "✓ loss after TTT: within 4.5 standard errors of theory (3 points)\n"
     assert result is None  # nothing for a notebook cell to display after the line
+    checks.agrees(0.499, 0.007, 0.501, what="recomputed loss", reference="the recorded value")
+    assert capsys.readouterr().out == "✓ recomputed loss: within 4.5 standard errors of the recorded value\n"
 
 
 def test_agrees_raises_with_the_offending_point():

@@ -70,7 +70,7 @@ def _where(index, shape) -> str:
     return f" at index {where[0] if len(where) == 1 else where}"
 
 
-def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
+def agrees(sim, se, theory, *, z: float = 4.5, what: str = "", reference: str = "theory") -> None:
     """Check that a simulation agrees with theory within ``z`` standard errors, at every point.
 
     Parameters
@@ -81,6 +81,8 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
         Tolerance in standard errors (4.5 leaves a false alarm probability of about 7e-6 per point).
     what : str
         What is compared, for the printed line.
+    reference : str
+        What ``theory`` is, for the printed line (e.g. ``"the recorded value"`` when two estimates are compared).
 
     Raises
     ------
@@ -103,7 +105,7 @@ def agrees(sim, se, theory, *, z: float = 4.5, what: str = "") -> None:
             f"{_where(worst, sim.shape)} (simulation {float(sim.flat[worst])!r}, theory "
             f"{float(theory.flat[worst])!r}, se {float(se.flat[worst])!r}); tolerance {_fmt(z)}"
         )
-    _report(what, f"within {_fmt(z)} standard errors of theory{_count(sim.size, 'points')}")
+    _report(what, f"within {_fmt(z)} standard errors of {reference}{_count(sim.size, 'points')}")
 
 
 def close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, what: str = "") -> None:
