@@ -1,0 +1,231 @@
+"""Evaluation of a TabPFN while it is pretrained, and of a finished checkpoint on the book's benchmark.
+
+* :func:`make_val_set` and :func:`eval_prior`: loss and accuracy on fixed held-out prior tasks;
+* :func:`real_tables`, :func:`eval_real`: accuracy on real tables through ``tabpfn.TabPFNClassifier(model_path=...)``
+  (the way the book uses the model), against :func:`.benchmark.baseline_accuracies`;
+* :class:`Evaluator`: both, as the callable that :class:`.pretrain.Trainer` runs periodically;
+* :func:`benchmark_checkpoint`: a checkpoint's accuracy on the 35 benchmark tables at 1,000 context rows
+  (:func:`.benchmark.quality_splits`), recorded in the provenance JSON beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints as tm
+from .pretrain import PretrainConfig, forward_loss, make_prior, to_task
+
+__all__ = [
+    "REAL_TABLES",
+    "make_val_set",
+    "eval_prior",
+    "real_tables",
+    "real_baselines",
+    "eval_real",
+    "Evaluator",
+    "benchmark_checkpoint",
+]
+
+#: scikit-learn's bundled tables watched during training (none of them is a benchmark table).
+REAL_TABLES = ("breast_cancer", "wine", "iris", "digits")
+
+
+def make_val_set(cfg: PretrainConfig, device):
+    """Fixed held-out prior tasks of the last curriculum stage (seeded with ``10_000 + seed``; global state restored)."""
+    stage = dict(cfg.curriculum[-1])
+    stage["batch"] = min(16, cfg.val_tasks)
+    state = (np.random.get_state(), random.getstate(), torch.get_rng_state())
+    np.random.seed(10_000 + cfg.seed)
+    random.seed(10_000 + cfg.seed)
+    torch.manual_seed(10_000 + cfg.seed)
+    prior = make_prior(stage, cfg.prior)
+    gen = torch.Generator().manual_seed(10_000 + cfg.seed)
+    tasks = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(max(1, cfg.val_tasks // stage["batch"])):
+            tasks.append(to_task(prior.get_batch(), device, gen, False, cfg.max_num_classes))
+    np.random.set_state(state[0])
+    random.setstate(state[1])
+    torch.set_rng_state(state[2])
+    return tasks
+
+
+@torch.no_grad()
+def eval_prior(model, val_tasks, autocast: bool) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on the held-out prior tasks."""
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    for task in val_tasks:
+        loss, c, n = forward_loss(model, task, autocast)
+        loss_sum += float(loss) * int(n)
+        correct += int(c)
+        total += int(n)
+    model.train()
+    return {"val_loss": loss_sum / max(total, 1), "val_acc": correct / max(total, 1)}
+
+
+def real_tables(seed: int, names=REAL_TABLES) -> dict:
+    """Real tables bundled with scikit-learn, each split into context (train) and test, stratified.
+
+    ``digits`` (1,797 rows) uses 1,000 context samples, the size of the book's TTT benchmark; the small
+    tables use half their rows as context. Returns ``{name: (X_context, X_test, y_context, y_test)}``.
+    """
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    out = {}
+    for name in names:
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        n_train = 1000 if len(y) > 1400 else len(y) // 2
+        Xtr, Xte, ytr, yte = train_test_split(X, y, train_size=n_train, stratify=y, random_state=seed)
+        out[name] = (Xtr.astype(np.float32), Xte.astype(np.float32), ytr, yte)
+    return out
+
+
+def real_baselines(tables: dict, seed: int) -> dict:
+    """:func:`.benchmark.baseline_accuracies` on each table of :func:`real_tables`."""
+    from .benchmark import baseline_accuracies
+
+    return {name: baseline_accuracies(Xtr, ytr, Xte, yte, seed=seed) for name, (Xtr, Xte, ytr, yte) in tables.items()}
+
+
+def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int) -> dict:
+    """Test accuracy of ``TabPFNClassifier(model_path=ckpt_path)`` on each table, ``{name: accuracy}``."""
+    from tabpfn import TabPFNClassifier
+
+    res = {}
+    for name, (Xtr, Xte, ytr, yte) in tables.items():
+        clf = TabPFNClassifier(
+            model_path=str(ckpt_path),
+            device=device,
+            n_estimators=n_estimators,
+            random_state=seed,
+            ignore_pretraining_limits=True,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(Xtr, ytr)
+            proba = clf.predict_proba(Xte)
+        if not np.allclose(proba.sum(1), 1.0, atol=1e-3):
+            raise RuntimeError(f"{name}: probabilities do not sum to one")
+        res[name] = float((clf.classes_[proba.argmax(1)] == yte).mean())
+    return res
+
+
+class Evaluator:
+    """What :class:`.pretrain.Trainer` measures during training.
+
+    Held-out prior tasks (:func:`make_val_set`, loss and accuracy) and the scikit-learn tables of
+    :func:`real_tables` through ``tabpfn`` (``real``, ``real_mean``; ``eval_seconds`` is the time those took).
+    The checkpoint the real tables are run on is written to the path the trainer passes.
+
+    Parameters
+    ----------
+    cfg : PretrainConfig
+    device : torch.device or str
+        Where the validation tasks live and ``tabpfn`` runs.
+    real : bool
+        Evaluate on the real tables (a toy run may skip them).
+    """
+
+    def __init__(self, cfg: PretrainConfig, device, *, real: bool = True):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.autocast = self.device.type == "cuda" and cfg.autocast
+        self.val_tasks = make_val_set(cfg, self.device)
+        self.tables = real_tables(cfg.seed) if real else {}
+        self.baselines = real_baselines(self.tables, cfg.seed)
+
+    def baseline_means(self) -> dict:
+        return {k: round(float(np.mean([b[k] for b in self.baselines.values()])), 4)
+                for k in ("logistic_regression", "hist_gradient_boosting", "majority")} if self.baselines else {}
+
+    def __call__(self, model, model_config, ckpt_path) -> dict:
+        ev = {k: round(v, 4) for k, v in eval_prior(model, self.val_tasks, self.autocast).items()}
+        if self.tables:
+            tm.build_checkpoint(model_config, model.state_dict(), ckpt_path,
+                                inference_config=tm.FALLBACK_INFERENCE_OVERRIDES)
+            t0 = time.time()
+            real = eval_real(ckpt_path, self.tables, str(self.device), self.cfg.eval_estimators, self.cfg.seed)
+            ev["real"] = {k: round(v, 4) for k, v in real.items()}
+            ev["real_mean"] = round(float(np.mean(list(real.values()))), 4)
+            ev["eval_seconds"] = round(time.time() - t0, 1)
+        return ev
+
+
+def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_estimators=4, seed: int = 0,
+                         device: str = "cpu", command: str = "", progress: bool = False, log=print) -> dict:
+    """Accuracy of a checkpoint on the benchmark tables at ``n_context`` context rows, beside the baselines.
+
+    The checkpoint's sha256 is checked against the provenance JSON beside it, and the result is added to that
+    JSON under ``benchmark_offline_tables["n_estimators=..."]`` (with the per-table rows) and
+    ``results["benchmark"]["n_estimators=..."]`` (the means and the gaps); a re-run replaces its own entry.
+
+    Returns
+    -------
+    dict
+        The summary (mean accuracies, gaps, wins, per-table rows).
+    """
+    from tabpfn import TabPFNClassifier
+    from tqdm import tqdm
+
+    from . import benchmark as td
+    from ..provenance import machine_description, read_provenance, verify_sha256
+
+    ckpt = Path(ckpt)
+    prov_path = ckpt.with_suffix(".json")
+    verify_sha256(ckpt, prov_path)
+    rows, t0 = [], time.time()
+    splits = td.quality_splits(n_context=n_context, max_test=max_test, seed=seed)
+    for name, Xc, yc, Xt, yt, meta in tqdm(splits, total=len(td.list_datasets()), disable=not progress,
+                                           desc="benchmark"):
+        res = {"name": name, "n_context": len(yc), "n_test": len(yt), "classes": int(meta["classes"]),
+               "features": int(Xc.shape[1])}
+        clf = TabPFNClassifier(model_path=str(ckpt), device=device, n_estimators=n_estimators,
+                               random_state=seed, ignore_pretraining_limits=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res["tabpfn_fallback"] = float((clf.fit(Xc, yc).predict(Xt) == yt).mean())
+        res.update(td.baseline_accuracies(Xc, yc, Xt, yt, seed=seed))
+        rows.append(res)
+        log(json.dumps(res))
+    means = {k: round(float(np.mean([r[k] for r in rows])), 4)
+             for k in ("tabpfn_fallback", "logistic_regression", "hist_gradient_boosting", "majority")}
+    summary = {
+        "command": command,
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "seed": seed,
+        "n_context": n_context,
+        "max_test_rows": max_test,
+        "tabpfn_n_estimators": n_estimators,
+        "baselines": "LogisticRegression (mean imputation + standardisation, max_iter 3000); "
+        "HistGradientBoostingClassifier (defaults)",
+        "n_tables": len(rows),
+        "mean_accuracy": means,
+        "gap_to_logistic_regression": round(means["tabpfn_fallback"] - means["logistic_regression"], 4),
+        "gap_to_hist_gradient_boosting": round(means["tabpfn_fallback"] - means["hist_gradient_boosting"], 4),
+        "wins_vs_logistic_regression": int(sum(r["tabpfn_fallback"] > r["logistic_regression"] for r in rows)),
+        "wins_vs_hist_gradient_boosting": int(sum(r["tabpfn_fallback"] > r["hist_gradient_boosting"] for r in rows)),
+        "seconds": round(time.time() - t0, 1),
+        "per_table": rows,
+    }
+    record = read_provenance(prov_path)
+    key = f"n_estimators={n_estimators}"  # one entry per ensemble size; a re-run replaces its own
+    record.setdefault("benchmark_offline_tables", {})[key] = summary
+    record.setdefault("results", {}).setdefault("benchmark", {})[key] = {
+        "mean_accuracy": means,
+        "gap_to_logistic_regression": summary["gap_to_logistic_regression"],
+        "gap_to_hist_gradient_boosting": summary["gap_to_hist_gradient_boosting"],
+    }
+    prov_path.write_text(json.dumps(record, indent=2) + "\n")
+    log("BENCHMARK " + json.dumps({k: v for k, v in summary.items() if k != "per_table"}))
+    return summary
