@@ -29,6 +29,10 @@ commits and dates are in ``data/models/tabpfn_fallback.json``)::
         --wall-limit-min 6.0 --eval-every-min 2 --export-dir $OUT
 
 Without ``--final-call``, ``--time-budget-min`` sets the total training minutes over several calls.
+Data-parallel on several GPUs (one process per GPU, NCCL; gloo on the CPU), the same options::
+
+    torchrun --standalone --nproc_per_node 8 scripts/pretrain_tabpfn.py --device cuda ...
+
 Evaluation of a finished checkpoint on the book's offline benchmark (no training; CPU is fine)::
 
     python scripts/pretrain_tabpfn.py --benchmark data/models/tabpfn_fallback.ckpt --device cpu
@@ -37,6 +41,8 @@ Evaluation of a finished checkpoint on the book's offline benchmark (no training
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shlex
 import sys
 import time
@@ -87,6 +93,8 @@ def parse_args(argv=None):
     add("--sdpa", default=d.sdpa, choices=["default", "no_gqa", "no_flash", "row_math"])
     add("--random-column-embeddings", action="store_true", help="v2: fresh column embeddings at every step")
     add("--no-real-eval", action="store_true", help="evaluate on held-out prior tasks only")
+    add("--record-weights", default=None, metavar="DIR", help="after every step, each process appends the sha256 "
+        "of its weights and of its batch to DIR/rank<r>.jsonl (to check that data-parallel processes agree)")
     add("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -116,25 +124,40 @@ def main(argv=None):
                                 n_estimators=args.eval_estimators, seed=args.seed, device=args.device,
                                 command=command, progress=not args.no_progress)
         return 0
+    dist = pt.init_distributed(args.device)  # several processes when started by torchrun
+    args.device = pt.process_device(args.device, dist)
     cfg = config_from_args(args)
     out_dir = Path("/tmp/pretrain_debug" if args.debug else args.out_dir)
-    trainer = pt.Trainer(cfg, out_dir=out_dir, resume=args.resume, command=command,
-                         log=lambda s: print(s, flush=True), progress_bar=not args.no_progress)
-    evaluator = None if args.debug else pe.Evaluator(cfg, trainer.device, real=not args.no_real_eval)
+    main_process = dist.rank == 0
+    log = (lambda s: print(s, flush=True)) if main_process else (lambda s: None)
+    trainer = pt.Trainer(cfg, out_dir=out_dir, resume=args.resume, command=command, log=log, dist=dist,
+                         progress_bar=main_process and not args.no_progress)
+    evaluator = None if args.debug or not main_process else pe.Evaluator(cfg, trainer.device, real=not args.no_real_eval)
     if evaluator is not None:
         print("baselines:", evaluator.baselines, flush=True)
     trainer.evaluator = evaluator
+    if args.record_weights:
+        record = Path(args.record_weights) / f"rank{dist.rank}.jsonl"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text("")
+
+        def hook(tr, task):
+            with record.open("a") as fh:
+                fh.write(json.dumps({"step": tr.meta["step"], "weights": pt.weights_digest(tr.model),
+                                     "batch": hashlib.sha256(task[0].cpu().numpy().tobytes()).hexdigest()}) + "\n")
+
+        trainer.step_hook = hook
     budget = args.time_budget_min * 60.0 if args.clock == "time" else args.step_budget
     done = trainer.run(budget, wall_limit_s=args.wall_limit_min * 60.0, max_steps=args.max_steps,
                        final_call=args.final_call, t_start=t_start, reserve_s=10.0 if args.tiny else 60.0)
     if args.debug:
-        print("DEBUG_OK", flush=True)
-        return 0
-    if done:
+        log("DEBUG_OK")
+    elif done and main_process:
         trainer.export(Path(args.export_dir) if args.export_dir else models_dir(), baselines=evaluator.baselines,
                        baseline_means=evaluator.baseline_means())
-    else:
+    elif main_process:
         print(f"not done: {trainer.progress():.1%} of the budget; resume with --resume {out_dir}")
+    pt.finish_distributed(dist)
     return 0
 
 

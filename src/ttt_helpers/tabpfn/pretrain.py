@@ -63,6 +63,11 @@ __all__ = [
     "save_state",
     "load_state",
     "Trainer",
+    "DistInfo",
+    "init_distributed",
+    "process_device",
+    "finish_distributed",
+    "weights_digest",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -573,6 +578,65 @@ def _fresh_meta() -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Several processes (torch.distributed)
+# ----------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a data-parallel run: ``rank`` of ``world_size`` (1: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+
+def init_distributed(device: str = "cpu") -> DistInfo:
+    """Join the process group that ``torchrun`` set up, if any (``$WORLD_SIZE`` > 1).
+
+    The backend is NCCL when ``device`` is CUDA (one GPU per process: ``cuda:$LOCAL_RANK``) and gloo on the
+    CPU. With no ``torchrun`` (or one process) nothing happens and ``DistInfo()`` is returned.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, backend=backend)
+
+
+def process_device(device: str, info: DistInfo) -> str:
+    """The device of this process: ``cuda:<local rank>`` in a multi-GPU run, else ``device`` itself."""
+    return f"cuda:{info.local_rank}" if info.world_size > 1 and str(device).startswith("cuda") else device
+
+
+def finish_distributed(info: DistInfo) -> None:
+    """Leave the process group joined by :func:`init_distributed` (no-op for one process)."""
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def weights_digest(model) -> str:
+    """sha256 of all parameters' bytes, in order: equal digests mean bitwise-equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------
 class Trainer:
@@ -595,6 +659,12 @@ class Trainer:
     progress_bar : bool
         Show a tqdm bar.
 
+    dist : DistInfo, optional
+        This process's place in a data-parallel run (:func:`init_distributed`). With ``world_size`` > 1 the
+        model is wrapped in ``DistributedDataParallel``; each process draws its own prior batches (its rank
+        enters the seeds), process 0's clock decides the progress, the stops and the evaluations, and only
+        process 0 evaluates, saves the state and should export.
+
     Notes
     -----
     The global NumPy, ``random`` and torch generators are seeded with ``cfg.seed`` here (tabicl's priors draw
@@ -602,8 +672,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: PretrainConfig, *, out_dir, resume=None, evaluator=None, command: str = "",
-                 log=print, progress_bar: bool = False):
+                 log=print, progress_bar: bool = False, dist: DistInfo | None = None):
         self.cfg, self.out_dir, self.evaluator, self.log = cfg, Path(out_dir), evaluator, log
+        self.dist = dist or DistInfo()
+        self.rank, self.world = self.dist.rank, self.dist.world_size
         self.progress_bar = progress_bar
         self.device = torch.device(cfg.device)
         self.use_cuda = self.device.type == "cuda"
@@ -624,7 +696,13 @@ class Trainer:
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
         self.call_index = len(self.meta["calls"])
         self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        self.rank = 0
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # gradients are averaged over the processes in backward; every process then takes the same step
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.use_cuda else None)
+        self.step_hook = None  # called as step_hook(trainer, task) after every optimiser step
         self.budget = None
         self.data_wait = 0.0
         self.steps_this_call = 0
@@ -695,7 +773,7 @@ class Trainer:
             log(f"final call: time budget reset to {self.budget / 60:.2f} training minutes")
         meta["time_budget_s" if cfg.clock == "time" else "step_budget"] = self.budget
         stages = cfg.curriculum
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.call_index)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.call_index + 1_000_003 * self.rank)
 
         from tqdm import tqdm
 
@@ -704,11 +782,12 @@ class Trainer:
         cur_stage, it, reuse_left, batch = None, None, 0, None
         last_eval_time, last_eval_step = time.time(), meta["step"]
         log_loss, log_acc, log_n = 0.0, 0.0, 0
-        while self.progress() < 1.0:
-            if time.time() - t_start > wall_limit_s - reserve_s:
-                log("wall limit reached; saving state for --resume")
-                break
-            if max_steps and self.steps_this_call >= max_steps:
+        while True:
+            wall = time.time() - t_start > wall_limit_s - reserve_s
+            stop = self.progress() >= 1.0 or wall or bool(max_steps and self.steps_this_call >= max_steps)
+            if self._from_rank0(float(stop)):  # every process stops where process 0 does
+                if wall:
+                    log("wall limit reached; saving state for --resume")
                 break
             t_step = time.time()
             s_idx = stage_index(stages, self.progress())
@@ -738,7 +817,9 @@ class Trainer:
             loss, correct, n = self._train_step(task, gen)
             meta["step"] += 1
             self.steps_this_call += 1
-            meta["tasks_seen"] += int(task[0].shape[1])
+            meta["tasks_seen"] += int(task[0].shape[1]) * self.world
+            if self.step_hook is not None:
+                self.step_hook(self, task)
             log_loss += float(loss.detach())
             log_acc += float(correct) / max(int(n), 1)
             log_n += 1
@@ -752,29 +833,53 @@ class Trainer:
                         f"lr {self._last_lr:.2e} loss {log_loss / log_n:.4f} acc {log_acc / log_n:.4f} "
                         f"data_wait {self.data_wait:.0f}s")
                 log_loss, log_acc, log_n = 0.0, 0.0, 0
-            meta["train_seconds"] += time.time() - t_step
+            meta["train_seconds"] += self._from_rank0(time.time() - t_step)  # process 0's clock
             bar.update(int(self.spent()) - bar.n)
-            if self.evaluator is None:
-                continue
-            due = (time.time() - last_eval_time > cfg.eval_every if cfg.clock == "time"
-                   else meta["step"] - last_eval_step >= cfg.eval_every)
-            if due:
-                self.evaluate("periodic")
-                self.save()
+            due = self.evaluator is not None and (
+                time.time() - last_eval_time > cfg.eval_every if cfg.clock == "time"
+                else meta["step"] - last_eval_step >= cfg.eval_every)
+            if self._from_rank0(float(due)):
+                if self.rank == 0:
+                    self.evaluate("periodic")
+                    self.save()
+                self._barrier()
                 last_eval_time, last_eval_step = time.time(), meta["step"]
         bar.close()
         meta["calls"][-1].update({"steps": self.steps_this_call, "data_wait_s": round(self.data_wait, 1),
                                   "wall_s": round(time.time() - t_start, 1)})
+        if self.world > 1:
+            import torch.distributed as dist
+
+            waits = [None] * self.world
+            dist.all_gather_object(waits, round(self.data_wait, 1))
+            meta["calls"][-1].update(world_size=self.world, data_wait_s_per_rank=waits)
         log(f"call done: {self.steps_this_call} steps, data wait {self.data_wait:.1f}s, total step {meta['step']}")
         done = self.progress() >= 1.0 or final_call
-        if self.evaluator is not None:
+        if self.evaluator is not None and self.rank == 0:
             if meta["evals"] and meta["evals"][-1]["step"] == meta["step"]:
                 meta["evals"][-1]["tag"] = "final" if done else "end_of_call"
             else:
                 self.evaluate("final" if done else "end_of_call")
             self.save()
             self.ckpt_eval.unlink(missing_ok=True)
+        self._barrier()
         return done
+
+    def _from_rank0(self, value: float) -> float:
+        """``value`` as process 0 has it (a broadcast; the value itself with one process)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.use_cuda else "cpu")
+        dist.broadcast(t, src=0)
+        return float(t)
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _open_stream(self, s_idx: int):
         """(prior stream of stage ``s_idx``, batch in use, its uses left) at a stage change or a call's start."""
@@ -782,7 +887,7 @@ class Trainer:
         stage = cfg.curriculum[s_idx]
         if cfg.seeding == "per_call":
             it = prior_stream(stage, cfg.prior, workers=cfg.workers,
-                              seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx)
+                              seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx + 1_000_003 * self.rank)
             return it, None, 0
         cursor = self.meta.setdefault("prior_cursor", {"stage": s_idx, "next_batch": 0, "reuse_left": 0})
         if cursor["stage"] != s_idx:
@@ -808,7 +913,7 @@ class Trainer:
         self._last_lr = self.optimizers[0][0].param_groups[0]["lr"]
         if cfg.random_column_embeddings:
             self.model.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        loss, correct, n = forward_loss(self.model, task, self.autocast)
+        loss, correct, n = forward_loss(self.ddp or self.model, task, self.autocast)
         if cfg.random_column_embeddings:
             self.model.seed = self.model_config.seed  # evaluation and export use the seed tabpfn uses at inference
         for opt, _ in self.optimizers:
