@@ -59,7 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/bench_pretrain")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                    help="override recipe fields in every recipe, e.g. prior='\"toy\"' nlayers=1 (smoke tests)")
-    p.add_argument("--diagnose-bf16", action="store_true")
+    p.add_argument("--diagnose-bf16", nargs="*", default=None, metavar="NAME",
+                   help=f"run these one-step diagnoses (default: all of {list(DIAGNOSES)}) and add them to the JSON")
     p.add_argument("--one-step", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -99,10 +100,10 @@ def one_step(name: str) -> None:
           f"(first included) peak {peak:.1f} GiB")
 
 
-def diagnose_bf16() -> dict:
+def diagnose_bf16(names=None) -> dict:
     out = {}
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
-    for name in DIAGNOSES:
+    for name in names or DIAGNOSES:
         t0 = time.time()
         r = subprocess.run([sys.executable, __file__, "--one-step", name], env=env, capture_output=True, text=True,
                            timeout=120)
@@ -185,9 +186,10 @@ def main(argv=None):
               "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "muon_available": hasattr(torch.optim, "Muon")}
     path = out / "bench_pretrain_recipes.json"
-    if args.diagnose_bf16:
-        result["bf16_diagnosis"] = diagnose_bf16()
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    if args.diagnose_bf16 is not None:  # added to the JSON of an earlier benchmark in --out, if any
+        record = json.loads(path.read_text()) if path.exists() else result
+        record["bf16_diagnosis"] = {"command": command, **diagnose_bf16(args.diagnose_bf16)}
+        path.write_text(json.dumps(record, indent=1) + "\n")
         return 0
     deadline = t0 + args.deadline_min * 60
     dev = pe.dev_splits(args.seed, cache=args.dev_cache)
