@@ -75,6 +75,7 @@ DIAGNOSES = {
     "v1_bf16_math": ("v1", "math", True, 128, 256, 8),
     "v1_fp32_no_gqa": ("v1", "no_gqa", False, 128, 256, 8),
     "v2.6_bf16_default": ("v2.6-muon", "default", True, 8, 1200, 32),
+    "v2.6_bf16_no_cudnn": ("v2.6-muon", "no_cudnn", True, 8, 1200, 32),
 }
 _SMOKE = {"cpu_smoke": ("v2.6-muon", "default", False, 2, 100, 5)}
 

@@ -138,7 +138,7 @@ class PretrainConfig:
         from ``(seed, rank, s)``, so stop + resume reproduces an uninterrupted run exactly.
     autocast : bool
         bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
-    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math"}
+    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"}
         How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`).
     random_column_embeddings : bool
         v2 only: draw tabpfn_v2's random column embeddings from a new seed at every step (tabpfn draws them at
@@ -191,7 +191,7 @@ class PretrainConfig:
             "optimizer": ("adamw", "muon"),
             "prior": PRIORS,
             "seeding": ("per_call", "per_batch"),
-            "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math"),
+            "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"),
             "clock": ("time", "steps"),
         }
         for key, allowed in choices.items():
@@ -232,16 +232,18 @@ def recipe(name: str, **overrides) -> PretrainConfig:
 
     ``"v2.6-muon"``: after the speedrun of modded-nanoTabPFN (arXiv 2606.03681): tabpfn_v2_6 (RMSNorm,
     16 thinking rows, column embeddings from tabpfn's file; emsize 192, 6 layers, 3 heads, feature groups of
-    3), Muon on the blocks' matrices and AdamW on the rest, bf16 autocast with tabpfn's attention dispatch
-    (FlashAttention), tables of 800 to 1,200 rows (:data:`SPEEDRUN_CURRICULUM`), adaptive reuse of prior
+    3), Muon on the blocks' matrices (learning rate 5e-3: with ``adjust_lr_fn="match_rms_adamw"`` its update
+    is 0.2 lr per entry, so its early steps are as large as AdamW's at 1e-3; at 1e-3 it learned nothing in 60
+    steps of the toy prior, at 5e-3 as fast as AdamW) and AdamW on the rest, bf16 autocast with tabpfn's
+    attention dispatch minus cuDNN's fused attention (FlashAttention), tables of 800 to 1,200 rows (:data:`SPEEDRUN_CURRICULUM`), adaptive reuse of prior
     batches (the accelerator does not wait for the prior), per-batch seeding, and checkpoint selection on the
     development set among the evaluated weights and their latest-weight average (LAWA, 5).
     """
     base = {
         "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
         "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
-                          num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=1e-3, warmup_steps=100,
-                          autocast=True, sdpa="default", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
+                          num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=5e-3, warmup_steps=100,
+                          autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
                           min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
     }
     if name not in base:
@@ -472,8 +474,11 @@ def configure_sdpa(mode: str) -> None:
 
     ``"no_gqa"`` expands the single key/value head of the test rows instead of torch's ``enable_gqa``;
     ``"no_flash"`` keeps the GQA call but drops the FlashAttention kernel; ``"row_math"`` is ``"no_gqa"`` plus
-    torch's reference (math) kernel for the short between-feature attention; ``"default"``: tabpfn's own
-    dispatch. Each call first restores tabpfn's dispatch, so modes do not pile up within a process.
+    torch's reference (math) kernel for the short between-feature attention; ``"math"``: the reference kernel
+    everywhere; ``"no_cudnn"``: tabpfn's dispatch without cuDNN's fused attention, whose bf16 backward failed on
+    the H200 (torch 2.11) with ``mha_graph.execute(...).is_good()`` after about 190 steps of tables of varying
+    length, after NaN losses and 0.5 s steps (a known defect: pytorch issues 122695, 134001);
+    ``"default"``: tabpfn's own dispatch. Each call first restores tabpfn's dispatch, so modes do not pile up.
     """
     from torch.nn.attention import SDPBackend
 
@@ -501,8 +506,11 @@ def configure_sdpa(mode: str) -> None:
         sdpa._torch_sdpa = short_sequences_on_math
     elif mode == "math":
         sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
+    elif mode == "no_cudnn":
+        sdpa._SDPA_BACKENDS[:] = [b for b in _SDPA_DEFAULTS["backends"] if b != SDPBackend.CUDNN_ATTENTION]
     elif mode != "default":
-        raise ValueError(f"sdpa mode must be 'default', 'no_gqa', 'no_flash', 'row_math' or 'math', got {mode!r}")
+        raise ValueError("sdpa mode must be 'default', 'no_gqa', 'no_flash', 'row_math', 'math' or 'no_cudnn', "
+                         f"got {mode!r}")
 
 
 def forward_loss(model, task, autocast: bool):
