@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.theory import isotropic as iso
+from ttt_helpers.theory import sweeps
 from ttt_helpers.provenance import results_dir, write_provenance
 
-PROFILES = iso.SWEEP_PROFILES
+PROFILES = {profile: {name: sizes[name] for name in ("fig1_isotropic", "scratch_vs_pretrained")}
+            for profile, sizes in sweeps.SWEEP_PROFILES.items()}
 
 
 def run_fig1(cfg, progress):
-    rows = iso.sweep_context_length(cfg["d"], cfg["alphas"], cfg["kappas"], cfg["sigma"], cfg["n_tasks"],
-                                    rng=cfg["seed"], progress=progress)
+    rows = sweeps.sweep_context_length(cfg["d"], cfg["alphas"], cfg["kappas"], cfg["sigma"], cfg["n_tasks"],
+                                       rng=cfg["seed"], progress=progress)
     z = (np.array(rows["mc_loss_after"]) - np.array(rows["theory_loss_after"])) / np.array(rows["mc_loss_after_se"])
     zi = (np.array(rows["mc_improvement"]) - np.array(rows["theory_improvement"])) / np.array(
         rows["mc_improvement_se"])
@@ -42,8 +43,8 @@ def run_fig1(cfg, progress):
 
 
 def run_starts(cfg, progress):
-    rows = iso.sweep_starts(cfg["d"], cfg["alphas"], cfg["kappas"], cfg["sigma"], cfg["n_tasks"], rng=cfg["seed"],
-                            progress=progress)
+    rows = sweeps.sweep_starts(cfg["d"], cfg["alphas"], cfg["kappas"], cfg["sigma"], cfg["n_tasks"], rng=cfg["seed"],
+                               progress=progress)
     th = np.array(rows["scr_theory"]) - np.array(rows["pre_theory"])
     z = (np.array(rows["diff_mc"]) - th) / np.array(rows["diff_mc_se"])
     head = {"max_abs_z_paired_difference": float(np.max(np.abs(z))), "points": len(z),

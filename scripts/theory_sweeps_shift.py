@@ -26,31 +26,26 @@ import time
 
 import numpy as np
 
-from ttt_helpers.theory import general_covariance as al
-from ttt_helpers.theory import multistep as ms
-from ttt_helpers.theory import sample_complexity as sc
+from ttt_helpers.theory import sweeps
 from ttt_helpers.provenance import results_dir, write_provenance
 
-PROFILES = {
-    name: {"alignment": al.SWEEP_PROFILES[name], "multistep": ms.SWEEP_PROFILES[name],
-           "sample": sc.SWEEP_PROFILES[name]}
-    for name in ("ci", "full")
-}
+PROFILES = {profile: {name: sizes[name] for name in ("alignment", "multistep", "sample")}
+            for profile, sizes in sweeps.SWEEP_PROFILES.items()}
 
 
 def run_alignment(cfg):
-    return al.alignment_sweep(**cfg)
+    return sweeps.alignment_sweep(**cfg)
 
 
 def run_multistep(cfg):
-    return ms.multistep_sweep(**cfg)
+    return sweeps.multistep_sweep(**cfg)
 
 
 def run_sample(cfg):
     cfg = dict(cfg)
     shift = cfg.pop("shift")
-    out = sc.reduction_sweep(**cfg)
-    out["shift"] = sc.shift_sweep(sigma=cfg["sigma"], **shift)
+    out = sweeps.reduction_sweep(**cfg)
+    out["shift"] = sweeps.shift_sweep(sigma=cfg["sigma"], **shift)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Tests of ttt_helpers.theory.general_covariance: trace formula, exact A, Gaussian-approximation B, families."""
+"""Tests of ttt_helpers.theory.general_covariance: trace formulas, exact A, Gaussian and exact B, families, MC."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ import sympy as sp
 from ttt_helpers.theory import general_covariance as al
 from ttt_helpers.theory.moments import expect_gaussian
 from ttt_helpers.theory.pretraining import optimal_W, population_icl_loss
-from ttt_helpers.theory.ttt import sample_ttt_problems
 
 
 def test_quadratic_form_moments_isotropic_exact():
@@ -60,17 +59,6 @@ def test_loss_before_is_population_loss_and_decomposition():
     assert th.loss_at(0.5 * th.eta_star) > th.loss_after
 
 
-def test_A_exact_and_B_close_by_monte_carlo():
-    d, n, k, s = 6, 10, 8, 0.5
-    Sb, St = al.subspace_pair(d, 2, 0.9, floor=0.3)
-    W0 = optimal_W(n, d, s, Sb)
-    th = al.one_step_theory(W0, n, k, s, St)
-    mc = al.mc_coefficients(sample_ttt_problems(1, 60_000, n, k, d, sigma=s, Sigma_beta=St), W0, n, s)
-    assert abs(mc["A"] - th.A) < 4 * mc["A_se"]
-    assert abs(mc["L0"] - th.loss_before) < 4 * mc["L0_se"]
-    assert abs(mc["B"] / th.B - 1) < 0.25  # Gaussian approximation (finite n): within 25 %
-
-
 def test_conditional_B_matches_gaussian_u():
     rng = np.random.default_rng(2)
     d, n, k, s = 4, 6, 5, 0.4
@@ -108,6 +96,59 @@ def test_crossing_moves_with_alignment():
     assert ks[1] < ks[0]
 
 
+def _generic_setting(d, n, s, theta=0.9):
+    """Subspace-pair target and a generic (non-symmetric, non-isotropic) start near W* of Sigma_beta."""
+    Sb, St = al.subspace_pair(d, 2, theta, floor=0.1)
+    W0 = optimal_W(n, d, s, Sb) + 0.1 / (n + d) * np.random.default_rng(0).standard_normal((d, d))
+    return W0, St
+
+
+def test_rotation_derivation_reproduces_the_gaussian_trace_formula():
+    b, p, r, h, w = al.FORM_SYMBOLS
+    n = al.PARAM_SYMBOLS[0]
+    to_bpw = {r: b - 2 * n * w + n**2 * p, h: w - n * p}
+    hand = al.conditional_polynomials()
+    for method in al.METHODS:
+        rot = al.rotation_polynomials(method)
+        assert not rot["B"].has(r) and not rot["B"].has(h)
+        for key in ("A", "L0"):  # exact under both
+            assert sp.expand(rot[key] - hand[key].subs(to_bpw)) == 0
+    assert sp.expand(al.rotation_polynomials("gauss")["B"] - hand["B"].subs(to_bpw)) == 0
+    assert sp.expand(al.rotation_polynomials("exact")["B"] - hand["B"].subs(to_bpw)) != 0
+
+
+@pytest.mark.parametrize("n", [3, 8, 30])
+def test_exact_B_reduces_to_isotropic_exact(n):
+    from ttt_helpers.theory import isotropic as iso
+    d, k, s = 8, 11, 0.5
+    for c in (0.0, 0.04, 1 / (n + d + 1 + s**2)):
+        th = al.one_step_theory(c * np.eye(d), n, k, s, method="exact")
+        ref = iso.isotropic_one_step(n, d, k, s, c, method="exact")
+        for key in ("loss_before", "A", "B", "loss_after"):
+            assert getattr(th, key) == pytest.approx(ref[key], rel=1e-9)
+        assert th.method == "exact"
+
+
+def test_exact_B_equals_gaussian_for_scratch_and_exceeds_it_for_pretrained():
+    d, n, k, s = 8, 6, 20, 0.5
+    W0, St = _generic_setting(d, n, s)
+    Z = np.zeros((d, d))
+    assert al.one_step_theory(Z, n, k, s, St, "exact").B == pytest.approx(al.one_step_theory(Z, n, k, s, St).B,
+                                                                           rel=1e-12)
+    ex, ga = al.one_step_theory(W0, n, k, s, St, "exact"), al.one_step_theory(W0, n, k, s, St, "gauss")
+    assert ex.A == ga.A and ex.loss_before == ga.loss_before
+    assert ex.B > 1.1 * ga.B and ex.improvement < ga.improvement
+
+
+def test_exact_trace_formula_matches_average_of_conditional():
+    d, n, k, s = 6, 5, 7, 0.4
+    W0, St = _generic_setting(d, n, s)
+    betas = np.random.default_rng(4).multivariate_normal(np.zeros(d), St, size=200_000, method="cholesky")
+    vals = al.conditional_B_exact(W0, betas, n, k, s)
+    th = al.one_step_theory(W0, n, k, s, St, "exact")
+    assert abs(vals.mean() - th.B) < 4.5 * vals.std(ddof=1) / np.sqrt(vals.size)
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -121,6 +162,8 @@ def test_crossing_moves_with_alignment():
         lambda: al.rotation(4, 0.1, [(0, 0)]),
         lambda: al.expect_quadratic_forms([np.eye(2)] * 4, np.eye(2)),
         lambda: al.conditional_A(np.eye(3), np.ones((2, 4)), 3, 2),
+        lambda: al.one_step_theory(np.eye(3), 4, 2, method="laplace"),
+        lambda: al.rotation_polynomials("gauss_iso"),
     ],
 )
 def test_bad_input_raises(call):

@@ -51,3 +51,58 @@ def test_provenance_table(tmp_path):
 def test_git_commit_env_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("TTT_GIT_COMMIT", "deadbeef")
     assert pv.git_commit(cwd=tmp_path) == "deadbeef"
+
+
+def _shipped_tree(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "results").mkdir(parents=True)
+    (data / "models").mkdir()
+    monkeypatch.setenv("TTT_BOOK_DATA", str(data))
+    result = data / "results" / "sweep.json"
+    result.write_text(json.dumps({"rows": [1, 2]}))
+    machine = {"platform": "Linux-x", "cpu_count": 2, "accelerator": "none (CPU)"}
+    record = pv.write_provenance(data / "results" / "sweep.provenance.json", command="python scripts/sweep.py --full",
+                                 files=[result], commit="a" * 40 + "+dirty", extra={"wall_seconds": 12.4})
+    record["machine"], record["date_utc"] = machine, "2026-01-02T03:04:05+00:00"
+    (data / "results" / "sweep.provenance.json").write_text(json.dumps(record))
+    model = data / "models" / "net.pt"
+    model.write_bytes(b"weights")
+    rec = pv.write_provenance(data / "models" / "net.json", command="python train.py", files=[model], commit="b" * 40)
+    rec["machine"] = {"platform": "Linux-y", "cpu_count": 16, "accelerator": "GPU X", "accelerator_count": 2}
+    rec["date_utc"] = "2026-02-03T00:00:00+00:00"
+    (data / "models" / "net.json").write_text(json.dumps(rec))
+    return data
+
+
+def test_show_shipped_result_and_model(tmp_path, monkeypatch, capsys):
+    data = _shipped_tree(tmp_path, monkeypatch)
+    res = pv.show_shipped("sweep")
+    assert res == {"rows": [1, 2]} and res.provenance["command"] == "python scripts/sweep.py --full"
+    assert repr(res) == "<shipped result with keys rows>"
+    assert capsys.readouterr().out.splitlines() == [
+        "shipped result data/results/sweep.json (sha256 matches sweep.provenance.json)",
+        "  made by: python scripts/sweep.py --full",
+        "  commit aaaaaaaaaaaa+dirty, 2026-01-02, on 2 CPUs (Linux-x), wall time 12 s",
+    ]
+    assert pv.show_shipped("sweep.json") == res
+    capsys.readouterr()
+    prov = pv.show_shipped("net.pt")
+    assert prov["command"] == "python train.py"
+    assert capsys.readouterr().out.splitlines() == [
+        "shipped model data/models/net.pt (sha256 matches net.json)",
+        "  made by: python train.py",
+        "  commit bbbbbbbbbbbb, 2026-02-03, on 2 x GPU X",
+    ]
+    (data / "results" / "sweep.json").write_text(json.dumps({"rows": [1, 3]}))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        pv.show_shipped("sweep")
+    with pytest.raises(FileNotFoundError, match="no shipped result"):
+        pv.show_shipped("absent")
+    with pytest.raises(ValueError):
+        pv.show_shipped("")
+
+
+def test_show_shipped_on_the_shipped_data(capsys):
+    for name in ("fig1_isotropic", "scratch_vs_pretrained", "gpt2_icl.pt"):
+        pv.show_shipped(name)
+        assert capsys.readouterr().out.count("\n") == 3

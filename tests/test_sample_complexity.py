@@ -63,32 +63,3 @@ def test_general_matches_isotropic():
 def test_bad_input_raises(call):
     with pytest.raises(ValueError):
         call()
-
-
-def test_shift_sweep_matches_general_context_lengths_per_angle():
-    from ttt_helpers.theory import general_covariance as al
-
-    thetas = [0.0, np.pi / 2]
-    out = sc.shift_sweep(d=8, r=2, k=16, e=0.4, thetas=thetas, n_max=120, sigma=0.5)
-    assert out["theta"] == thetas and out["config"]["d"] == 8
-    for i, t in enumerate(thetas):
-        Sb, St = al.subspace_pair(8, 2, t, 0.1)
-        g = sc.general_context_lengths(0.4 * 8, 16, 0.5, Sb, St, 120)
-        assert out["n_icl"][i] == g["n_icl"] and out["n_ttt"][i] == g["n_ttt"]
-    assert out["ratio"][1] > out["ratio"][0]  # a rotated target leaves TTT more to do than an aligned one
-
-
-def test_sweep_profiles_are_the_scripts_profiles():
-    import importlib.util
-    from pathlib import Path
-
-    from ttt_helpers.theory import general_covariance as al, multistep as ms
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "theory_sweeps_shift.py"
-    spec = importlib.util.spec_from_file_location("theory_sweeps_shift", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for name in ("ci", "full"):
-        assert mod.PROFILES[name]["alignment"] is al.SWEEP_PROFILES[name]
-        assert mod.PROFILES[name]["multistep"] is ms.SWEEP_PROFILES[name]
-        assert mod.PROFILES[name]["sample"] is sc.SWEEP_PROFILES[name]

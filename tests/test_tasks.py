@@ -69,3 +69,36 @@ def test_bad_rng():
         tasks.sample_tasks("seed", 2, 3, 2)
     with pytest.raises(ValueError, match="finite"):
         tasks.sample_prompts(0, np.array([[np.inf, 0.0]]), n=3)
+
+
+def test_covariance_root_is_canonical():
+    # positive definite: the lower Cholesky factor
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((5, 5))
+    S = A @ A.T + 0.1 * np.eye(5)
+    L = tasks.covariance_root(S)
+    assert np.allclose(L, np.linalg.cholesky(S)) and np.allclose(np.triu(L, 1), 0)
+    # singular with a repeated eigenvalue: the symmetric square root, whatever basis eigh picks
+    Q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    vals = np.array([0.0, 0.0, 2.0, 2.0, 2.0, 5.0])
+    S = (Q * vals) @ Q.T
+    S = (S + S.T) / 2
+    R = tasks.covariance_root(S)
+    assert np.allclose(R, R.T, atol=1e-12) and np.allclose(R @ R.T, S, atol=1e-12)
+    # the same matrix written in a rotated eigenbasis of the repeated eigenspace gives the same root
+    G, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    Q2 = Q.copy()
+    Q2[:, 2:5] = Q[:, 2:5] @ G
+    R2 = tasks.covariance_root((Q2 * vals) @ Q2.T)
+    assert np.allclose(R, R2, atol=1e-10)
+    # draws use that root: beta = z @ R^T for the generator's standard normals
+    beta = tasks.sample_beta(3, 4, 6, S)
+    z = np.random.default_rng(3).standard_normal((4, 6))
+    assert np.allclose(beta, z @ R.T)
+
+
+def test_covariance_root_rejects_bad_input():
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        tasks.covariance_root(np.diag([1.0, -1.0]))
+    with pytest.raises(ValueError, match="symmetric"):
+        tasks.covariance_root(np.array([[1.0, 0.5], [0.0, 1.0]]))

@@ -1,8 +1,7 @@
 """The built site, opened in a real headless Chromium: math typeset, figures loaded, no broken internal link,
 nothing fetched from outside the site.
 
-Run after the book is built (``make test-site`` builds it first). Needs Debian's ``chromium`` and
-``chromium-driver`` (``make sysdeps``).
+Run after the book is built (``make test-site`` builds it first). The browser comes from ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
-import tempfile
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,8 +17,6 @@ from urllib.parse import unquote, urldefrag, urlparse
 import pytest
 
 SITE = Path(os.environ.get("TTT_SITE_DIR", Path(__file__).resolve().parents[1] / "_build" / "html"))
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PAGES = sorted(p.relative_to(SITE).as_posix() for p in (SITE / "book").glob("*.html")) if SITE.exists() else []
 
 
@@ -85,28 +80,6 @@ def server():
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"Chromium ({CHROMIUM}) and chromedriver ({CHROMEDRIVER}) are required: run `make sysdeps`")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="ttt-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--window-size=1280,2000", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 WAIT_FOR_PAGE = """

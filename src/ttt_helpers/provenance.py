@@ -30,6 +30,8 @@ __all__ = [
     "verify_sha256",
     "load_json_result",
     "provenance_table",
+    "ShippedResult",
+    "show_shipped",
 ]
 
 
@@ -235,3 +237,87 @@ def provenance_table(root=None):
             }
         )
     return rows
+
+
+class ShippedResult(dict):
+    """A shipped result (the parsed JSON) with its provenance record in ``.provenance``.
+
+    Its repr names the keys only, so that a notebook cell ending in :func:`show_shipped` does not print the
+    whole table.
+    """
+
+    provenance: dict
+
+    def __repr__(self) -> str:
+        return f"<shipped result with keys {', '.join(map(str, self))}>"
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self))
+
+
+def _machine_line(machine: dict) -> str:
+    accelerator = machine.get("accelerator")
+    cpus = f"{machine['cpu_count']} CPUs" if machine.get("cpu_count") else "CPU"
+    if accelerator and accelerator != "none (CPU)":
+        count = machine.get("accelerator_count", 1)
+        return f"{count} x {accelerator}" if count and count > 1 else accelerator
+    return f"{cpus} ({machine.get('platform', 'unknown platform')})" if machine else "unknown machine"
+
+
+def _wall_seconds(record: dict):
+    for key in ("wall_seconds", "elapsed_s"):
+        if isinstance(record.get(key), (int, float)):
+            return record[key]
+    return None
+
+
+def show_shipped(name: str):
+    """Check, describe and load a shipped result or model: the one call a chapter makes for provenance.
+
+    ``name`` is either a result, ``data/results/<name>.json`` with ``<name>.provenance.json`` beside it, or a
+    model file under ``data/models`` (``"gpt2_icl.pt"``) with ``<stem>.json`` beside it. The file's sha256 is
+    checked against its provenance record, and three lines are printed: the file, the command that made it,
+    and the commit, date, machine and wall time. Everything printed comes from the provenance file, so the
+    output is the same on every machine.
+
+    Returns
+    -------
+    ShippedResult or dict
+        For a result, the parsed JSON (a ``dict``) with the provenance record in ``.provenance``; for a
+        model, the provenance record.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such shipped file or no provenance beside it.
+    ValueError
+        If the file's sha256 differs from the recorded one (or none is recorded).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    stem = name[:-5] if name.endswith(".json") else name
+    result_path = results_dir() / f"{stem}.json"
+    model_path = models_dir() / name
+    if result_path.exists():
+        file, prov_path, kind = result_path, results_dir() / f"{stem}.provenance.json", "result"
+    elif Path(name).suffix and model_path.exists() and model_path.suffix != ".json":
+        file, prov_path, kind = model_path, model_path.with_suffix(".json"), "model"
+    else:
+        raise FileNotFoundError(
+            f"no shipped result {result_path} or model {model_path}; run the script named in the chapter to create it"
+        )
+    record = read_provenance(prov_path)
+    verify_sha256(file, prov_path)
+    wall = _wall_seconds(record)
+    date = str(record.get("date_utc", "unknown date"))[:10]
+    commit = str(record.get("git_commit", "unknown"))
+    commit = commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+    print(f"shipped {kind} data/{file.relative_to(data_dir()).as_posix()} (sha256 matches {prov_path.name})")
+    print(f"  made by: {record.get('command', 'unknown command')}")
+    print(f"  commit {commit}, {date}, on {_machine_line(record.get('machine') or {})}"
+          + (f", wall time {wall:.0f} s" if wall is not None else ""))
+    if kind == "model":
+        return record
+    result = ShippedResult(json.loads(file.read_text()))
+    result.provenance = record
+    return result

@@ -23,6 +23,18 @@ mean and covariance). ``B(beta)`` is then a polynomial of degree <= 3 in the qua
 ``beta ~ N(0, Sigma_t)`` is exact through the Isserlis formula for products of up to three quadratic forms
 (:func:`expect_quadratic_forms`). The result is a closed-form trace formula in ``Sigma_t``, ``W0``.
 
+*Exact* ``B`` (``method="exact"``, our derivation): given ``beta``, the law of ``u`` is invariant under the
+rotations that fix ``beta``, so in the frame ``beta = ||beta|| e_1`` only ``u_1``, ``||u_perp||^2`` and the
+forms ``b, p, w`` (and ``tr P``) enter, and the exact finite-``n`` moments of ``u_1``, ``||u_perp||^2`` of the
+isotropic chapter (:func:`ttt_helpers.theory.isotropic.expect_given_beta`) give ``B(beta)`` as another
+polynomial of degree <= 3 in ``b, p, w`` (:func:`rotation_polynomials`); the same Isserlis step averages it.
+The same computation with the Gaussian frame reproduces the trace formula above. The difference is
+
+    B_exact(beta) - B_gauss(beta) = 8 k n^2 (k + d + 1) [c_P tr(P) + c_p p - c_w w] ,
+
+with ``c_P, c_p, c_w`` polynomials in ``b, n, d, sigma^2`` (chapter "General covariance"); it vanishes for
+scratch (``W0 = 0``).
+
 *Leading order* (our decomposition, ``n, d, k`` large, ``sigma^2 = O(1)``)::
 
     gain = A^2 / B  ~  M^2 / N ,
@@ -46,9 +58,8 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .isotropic import per_task_coefficients
+from .isotropic import SYMBOLS as _ISO_SYMBOLS, expect_given_beta
 from .pretraining import optimal_W, population_icl_loss
-from .tasks import as_generator
 from ..validation import (
     check_covariance,
     check_finite_array,
@@ -60,7 +71,9 @@ from ..validation import (
 __all__ = [
     "FORM_SYMBOLS",
     "PARAM_SYMBOLS",
+    "METHODS",
     "conditional_polynomials",
+    "rotation_polynomials",
     "expect_quadratic_forms",
     "form_matrices",
     "OneStepTheory",
@@ -68,15 +81,12 @@ __all__ = [
     "misalignment_magnitude",
     "conditional_A",
     "conditional_B_gauss",
-    "mc_coefficients",
+    "conditional_B_exact",
     "rotation",
     "subspace_pair",
     "spiked_pair",
     "scratch_pretrained_crossing",
     "target_loss",
-    "mc_one_step_losses",
-    "alignment_sweep",
-    "SWEEP_PROFILES",
 ]
 
 #: quadratic forms in beta: b = ||beta||^2, p = beta^T P beta (P = W0^T W0), r = ||(I - n W0) beta||^2,
@@ -119,10 +129,77 @@ def conditional_polynomials() -> dict:
     return {"A": sp.expand(A), "B": sp.expand(B), "L0": sp.expand(L0)}
 
 
+#: ``"gauss"``: ``B`` under the Gaussian approximation of ``u | beta`` (the paper's route, Lemma B.1);
+#: ``"exact"``: the exact finite-``n`` expectation (``L0`` and ``A`` are exact under both).
+METHODS = ("gauss", "exact")
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
 @lru_cache(maxsize=None)
-def _monomial_table(key: str):
+def rotation_polynomials(method: str = "exact") -> dict:
+    """``A(beta)``, ``B(beta)``, ``L0(beta)`` derived in the frame ``beta = ||beta|| e_1`` (exact or Gaussian ``u``).
+
+    Given ``beta``, ``u = u_1 beta/||beta|| + u_perp`` with ``u_perp = sqrt(v) z``, ``z ~ N(0, I)`` on the
+    complement of ``beta`` and independent of ``(u_1, v)`` (:func:`ttt_helpers.theory.isotropic.expect_given_beta`).
+    Every factor of ``A(beta)`` and ``B(beta)`` that involves ``W0`` multiplies a function of ``u_1`` and
+    ``||u_perp||^2`` only, so the parts odd in ``z`` drop out and
+
+        beta^T u -> ||beta|| u_1,   beta^T W0 u -> (w / ||beta||) u_1,   beta^T P u -> (p / ||beta||) u_1,
+        u^T P u  -> (p / b) u_1^2 + v (z^T P z restricted to beta-perp),
+
+    with ``E[z^T M z g(||z||^2)] = tr(M) E[||z||^2 g(||z||^2)] / (d - 1)`` and ``tr(Pi P) = tr P - p / b``.
+    The expectation over ``(u_1, v, ||z||^2)`` is the exact one of the isotropic chapter (``method="exact"``) or
+    its Gaussian approximation (``method="gauss"``, which must reproduce :func:`conditional_polynomials`).
+
+    Returns
+    -------
+    dict with SymPy polynomials ``"A"``, ``"B"``, ``"L0"`` in ``b, p, w`` of :data:`FORM_SYMBOLS` and
+    :data:`PARAM_SYMBOLS` (``r`` and ``h`` do not occur).
+    """
+    _check_method(method)
+    b, p, _, _, w = FORM_SYMBOLS
+    n, k, d, s2, tP = PARAM_SYMBOLS
+    alpha = k + d + 1
+
+    def integrand(which):
+        def build(norm, u1, v, z2):
+            bb = norm**2
+            s = bb + s2
+            bu, uu = norm * u1, u1**2 + v * z2                      # beta^T u, ||u||^2
+            bWu, bPu = (w / norm) * u1, (p / norm) * u1             # beta^T W0 u, beta^T P u
+            uPu = (p / bb) * u1**2 + (tP - p / bb) * v * z2 / (d - 1)
+            uQu = n * (n + 1) * bu**2 + n * s * uu                   # u^T Q u
+            if which == "B":   # 4k E[((k+d+1) ||beta - W0 u||^2 + d sigma^2) u^T Q u]
+                return 4 * k * (alpha * (bb - 2 * bWu + uPu) + d * s2) * uQu
+            # A: 2k E[n (beta^T r)(u^T beta) - r^T W0 Q u],  r = beta - W0 u,  Q u = n(n+1) beta (beta^T u) + n s u
+            return 2 * k * (n * (bb - bWu) * bu - (n * (n + 1) * w * bu + n * s * bWu
+                                                   - n * (n + 1) * bPu * bu - n * s * uPu))
+        return build
+
+    out = {}
+    for key in ("A", "B"):
+        e = expect_given_beta(integrand(key), "exact" if method == "exact" else "gauss")
+        e = sp.expand(sp.cancel(e.subs(_ISO_SYMBOLS["b2"], b)))
+        if not e.is_polynomial(b, p, w, *PARAM_SYMBOLS):
+            raise RuntimeError(f"{key}(beta) is not a polynomial in the forms (derivation error)")
+        out[key] = e
+    out["L0"] = sp.expand(b + s2 - 2 * n * w + n * (n + 1) * p + n * (b + s2) * tP)
+    return out
+
+
+def _polynomials(method: str) -> dict:
+    return conditional_polynomials() if method == "gauss" else rotation_polynomials("exact")
+
+
+@lru_cache(maxsize=None)
+def _monomial_table(key: str, method: str = "gauss"):
     """Monomials of the polynomial ``key`` in the forms: list of (exponents, lambdified coefficient)."""
-    poly = sp.Poly(conditional_polynomials()[key], *FORM_SYMBOLS)
+    poly = sp.Poly(_polynomials(method)[key], *FORM_SYMBOLS)
     table = []
     for powers, coeff in poly.terms():
         if sum(powers) > 3:
@@ -187,11 +264,11 @@ def _positive_real(x, name):
     return float(x)
 
 
-def _expect_poly(key, W0, n, k, d, sigma, Sigma_t):
+def _expect_poly(key, W0, n, k, d, sigma, Sigma_t, method="gauss"):
     mats = form_matrices(W0, n)
     params = (n, k, d, sigma**2, float(np.sum(W0 * W0)))
     total = 0.0
-    for powers, coeff in _monomial_table(key):
+    for powers, coeff in _monomial_table(key, method):
         chosen = [mats[i] for i, e in enumerate(powers) for _ in range(e)]
         total += float(coeff(*params)) * expect_quadratic_forms(chosen, Sigma_t)
     return total
@@ -199,7 +276,7 @@ def _expect_poly(key, W0, n, k, d, sigma, Sigma_t):
 
 @dataclass(frozen=True)
 class OneStepTheory:
-    """Expected test loss before/after one TTT step (``A`` exact, ``B`` Gaussian approximation).
+    """Expected test loss before/after one TTT step (``L0``, ``A`` exact; ``B`` exact or Gaussian, see ``method``).
 
     Attributes
     ----------
@@ -208,6 +285,7 @@ class OneStepTheory:
     eta_star : float          ``A / B``
     improvement : float       ``A^2 / B``
     loss_after : float        ``L0 - A^2 / B``
+    method : str              ``"gauss"`` or ``"exact"`` (how ``B`` was computed)
     """
 
     loss_before: float
@@ -216,6 +294,7 @@ class OneStepTheory:
     eta_star: float
     improvement: float
     loss_after: float
+    method: str = "gauss"
 
     def loss_at(self, eta) -> np.ndarray:
         """Expected loss after one step of size ``eta`` (any step, not only the optimal one)."""
@@ -223,7 +302,7 @@ class OneStepTheory:
         return self.loss_before - 2 * eta * self.A + eta**2 * self.B
 
 
-def one_step_theory(W0, n, k, sigma: float = 0.0, Sigma_t=None) -> OneStepTheory:
+def one_step_theory(W0, n, k, sigma: float = 0.0, Sigma_t=None, method: str = "gauss") -> OneStepTheory:
     """One TTT step from ``W0`` on target tasks ``beta ~ N(0, Sigma_t)`` (closed-form trace formula).
 
     Parameters
@@ -238,17 +317,23 @@ def one_step_theory(W0, n, k, sigma: float = 0.0, Sigma_t=None) -> OneStepTheory
         Label-noise standard deviation.
     Sigma_t : ndarray, shape (d, d), optional
         Target task covariance (identity if omitted).
+    method : {"gauss", "exact"}
+        ``B`` under the Gaussian approximation of ``u | beta`` (the paper's route; the default, which the
+        chapters after "General covariance" use) or the exact finite-``n`` value (:func:`rotation_polynomials`).
+        ``L0`` and ``A`` are exact either way.
 
     Returns
     -------
     OneStepTheory
     """
+    method = _check_method(method)
     W0, d, n, k, sigma, Sigma_t = _check_setting(W0, n, k, sigma, Sigma_t)
     L0 = _expect_poly("L0", W0, n, k, d, sigma, Sigma_t)
     A = _expect_poly("A", W0, n, k, d, sigma, Sigma_t)
-    B = _expect_poly("B", W0, n, k, d, sigma, Sigma_t)
+    B = _expect_poly("B", W0, n, k, d, sigma, Sigma_t, method)
     eta = A / B if B > 0 else 0.0
-    return OneStepTheory(loss_before=L0, A=A, B=B, eta_star=eta, improvement=A * eta, loss_after=L0 - A * eta)
+    return OneStepTheory(loss_before=L0, A=A, B=B, eta_star=eta, improvement=A * eta, loss_after=L0 - A * eta,
+                         method=method)
 
 
 def misalignment_magnitude(W0, n, k, sigma: float = 0.0, Sigma_t=None) -> dict:
@@ -293,7 +378,12 @@ def conditional_B_gauss(W0, beta, n: int, k: int, sigma: float = 0.0):
     return _conditional("B", W0, beta, n, k, sigma)
 
 
-def _conditional(key, W0, beta, n, k, sigma):
+def conditional_B_exact(W0, beta, n: int, k: int, sigma: float = 0.0):
+    """``B(beta)``, the exact expectation over ``u | beta`` and the training queries, vectorised: (T, d) -> (T,)."""
+    return _conditional("B", W0, beta, n, k, sigma, "exact")
+
+
+def _conditional(key, W0, beta, n, k, sigma, method="gauss"):
     W0 = _check_start(W0)
     d = W0.shape[0]
     beta = check_finite_array(beta, "beta", ndim=2)
@@ -302,29 +392,14 @@ def _conditional(key, W0, beta, n, k, sigma):
     n = check_positive_int(n, "n")
     k = check_positive_int(k, "k")
     sigma = check_nonnegative_float(sigma, "sigma")
-    f = _lambdified_conditional(key)
+    f = _lambdified_conditional(key, method)
     forms = _forms(beta, W0, n)
     return f(*forms, n, k, d, sigma**2, float(np.sum(W0 * W0))) + 0 * forms[0]
 
 
 @lru_cache(maxsize=None)
-def _lambdified_conditional(key):
-    return sp.lambdify(FORM_SYMBOLS + PARAM_SYMBOLS, conditional_polynomials()[key], "numpy")
-
-
-def mc_coefficients(problems, W0, n: int, sigma: float = 0.0) -> dict:
-    """Monte Carlo estimates of ``A``, ``B`` and ``L0`` from sampled TTT problems (means and standard errors).
-
-    Per task: ``a = n (beta^T g)(u^T beta) - g^T W0 Q u``, ``b = ||g||^2 u^T Q u`` and ``l0 = L(W0 | beta)``
-    with the problem's own context ``u`` and training queries (:class:`ttt_helpers.theory.ttt.TTTProblems`).
-    """
-    W0 = _check_start(W0)
-    if problems.beta.shape[1] != W0.shape[0]:
-        raise ValueError(f"W0 must be {problems.beta.shape[1]} x {problems.beta.shape[1]}, got {W0.shape}")
-    l0, a, bb = per_task_coefficients(problems, W0, n, sigma)
-    se = lambda x: float(x.std(ddof=1) / np.sqrt(x.size))  # noqa: E731
-    return {"A": float(a.mean()), "A_se": se(a), "B": float(bb.mean()), "B_se": se(bb), "L0": float(l0.mean()),
-            "L0_se": se(l0), "a": a, "b": bb, "l0": l0}
+def _lambdified_conditional(key, method="gauss"):
+    return sp.lambdify(FORM_SYMBOLS + PARAM_SYMBOLS, _polynomials(method)[key], "numpy")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -390,21 +465,22 @@ def spiked_pair(d: int, theta: float, spike: float, floor: float = 1.0):
 
 
 def scratch_pretrained_crossing(n, d: int, sigma: float, Sigma_beta, Sigma_t, k_max: float = 1e4,
-                                pretrain_n=None, tol: float = 1e-6):
+                                pretrain_n=None, tol: float = 1e-6, method: str = "gauss"):
     """Smallest ``k`` at which one TTT step from scratch beats one step from ``W*`` (one-step theory).
 
     Solves ``L_scratch(k) = L_pretrained(k)`` by bisection in ``log k`` on ``[1, k_max]`` (``k`` treated as a
-    continuous parameter). Returns ``inf`` if scratch does not win below ``k_max`` and ``1.0`` if it already
-    wins at ``k = 1``.
+    continuous parameter), with ``B`` from ``method`` (:func:`one_step_theory`). Returns ``inf`` if scratch
+    does not win below ``k_max`` and ``1.0`` if it already wins at ``k = 1``.
     """
+    method = _check_method(method)
     n = check_positive_int(n, "n")
     d = check_positive_int(d, "d")
     Wst = optimal_W(n if pretrain_n is None else pretrain_n, d, sigma, Sigma_beta)
     Z = np.zeros((d, d))
 
     def diff(kk):
-        return (one_step_theory(Z, n, float(kk), sigma, Sigma_t).loss_after
-                - one_step_theory(Wst, n, float(kk), sigma, Sigma_t).loss_after)
+        return (one_step_theory(Z, n, float(kk), sigma, Sigma_t, method).loss_after
+                - one_step_theory(Wst, n, float(kk), sigma, Sigma_t, method).loss_after)
 
     if diff(1.0) < 0:
         return 1.0
@@ -423,113 +499,3 @@ def scratch_pretrained_crossing(n, d: int, sigma: float, Sigma_beta, Sigma_t, k_
 def target_loss(W0, n: int, sigma: float, Sigma_t) -> float:
     """Population ICL loss of ``W0`` on target tasks (alias of :func:`pretraining.population_icl_loss`)."""
     return population_icl_loss(W0, n, sigma, Sigma_t)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Sweeps against the alignment angle (used by the chapter live at CI size and by scripts/theory_sweeps_shift.py)
-# --------------------------------------------------------------------------------------------------------
-
-
-def mc_one_step_losses(starts, etas, n: int, k: int, sigma: float, Sigma_t, n_tasks: int, rng, chunk: int = 2000):
-    """Per-task test losses before and after one TTT step, for several starts on the SAME sampled problems.
-
-    ``L(W0 + eta g u^T | beta) = l0 - 2 eta a + eta^2 b`` per task (exact in the fresh context), so each start
-    costs one pass over the problems. Common problems make start-to-start differences paired.
-
-    Returns
-    -------
-    before, after : ndarray, shape (len(starts), n_tasks)
-    """
-    starts = [_check_start(W) for W in starts]
-    if len(etas) != len(starts):
-        raise ValueError(f"need one eta per start, got {len(etas)} etas for {len(starts)} starts")
-    d = starts[0].shape[0]
-    n_tasks = check_positive_int(n_tasks, "n_tasks")
-    rng = as_generator(rng)
-    chunk = min(check_positive_int(chunk, "chunk"), max(50, int(4e6 // (k * d))))  # ~32 MB per chunk
-    from .ttt import sample_ttt_problems
-
-    before, after = [[] for _ in starts], [[] for _ in starts]
-    done = 0
-    while done < n_tasks:
-        m = min(chunk, n_tasks - done)
-        prob = sample_ttt_problems(rng, m, n, k, d, sigma=sigma, Sigma_beta=Sigma_t)
-        for i, (W, eta) in enumerate(zip(starts, etas)):
-            c = mc_coefficients(prob, W, n, sigma)
-            before[i].append(c["l0"])
-            after[i].append(c["l0"] - 2 * eta * c["a"] + eta**2 * c["b"])
-        done += m
-    return np.array([np.concatenate(x) for x in before]), np.array([np.concatenate(x) for x in after])
-
-
-def alignment_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floor: float = 0.1,
-                    n_tasks: int = 4000, k_grid=None, seed: int = 0) -> dict:
-    """Theory and simulation of one TTT step, pretrained (``W*`` of ``Sigma_beta``) vs scratch, against ``theta``.
-
-    Target family :func:`subspace_pair` (``r``-dimensional subspaces at principal angle ``theta``).
-    For every ``k`` of ``ks`` and ``theta``: full theory, leading-order theory and simulation of the loss
-    after one optimal step from both starts. For ``k_grid``: theory and simulated (paired) difference
-    ``L_scratch - L_pretrained`` and the theoretical crossing ``k*``. Returns a JSON-serialisable dict.
-    """
-    d = check_positive_int(d, "d")
-    rng = np.random.default_rng(seed)
-    thetas = [float(t) for t in thetas]
-    out = {"config": dict(d=d, r=r, n=n, ks=list(ks), sigma=sigma, floor=floor, n_tasks=n_tasks, seed=seed,
-                          family="subspace_pair"),
-           "theta": thetas, "cos2": [float(np.cos(t) ** 2) for t in thetas], "per_k": {}}
-    Z = np.zeros((d, d))
-    mis = []
-    for t in thetas:
-        Sb, St = subspace_pair(d, r, t, floor)
-        mis.append(misalignment_magnitude(optimal_W(n, d, sigma, Sb), n, 1, sigma, St)["misalignment_fraction"])
-    out["misalignment_fraction"] = mis
-    for k in ks:
-        rec = {key: [] for key in ("theory_warm", "theory_scratch", "lo_warm", "lo_scratch", "before_warm",
-                                   "before_scratch", "sim_warm", "sim_warm_se", "sim_scratch", "sim_scratch_se",
-                                   "sim_before_warm", "sim_before_warm_se", "misalignment", "magnitude")}
-        for t in thetas:
-            Sb, St = subspace_pair(d, r, t, floor)
-            Ws = optimal_W(n, d, sigma, Sb)
-            tw, ts = one_step_theory(Ws, n, k, sigma, St), one_step_theory(Z, n, k, sigma, St)
-            lw, ls = misalignment_magnitude(Ws, n, k, sigma, St), misalignment_magnitude(Z, n, k, sigma, St)
-            bef, aft = mc_one_step_losses([Ws, Z], [tw.eta_star, ts.eta_star], n, k, sigma, St, n_tasks, rng)
-            se = aft.std(axis=1, ddof=1) / np.sqrt(n_tasks)
-            for key, val in (("theory_warm", tw.loss_after), ("theory_scratch", ts.loss_after),
-                             ("lo_warm", lw["loss_after"]), ("lo_scratch", ls["loss_after"]),
-                             ("before_warm", tw.loss_before), ("before_scratch", ts.loss_before),
-                             ("sim_warm", aft[0].mean()), ("sim_warm_se", se[0]), ("sim_scratch", aft[1].mean()),
-                             ("sim_scratch_se", se[1]), ("sim_before_warm", bef[0].mean()),
-                             ("sim_before_warm_se", bef[0].std(ddof=1) / np.sqrt(n_tasks)),
-                             ("misalignment", lw["misalignment"]), ("magnitude", lw["magnitude"])):
-                rec[key].append(float(val))
-        out["per_k"][str(k)] = rec
-    if k_grid is not None:
-        k_grid = [int(k) for k in k_grid]
-        cr = {"k_grid": k_grid, "theory_k": [], "theory_diff": [], "sim_diff": [], "sim_diff_se": []}
-        for t in thetas:
-            Sb, St = subspace_pair(d, r, t, floor)
-            Ws = optimal_W(n, d, sigma, Sb)
-            cr["theory_k"].append(scratch_pretrained_crossing(n, d, sigma, Sb, St))
-            th_row, sim_row, se_row = [], [], []
-            for k in k_grid:
-                tw, ts = one_step_theory(Ws, n, k, sigma, St), one_step_theory(Z, n, k, sigma, St)
-                _, aft = mc_one_step_losses([Ws, Z], [tw.eta_star, ts.eta_star], n, k, sigma, St, n_tasks, rng)
-                diff = aft[1] - aft[0]
-                th_row.append(ts.loss_after - tw.loss_after)
-                sim_row.append(float(diff.mean()))
-                se_row.append(float(diff.std(ddof=1) / np.sqrt(n_tasks)))
-            cr["theory_diff"].append(th_row)
-            cr["sim_diff"].append(sim_row)
-            cr["sim_diff_se"].append(se_row)
-        out["crossing"] = cr
-    return out
-
-
-#: Arguments of :func:`alignment_sweep` for the book: ``"ci"`` runs live in chapter 6, ``"full"`` is the shipped
-#: run of ``scripts/theory_sweeps_shift.py`` (``data/results/alignment_sweep.json``).
-SWEEP_PROFILES = {
-    "ci": dict(d=16, r=4, n=16, ks=[16, 64], thetas=list(np.linspace(0, np.pi / 2, 7)), sigma=0.5,
-               floor=0.1, n_tasks=4000, k_grid=[4, 8, 16, 32, 64, 128, 256], seed=6),
-    "full": dict(d=64, r=16, n=64, ks=[64, 256], thetas=list(np.linspace(0, np.pi / 2, 13)), sigma=0.5,
-                 floor=0.1, n_tasks=20000, k_grid=[8, 16, 32, 64, 128, 256, 512, 1024], seed=6),
-}

@@ -30,8 +30,7 @@ from ..validation import (
     check_square_matrix,
 )
 
-__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin", "multistep_sweep",
-           "SWEEP_PROFILES"]
+__all__ = ["MultiStepResult", "simulate_ttt", "gd_limit_W", "oracle_terms", "step_size_margin"]
 
 
 def oracle_terms(W0, problems, n: int, sigma: float = 0.0):
@@ -204,55 +203,3 @@ def simulate_ttt(W0, n: int, k: int, sigma: float = 0.0, Sigma_t=None, eta: floa
         n_tasks=n_tasks, extra={"final_minus_limit": float((L[:, -1] - lim).mean()),
                                 "final_minus_limit_se": float(se(L[:, -1] - lim))},
     )
-
-
-def multistep_sweep(d: int, r: int, n: int, ks, thetas, sigma: float = 0.5, floor: float = 0.1, steps: int = 30,
-                    gamma: float = 0.5, n_tasks: int = 2000, seed: int = 0) -> dict:
-    """Multi-step TTT (normalised step ``gamma``) from ``W*`` and from scratch, for each ``k`` and ``theta``.
-
-    Target family :func:`ttt_helpers.theory.general_covariance.subspace_pair`. Per setting: the loss curve over steps, the
-    per-step gains, the remaining misalignment (excess over the oracle), the oracle bound, the
-    gradient-descent limit, and the one-step theory with the optimal fixed step ``eta*``. Returns a
-    JSON-serialisable dict with one record per (theta, start, k).
-    """
-    from .general_covariance import misalignment_magnitude, one_step_theory, subspace_pair
-    from .pretraining import optimal_W
-
-    rng = np.random.default_rng(seed)
-    records = []
-    for t in thetas:
-        Sb, St = subspace_pair(d, r, float(t), floor)
-        for start, W0 in (("pretrained", optimal_W(n, d, sigma, Sb)), ("scratch", np.zeros((d, d)))):
-            for k in ks:
-                th = one_step_theory(W0, n, int(k), sigma, St)
-                lo = misalignment_magnitude(W0, n, int(k), sigma, St)
-                res = simulate_ttt(W0, n, int(k), sigma, St, eta=gamma, steps=steps, n_tasks=n_tasks, rng=rng,
-                                   normalised=True)
-                one = simulate_ttt(W0, n, int(k), sigma, St, eta=th.eta_star, steps=1, n_tasks=n_tasks, rng=rng,
-                                   compute_limit=False)
-                best = float(res.loss.min())
-                records.append({
-                    "theta": float(t), "start": start, "k": int(k),
-                    "loss": res.loss.tolist(), "loss_se": res.loss_se.tolist(),
-                    "gain": res.gain.tolist(), "gain_se": res.gain_se.tolist(),
-                    "excess": res.excess.tolist(), "oracle": res.oracle, "limit": res.limit,
-                    "limit_se": res.limit_se,
-                    "theory_one_step": th.loss_after, "theory_before": th.loss_before, "eta_star": th.eta_star,
-                    "sim_one_step": float(one.loss[1]), "sim_one_step_se": float(one.loss_se[1]),
-                    "misalignment": lo["misalignment"], "variance": lo["variance"],
-                    "first_step_fraction": float((res.loss[0] - res.loss[1]) / (res.loss[0] - best)),
-                })
-    return {"config": dict(d=d, r=r, n=n, ks=[int(k) for k in ks], thetas=[float(t) for t in thetas],
-                           sigma=sigma, floor=floor, steps=steps, gamma=gamma, n_tasks=n_tasks, seed=seed,
-                           family="subspace_pair"),
-            "records": records}
-
-
-#: Arguments of :func:`multistep_sweep` for the book: ``"ci"`` runs live in chapter 7, ``"full"`` is the shipped
-#: run of ``scripts/theory_sweeps_shift.py`` (``data/results/multistep_sweep.json``).
-SWEEP_PROFILES = {
-    "ci": dict(d=16, r=4, n=16, ks=[32, 128], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5, floor=0.1,
-               steps=30, gamma=0.5, n_tasks=2000, seed=7),
-    "full": dict(d=64, r=16, n=64, ks=[128, 256], thetas=[0.0, np.pi / 4, np.pi / 2], sigma=0.5,
-                 floor=0.1, steps=40, gamma=0.5, n_tasks=1500, seed=7),
-}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .general_covariance import one_step_theory, subspace_pair
+from .general_covariance import one_step_theory
 from .pretraining import isotropic_optimal_loss, optimal_W, population_icl_loss
 from ..validation import check_covariance, check_nonnegative_float, check_positive_int
 
@@ -33,9 +33,6 @@ __all__ = [
     "reduction_factor",
     "proportional_reduction_factor",
     "general_context_lengths",
-    "reduction_sweep",
-    "shift_sweep",
-    "SWEEP_PROFILES",
 ]
 
 
@@ -145,57 +142,3 @@ def general_context_lengths(eps: float, k: int, sigma: float, Sigma_beta, Sigma_
     n_icl, n_ttt = first_n_below(l_icl, eps, grid), first_n_below(l_ttt, eps, grid)
     return {"n_icl": n_icl, "n_ttt": n_ttt, "ratio": n_icl / n_ttt if np.isfinite(n_ttt) else float("nan"),
             "n_grid": grid, "loss_icl": l_icl, "loss_ttt": l_ttt}
-
-
-def reduction_sweep(ds, kappas, es, sigma: float = 0.5, method: str = "exact") -> dict:
-    """Isotropic reduction factors ``n_ICL / n_TTT`` on a grid of ``d``, ``kappa = k / d`` and ``e = eps / d``.
-
-    Returns a JSON-serialisable dict: ``ratio[d][e]`` lists over ``kappas`` (with ``n_icl``, ``n_ttt``) and
-    the proportional-limit curves ``limit[e]``.
-    """
-    out = {"config": dict(ds=[int(d) for d in ds], kappas=[float(x) for x in kappas], es=[float(e) for e in es],
-                          sigma=sigma, method=method), "ratio": {}, "n_icl": {}, "n_ttt": {}, "limit": {}}
-    for d in ds:
-        d = int(d)
-        out["ratio"][str(d)], out["n_icl"][str(d)], out["n_ttt"][str(d)] = {}, {}, {}
-        for e in es:
-            rows = [reduction_factor(e * d, d, max(1, int(round(x * d))), sigma, method) for x in kappas]
-            out["ratio"][str(d)][str(e)] = [float(r["ratio"]) for r in rows]
-            out["n_icl"][str(d)][str(e)] = [int(r["n_icl"]) for r in rows]
-            out["n_ttt"][str(d)][str(e)] = [float(r["n_ttt"]) for r in rows]
-    for e in es:
-        out["limit"][str(e)] = [float(v) for v in np.atleast_1d(proportional_reduction_factor(e, kappas))]
-    return out
-
-
-def shift_sweep(d: int, r: int, k: int, e: float, thetas, n_max: int, sigma: float = 0.5, floor: float = 0.1) -> dict:
-    """Context lengths without and with TTT under a rotated target, one entry per angle.
-
-    For each angle ``theta`` the pretraining covariance and the target are :func:`~ttt_helpers.theory.general_covariance.subspace_pair`
-    ``(d, r, theta, floor)``; the target loss is ``e * d`` and TTT uses ``k`` samples
-    (:func:`general_context_lengths`, searched up to ``n_max``).
-
-    Returns
-    -------
-    dict with ``config`` and lists ``theta``, ``n_icl``, ``n_ttt``, ``ratio``.
-    """
-    out = {"config": dict(d=d, r=r, k=k, e=e, thetas=[float(t) for t in thetas], n_max=n_max),
-           "theta": [], "n_icl": [], "n_ttt": [], "ratio": []}
-    for t in thetas:
-        Sb, St = subspace_pair(d, r, float(t), floor)
-        g = general_context_lengths(e * d, k, sigma, Sb, St, n_max)
-        for key in ("n_icl", "n_ttt", "ratio"):
-            out[key].append(float(g[key]))
-        out["theta"].append(float(t))
-    return out
-
-
-#: Arguments for the book's sweeps: :func:`reduction_sweep` (``ds, kappas, es, sigma``) and :func:`shift_sweep`
-#: (``shift``). ``"ci"`` runs live in chapter 8, ``"full"`` is the shipped run of
-#: ``scripts/theory_sweeps_shift.py`` (``data/results/sample_complexity_sweep.json``).
-SWEEP_PROFILES = {
-    "ci": dict(ds=[20], kappas=[0.25, 0.5, 1, 2, 4, 8], es=[0.6, 0.4, 0.25], sigma=0.5,
-               shift=dict(d=16, r=4, k=32, e=0.4, thetas=[0.0, np.pi / 4, np.pi / 2], n_max=300)),
-    "full": dict(ds=[20, 80, 320], kappas=[0.25, 0.5, 1, 2, 4, 8, 16], es=[0.6, 0.4, 0.25], sigma=0.5,
-                 shift=dict(d=32, r=8, k=64, e=0.4, thetas=list(np.linspace(0, np.pi / 2, 7)), n_max=800)),
-}

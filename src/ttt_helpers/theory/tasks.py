@@ -73,13 +73,44 @@ def as_generator(rng) -> np.random.Generator:
     raise ValueError(f"rng must be a numpy.random.Generator or an integer seed, got {rng!r}")
 
 
-def _cholesky_or_none(cov, d: int, name: str):
-    if cov is None:
-        return None
-    cov = check_covariance(cov, name, size=d)
-    # eigen-decomposition square root also handles singular (low-rank) covariances
+def covariance_root(cov, name: str = "cov", size: int | None = None) -> np.ndarray:
+    """The canonical factor ``L`` with ``L L^T = cov`` used for every Gaussian draw in the book.
+
+    A factor of a covariance is not unique (``L Q`` works for any orthogonal ``Q``), and the factor that an
+    eigendecomposition returns depends on the LAPACK kernel when eigenvalues repeat: the same seed then gives
+    different draws on different machines. We use factors that are unique:
+
+    - the lower Cholesky factor when ``cov`` is positive definite (smallest eigenvalue above ``1e-10`` times the
+      largest), and
+    - the symmetric positive semi-definite square root ``V diag(sqrt(lambda)) V^T`` otherwise (unique even when
+      eigenvalues repeat; eigenvalues below that threshold count as zero).
+
+    Both change only in the last bits from one BLAS/LAPACK kernel to another.
+
+    Parameters
+    ----------
+    cov : array_like, shape (d, d)
+        Symmetric positive semi-definite.
+    name : str
+        Name used in error messages.
+    size : int, optional
+        Required ``d``.
+
+    Returns
+    -------
+    ndarray, shape (d, d)
+    """
+    cov = check_covariance(cov, name, size=size)
     vals, vecs = np.linalg.eigh(cov)
-    return vecs * np.sqrt(np.clip(vals, 0.0, None))
+    top = max(float(vals[-1]), 0.0)
+    if top > 0 and vals[0] > 1e-10 * top:
+        return np.linalg.cholesky(cov)
+    vals = np.where(vals > 1e-10 * top, vals, 0.0)
+    return (vecs * np.sqrt(vals)) @ vecs.T
+
+
+def _root_or_none(cov, d: int, name: str):
+    return None if cov is None else covariance_root(cov, name, size=d)
 
 
 def sample_beta(rng, n_tasks: int, d: int, Sigma_beta=None) -> np.ndarray:
@@ -100,7 +131,7 @@ def sample_beta(rng, n_tasks: int, d: int, Sigma_beta=None) -> np.ndarray:
     rng = as_generator(rng)
     n_tasks = check_positive_int(n_tasks, "n_tasks")
     d = check_positive_int(d, "d")
-    root = _cholesky_or_none(Sigma_beta, d, "Sigma_beta")
+    root = _root_or_none(Sigma_beta, d, "Sigma_beta")
     z = rng.standard_normal((n_tasks, d))
     return z if root is None else z @ root.T
 
@@ -132,7 +163,7 @@ def sample_prompts(rng, beta, n: int, sigma: float = 0.0, n_queries: int = 1, Si
     sigma = check_nonnegative_float(sigma, "sigma")
     n_queries = check_positive_int(n_queries, "n_queries")
     T, d = beta.shape
-    root = _cholesky_or_none(Sigma_x, d, "Sigma_x")
+    root = _root_or_none(Sigma_x, d, "Sigma_x")
     feats = rng.standard_normal((T, n + n_queries, d))
     if root is not None:
         feats = feats @ root.T
