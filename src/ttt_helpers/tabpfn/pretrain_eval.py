@@ -6,6 +6,8 @@
 * :data:`DEV_SPECS`, :func:`dev_splits`, :func:`eval_direct`: a development set of real tables that shares no
   table with the benchmark, on which checkpoints are selected (never on the benchmark);
 * :class:`Evaluator`: all of these, as the callable that :class:`.pretrain.Trainer` runs periodically;
+* :func:`recipe_summary`, :func:`plot_recipe_curves`: a side-by-side run of pretraining recipes
+  (``scripts/bench_pretrain_recipes.py``) as a table and a figure;
 * :func:`benchmark_checkpoint`: a checkpoint's accuracy on the 35 benchmark tables at 1,000 context rows
   (:func:`.benchmark.quality_splits`), recorded in the provenance JSON beside it.
 """
@@ -42,6 +44,8 @@ __all__ = [
     "Evaluator",
     "time_to_quality",
     "benchmark_checkpoint",
+    "recipe_summary",
+    "plot_recipe_curves",
 ]
 
 #: scikit-learn's bundled tables watched during training (none of them is a benchmark table).
@@ -394,3 +398,50 @@ def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_
     prov_path.write_text(json.dumps(record, indent=2) + "\n")
     log("BENCHMARK " + json.dumps({k: v for k, v in summary.items() if k != "per_table"}))
     return summary
+
+
+def recipe_summary(record: dict):
+    """One row per recipe of a ``scripts/bench_pretrain_recipes.py`` result: size, speed, data wait, best dev accuracy.
+
+    Returns a :class:`pandas.DataFrame` indexed by recipe.
+    """
+    import pandas as pd
+
+    rows = {}
+    for name, r in record["recipes"].items():
+        rows[name] = {
+            "parameters": r["n_parameters"],
+            "training minutes": r["train_minutes"],
+            "steps": r["steps"],
+            "ms per step": r["step_ms"],
+            "tables per s (trained on)": r["tables_processed_per_s"],
+            "tables per s (from the prior)": r["prior_tables_per_s"],
+            "data wait (fraction of step time)": r["data_wait_fraction"],
+            "best dev accuracy": max(c[2] for c in r["curve"]),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
+def plot_recipe_curves(record: dict, axes=None):
+    """Development-set accuracy (left) and held-out prior loss (right) against training minutes, per recipe.
+
+    ``record`` is a result of ``scripts/bench_pretrain_recipes.py``; the reference checkpoint's development-set
+    accuracy, if recorded, is drawn as a dashed line. Returns the two axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_dev, ax_val = axes
+    for name, r in record["recipes"].items():
+        c = np.asarray(r["curve"], dtype=float)  # train_minutes, step, dev_acc, val_loss, val_acc
+        ax_dev.plot(c[:, 0], c[:, 2], "o-", label=f"recipe {name}")
+        ax_val.plot(c[:, 0], c[:, 3], "o-", label=f"recipe {name}")
+    ref = record.get("reference")
+    if ref:
+        ax_dev.axhline(ref["dev_acc"], color="k", ls="--", label="shipped fallback (35 H100-minutes)")
+    ax_dev.set(xlabel="training minutes on one GPU", ylabel="mean accuracy on the development tables")
+    ax_val.set(xlabel="training minutes on one GPU", ylabel="cross-entropy on held-out prior tasks")
+    ax_dev.legend(loc="center right")
+    ax_val.legend()
+    return axes
