@@ -41,7 +41,9 @@ __all__ = [
     "official_v2_classifier_names",
     "official_checkpoint_path",
     "fallback_checkpoint_path",
+    "ARCHITECTURES",
     "make_config",
+    "architecture_of",
     "new_model",
     "count_parameters",
     "FALLBACK_INFERENCE_OVERRIDES",
@@ -143,27 +145,47 @@ def fallback_checkpoint_path() -> Path:
     return models_dir() / FALLBACK_NAME
 
 
-def make_config(**kwargs):
-    """A ``tabpfn.architectures.tabpfn_v2.TabPFNV2Config`` with ``max_num_classes=10`` unless given.
+#: The ``tabpfn`` architectures our checkpoints may use: short name -> (``architecture_name`` in the file,
+#: module under ``tabpfn.architectures``, config class name).
+ARCHITECTURES = {
+    "v2": ("tabpfn_v2", "tabpfn_v2", "TabPFNV2Config"),
+    "v2.6": ("tabpfn_v2_6", "tabpfn_v2_6", "TabPFNV2p6Config"),
+}
+
+
+def _architecture(name: str):
+    import importlib
+
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    file_name, module, cls = ARCHITECTURES[name]
+    mod = importlib.import_module(f"tabpfn.architectures.{module}")
+    return file_name, mod, getattr(mod, cls)
+
+
+def make_config(architecture: str = "v2", **kwargs):
+    """A ``tabpfn`` architecture config with ``max_num_classes=10`` unless given.
 
     Parameters
     ----------
+    architecture : {"v2", "v2.6"}
+        ``tabpfn.architectures.tabpfn_v2.TabPFNV2Config`` or ``tabpfn_v2_6.TabPFNV2p6Config`` (RMSNorm,
+        "thinking rows", column embeddings read from a file shipped with ``tabpfn``).
     **kwargs
-        Fields of ``TabPFNV2Config`` (``emsize``, ``nlayers``, ``nhead``, ``features_per_group``,
-        ``max_num_classes``, ``num_buckets``, ``seed``). ``emsize`` must be a multiple of ``nhead``
-        and of 4 (the column embeddings use ``emsize // 4``).
+        Fields of the config (``emsize``, ``nlayers``, ``nhead``, ``features_per_group``,
+        ``max_num_classes``, ``num_buckets``; v2: ``seed``; v2.6: ``num_thinking_rows``, ...). ``emsize``
+        must be a multiple of ``nhead`` and of 4 (the column embeddings use ``emsize // 4``).
     """
-    from tabpfn.architectures.tabpfn_v2 import TabPFNV2Config
-
-    allowed = {f.name for f in dataclasses.fields(TabPFNV2Config)}
+    _, _, config_cls = _architecture(architecture)
+    allowed = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"unknown TabPFNV2Config field(s) {unknown}; expected some of {sorted(allowed)}")
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}; expected some of {sorted(allowed)}")
     kwargs.setdefault("max_num_classes", 10)
     for key in ("emsize", "nlayers", "nhead", "max_num_classes"):
         if key in kwargs:
             check_positive_int(kwargs[key], key)
-    config = TabPFNV2Config(**kwargs)
+    config = config_cls(**kwargs)
     if config.emsize % config.nhead or config.emsize % 4:
         raise ValueError(f"emsize must be a multiple of nhead and of 4, got emsize={config.emsize}, nhead={config.nhead}")
     if config.max_num_classes < 2:
@@ -171,37 +193,45 @@ def make_config(**kwargs):
     return config
 
 
-def _as_config(config):
-    from tabpfn.architectures.tabpfn_v2 import TabPFNV2Config, parse_config
-
-    if isinstance(config, TabPFNV2Config):
-        return config
+def architecture_of(config) -> str:
+    """``"v2"`` or ``"v2.6"``: the architecture of a config object or of a config dict read from a checkpoint."""
     if isinstance(config, dict):
-        parsed, unused = parse_config(config)
-        if unused:
-            raise ValueError(f"config has keys that TabPFNV2Config does not know: {sorted(unused)}")
-        return parsed
-    raise ValueError(f"config must be a TabPFNV2Config or a dict, got {type(config).__name__}")
+        return "v2.6" if "num_thinking_rows" in config else "v2"
+    for name in ARCHITECTURES:
+        if isinstance(config, _architecture(name)[2]):
+            return name
+    raise ValueError(f"config must be a TabPFNV2Config, a TabPFNV2p6Config or a dict, got {type(config).__name__}")
+
+
+def _as_config(config):
+    name = architecture_of(config)
+    _, mod, config_cls = _architecture(name)
+    if isinstance(config, config_cls):
+        return config
+    parsed, unused = mod.parse_config(config)
+    if unused:
+        raise ValueError(f"config has keys that {config_cls.__name__} does not know: {sorted(unused)}")
+    return parsed
 
 
 def new_model(config, seed: int | None = None):
-    """A freshly initialised ``tabpfn_v2.get_architecture(config)`` (the package's own class).
+    """A freshly initialised ``get_architecture(config)`` of the config's architecture (the package's own class).
 
     Parameters
     ----------
-    config : TabPFNV2Config or dict
+    config : TabPFNV2Config, TabPFNV2p6Config or dict
     seed : int, optional
         Seeds a local ``torch.Generator`` fork for the initial weights (global state is restored).
     """
     import torch
-    from tabpfn.architectures.tabpfn_v2 import get_architecture
 
     config = _as_config(config)
+    _, mod, _ = _architecture(architecture_of(config))
     if seed is None:
-        return get_architecture(config)
+        return mod.get_architecture(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return get_architecture(config)
+        return mod.get_architecture(config)
 
 
 def count_parameters(model) -> int:
@@ -250,13 +280,14 @@ def build_checkpoint(
 ) -> Path:
     """Save a checkpoint that ``tabpfn.TabPFNClassifier(model_path=path)`` loads.
 
-    The state dict is first loaded (strictly) into ``tabpfn_v2.get_architecture(config)``, so a
+    The state dict is first loaded (strictly) into the architecture built from ``config``, so a
     mismatch fails here rather than at load time in the book.
 
     Parameters
     ----------
-    config : TabPFNV2Config or dict
-        The architecture configuration (``max_num_classes`` >= 2 for a classifier).
+    config : TabPFNV2Config, TabPFNV2p6Config or dict
+        The architecture configuration (``max_num_classes`` >= 2 for a classifier); the file records the
+        matching ``architecture_name`` (``tabpfn_v2`` or ``tabpfn_v2_6``).
     state_dict : mapping of str to torch.Tensor
         Weights of a model built from ``config``.
     path : path-like
@@ -293,7 +324,8 @@ def build_checkpoint(
     probe.load_state_dict(state, strict=True)  # raises on missing/unexpected keys or shapes
     if half:
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    record = {"state_dict": state, "config": dataclasses.asdict(cfg), "architecture_name": "tabpfn_v2"}
+    record = {"state_dict": state, "config": dataclasses.asdict(cfg),
+              "architecture_name": ARCHITECTURES[architecture_of(cfg)][0]}
     if inference_config is not None:
         record["inference_config"] = inference_config_for_checkpoint(inference_config)
     if extra:

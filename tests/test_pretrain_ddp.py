@@ -1,0 +1,51 @@
+"""Data-parallel pretraining: scripts/pretrain_tabpfn.py as 2 CPU processes on gloo, started by torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import ttt_helpers
+from ttt_helpers.provenance import repo_root, verify_sha256
+
+SCRIPT = repo_root() / "scripts" / "pretrain_tabpfn.py"
+
+
+def test_two_processes_hold_identical_weights_after_every_step(tmp_path):
+    steps = 3
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ttt_helpers.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+           "--tiny", "--architecture", "v2.6", "--num-thinking-rows", "4", "--optimizer", "muon", "--prior", "toy",
+           "--clock", "steps", "--seeding", "per_batch", "--step-budget", str(steps), "--eval-every-steps", "100",
+           "--device", "cpu", "--workers", "0", "--no-real-eval", "--no-progress",
+           "--record-weights", str(tmp_path / "weights"), "--out-dir", str(tmp_path / "state"),
+           "--export-dir", str(tmp_path / "export")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    ranks = [[json.loads(line) for line in (tmp_path / "weights" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert [e["step"] for e in ranks[0]] == [e["step"] for e in ranks[1]] == list(range(1, steps + 1))
+    for a, b in zip(*ranks):
+        assert a["weights"] == b["weights"], f"weights differ between the processes after step {a['step']}"
+        assert a["batch"] != b["batch"], f"both processes trained on the same batch at step {a['step']}"
+    digests = [e["weights"] for e in ranks[0]]
+    assert len(set(digests)) == steps  # the weights moved at every step
+
+    ckpt = tmp_path / "export" / "tabpfn_fallback.ckpt"
+    verify_sha256(ckpt, ckpt.with_suffix(".json"))
+    prov = json.loads(ckpt.with_suffix(".json").read_text())
+    call = prov["calls"][-1]
+    assert call["world_size"] == 2 and len(call["data_wait_s_per_rank"]) == 2
+    assert prov["results"]["steps"] == steps
+    assert prov["results"]["tasks_seen"] == steps * 8 * 2  # 8 tables per step in each of the 2 processes
+    state = torch.load(tmp_path / "state" / "state_model.pt", map_location="cpu")
+    record = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert all(torch.equal(state[k], record["state_dict"][k]) for k in state)

