@@ -115,6 +115,9 @@ def main(argv=None):
                    help="fixed recipes to run besides the search (--steps steps at --lr-adamw / --lr-sgd)")
     p.add_argument("--baselines", action="store_true",
                    help="also LogisticRegression and HistGradientBoosting on each context (CPU)")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="no TTT: the pretrained model and the two baselines on the same episodes (default --out "
+                        "data/results/tabpfn_baselines.json; no cost phase)")
     p.add_argument("--steps", type=int, default=40, help="steps of the fixed recipes and of the cost measurement")
     p.add_argument("--n-query", type=int, default=128, help="query rows per TTT episode")
     p.add_argument("--max-context", type=int, default=None)
@@ -136,6 +139,8 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.baselines_only:
+        args.no_search, args.fixed, args.baselines = True, [], True
 
     import numpy as np
     import torch
@@ -155,7 +160,8 @@ def main(argv=None):
     names = args.datasets or td.list_datasets()
     if args.priority:  # run these first (e.g. the chapter's CI tables, so that a cut-short run still has them)
         names = [n for n in args.priority if n in names] + [n for n in names if n not in args.priority]
-    out = Path(args.out) if args.out else results_dir() / "tabpfn_ttt_full.json"
+    out = Path(args.out) if args.out else results_dir() / (
+        "tabpfn_baselines.json" if args.baselines_only else "tabpfn_ttt_full.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     _configure_sdpa(args.sdpa)
     template, description = _template(args)
@@ -239,7 +245,7 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = TTTConfig(optimizer="adamw", steps=args.steps, lr=args.lr_adamw, n_query=args.n_query,
                     max_context=args.max_context)  # timing only: the cost of one step
-    devices = [args.device] + (["cpu"] if args.cost_cpu and args.device != "cpu" else [])
+    devices = [] if args.baselines_only else [args.device] + (["cpu"] if args.cost_cpu and args.device != "cpu" else [])
     for dev in devices:
         runs = []
         for n in args.cost_datasets if dev == args.device else args.cost_datasets[:1]:

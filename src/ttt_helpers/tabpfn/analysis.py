@@ -44,6 +44,7 @@ __all__ = [
     "break_even_table",
     "cost_table",
     "goal_table",
+    "recipe_table",
 ]
 
 #: Accuracy levels for a reduction factor must exceed the majority-class rate by this much.
@@ -442,3 +443,21 @@ def goal_table(results: list, label: str, *, min_classes: int = 8, small: int = 
          "met": bool(np.all(g["hi"] >= 0))},
     ]
     return pd.DataFrame(rows).set_index("goal")
+
+
+def recipe_table(results: list, label: str = "selected"):
+    """What the recipe search chose on each table: learning rate and steps (or the zero-shot weights kept), the
+    steps run in all, and the validation accuracy of the zero-shot and the chosen weights."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        t = r["ttt"][label]
+        sel = t.get("selected")
+        rows.append({"table": r["name"], "classes": r["meta"]["classes"],
+                     "lr": None if sel is None else sel["lr"], "steps": 0 if sel is None else sel["steps"],
+                     "steps run": t.get("steps_run", t["steps"]),
+                     "validation acc, zero-shot": round(t["zero_shot"]["acc"], 3) if "zero_shot" in t else None,
+                     "validation acc, chosen": round((t["best"] if sel else t["zero_shot"])["acc"], 3)
+                     if "zero_shot" in t else None})
+    return pd.DataFrame(rows).set_index("table")

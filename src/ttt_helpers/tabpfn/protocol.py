@@ -146,7 +146,7 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
         Carries the checkpoint (see :func:`ttt_helpers.tabpfn.episodes.prepare_classifier`).
     recipes : dict label -> TTTConfig or RecipeSearch
         One TTT run per entry, each from the pretrained weights, all scored on the same episodes; ``"none"`` is
-        reserved for the model without TTT.
+        reserved for the model without TTT (an empty dict scores only that model, and the baselines if asked).
     n_ttt : int
         TTT rows (the rest is split 80--20 into context pool and test rows).
     context_sizes, n_repeats, max_test : the evaluation episodes (sizes larger than the pool use the whole pool)
@@ -168,8 +168,8 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     (label -> the run's record: recipe, selected lr and steps, seconds), ``timing`` (per-size mean preprocessing and
     forward seconds per episode, medians over the repetitions), ``seconds_total``.
     """
-    if not recipes or not all(isinstance(c, (TTTConfig, RecipeSearch)) for c in recipes.values()):
-        raise ValueError("recipes must be a non-empty dict of TTTConfig or RecipeSearch")
+    if not isinstance(recipes, dict) or not all(isinstance(c, (TTTConfig, RecipeSearch)) for c in recipes.values()):
+        raise ValueError("recipes must be a dict of TTTConfig or RecipeSearch (empty: the pretrained model only)")
     if "none" in recipes or set(recipes) & set(BASELINES):
         raise ValueError(f"'none' and {BASELINES} are reserved labels")
     t_start = time.perf_counter()
