@@ -54,7 +54,8 @@ def _result(name="t", classes=2, none=(0.5, 0.6, 0.7, 0.8), ttt=(0.6, 0.7, 0.8, 
     sizes = [2, 4, 8, 16]
     top = top or [0.6] * 4
     return {"name": name, "meta": {"rows": 2000, "classes": classes, "majority_fraction": majority},
-            "context_sizes": sizes, "majority": majority, "n_query": 100,
+            "context_sizes": sizes, "n_context_used": sizes, "n_rows_split": {"ttt": 1000, "pool": 800, "test": 200},
+            "majority": majority, "n_query": 100,
             "acc": {"none": list(none), "ttt": list(ttt)},
             "acc_reps": {"none": [[a, a] for a in none], "ttt": [[a, a] for a in ttt]},
             "top_share": {"none": [0.6] * 4, "ttt": top},
@@ -93,3 +94,16 @@ def test_tables_and_goals():
     assert pg["gains"].shape == (3, 4) and np.all(pg["mean"] > 0)
     red = an.reduction_table(an.summarise(rs))
     assert list(red.columns)[:2] == ["TTT", "accuracy level"]
+
+
+def test_merge_labels_adds_curves_of_the_same_episodes():
+    a, b = _result("t"), _result("t")
+    b["acc"]["logistic_regression"] = [0.7] * 4
+    b["acc_reps"]["logistic_regression"] = [[0.7, 0.7]] * 4
+    m = an.merge_labels([a], [b], ["logistic_regression"])
+    assert m[0]["acc"]["logistic_regression"] == [0.7] * 4 and "logistic_regression" not in a["acc"]
+    b2 = {**b, "n_query": 50}
+    with pytest.raises(ValueError, match="other episodes"):
+        an.merge_labels([a], [b2], ["logistic_regression"])
+    with pytest.raises(ValueError, match="missing"):
+        an.merge_labels([a], [_result("u")], ["none"])

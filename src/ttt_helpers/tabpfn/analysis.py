@@ -45,6 +45,7 @@ __all__ = [
     "cost_table",
     "goal_table",
     "recipe_table",
+    "merge_labels",
 ]
 
 #: Accuracy levels for a reduction factor must exceed the majority-class rate by this much.
@@ -190,6 +191,29 @@ def ttt_cost_seconds(results: list, label: str, cost: dict) -> float:
     whole = np.mean([r["ttt"][label]["seconds"] / max(r["ttt"][label].get("ttt_seconds", r["ttt"][label]["seconds"]),
                                                       1e-12) for r in results])
     return float(per_step * steps * whole)
+
+
+def merge_labels(results: list, other: list, labels) -> list:
+    """``results`` with the curves ``labels`` of ``other`` added, table by table (same names, same episodes: e.g.
+    the baselines of ``scripts/tabpfn_experiment.py --baselines-only`` beside a TTT run with the same settings).
+
+    Raises ``ValueError`` if a table is missing from ``other`` or its episodes differ (other context sizes used,
+    other splits or test rows).
+    """
+    by_name = {r["name"]: r for r in other}
+    out = []
+    for r in results:
+        o = by_name.get(r["name"])
+        if o is None:
+            raise ValueError(f"table {r['name']!r} is missing from the other run")
+        same = all(o[k] == r[k] for k in ("context_sizes", "n_context_used", "n_query", "n_rows_split"))
+        if not same:
+            raise ValueError(f"table {r['name']!r}: the two runs used other episodes; run them with the same settings")
+        m = {**r, "acc": dict(r["acc"]), "acc_reps": dict(r["acc_reps"])}
+        for label in labels:
+            m["acc"][label], m["acc_reps"][label] = o["acc"][label], o["acc_reps"][label]
+        out.append(m)
+    return out
 
 
 def _majority(r: dict) -> float:
