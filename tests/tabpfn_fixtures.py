@@ -1,9 +1,34 @@
-"""Shared pytest fixtures of the TabPFN tests (import them into a test module: ``from tabpfn_fixtures import template``)."""
+"""Shared fixtures and toy tables of the TabPFN tests (``from tabpfn_fixtures import template, toy_table``)."""
 
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+
+
+def toy_table(n=1300, seed=0):
+    """Three numeric features and 4 classes that the features determine (learnable by TTT)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = (X[:, 0] > 0).astype(np.int64) + 2 * (X[:, 1] > 0.5)
+    return X, y
+
+
+def mixed_frame(n=90, seed=0):
+    """A DataFrame with a numeric column with gaps, a text column with gaps, booleans and a pandas category."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "age": rng.normal(40, 10, n),
+        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
+        "member": rng.choice([True, False], n),
+        "size": pd.Categorical(rng.choice(["S", "M", "L"], n), categories=["S", "M", "L"]),
+    })
+    df.loc[::7, "age"] = np.nan
+    df.loc[::11, "colour"] = None
+    y = np.where(df["colour"].eq("red"), "yes", "no")
+    return df, pd.Series(y, name="target")
 
 
 @pytest.fixture(scope="module")

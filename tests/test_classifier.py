@@ -18,6 +18,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.exceptions import NotFittedError  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+from tabpfn_fixtures import mixed_frame as _frame  # noqa: E402
 from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
 from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier, resolve_model  # noqa: E402
 
@@ -41,20 +42,6 @@ def _toy(n=80, d=3, k=3, seed=0):
     X = rng.normal(size=(n, d))
     y = np.digitize(X[:, 0], np.quantile(X[:, 0], np.linspace(0, 1, k + 1)[1:-1]))
     return X, y
-
-
-def _frame(n=90, seed=0):
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "age": rng.normal(40, 10, n),
-        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
-        "member": rng.choice([True, False], n),
-        "size": pd.Categorical(rng.choice(["S", "M", "L"], n), categories=["S", "M", "L"]),
-    })
-    df.loc[::7, "age"] = np.nan
-    df.loc[::11, "colour"] = None
-    y = np.where(df["colour"].eq("red"), "yes", "no")
-    return df, pd.Series(y, name="target")
 
 
 def _state(est):

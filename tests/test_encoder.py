@@ -1,24 +1,10 @@
 """Tests for ttt_helpers.tabpfn.encoder (TableEncoder, check_target): tables to float matrices, no model."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from tabpfn_fixtures import mixed_frame as _frame
 from ttt_helpers.tabpfn.encoder import TableEncoder, check_target, prepare_table
-
-
-def _frame(n=90, seed=0):
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "age": rng.normal(40, 10, n),
-        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
-        "member": rng.choice([True, False], n),
-        "size": pd.Categorical(rng.choice(["S", "M", "L"], n), categories=["S", "M", "L"]),
-    })
-    df.loc[::7, "age"] = np.nan
-    df.loc[::11, "colour"] = None
-    y = np.where(df["colour"].eq("red"), "yes", "no")
-    return df, pd.Series(y, name="target")
 
 
 def test_check_target_messages():

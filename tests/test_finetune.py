@@ -7,16 +7,10 @@ import torch  # a hard dependency: fail, never skip, if it is missing
 import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
 from tabpfn_fixtures import template, tiny_ckpt  # noqa: E402,F401
+from tabpfn_fixtures import toy_table as _toy  # noqa: E402
 from ttt_helpers.tabpfn import finetune as ft  # noqa: E402
 from ttt_helpers.tabpfn.episodes import episode_accuracy, make_eval_episodes, prepare_classifier  # noqa: E402
 from ttt_helpers.tabpfn.protocol import split_rows  # noqa: E402
-
-
-def _toy(n=1300, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 3))
-    y = (X[:, 0] > 0).astype(np.int64) + 2 * (X[:, 1] > 0.5)  # 4 classes, learnable from the features
-    return X, y
 
 
 def test_ttt_is_seeded_changes_weights_and_learns(template):
