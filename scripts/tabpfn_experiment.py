@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Figure 3a of the paper on our offline benchmark: TabPFN accuracy against context size, with and without TTT.
 
-Per table (``ttt_helpers.tabpfn.benchmark``): 1,000 shuffled rows for TTT, the rest split 80-20 into a context pool
-and a test set; TTT once per table with AdamW and, separately from the same weights, with SGD + momentum
-(``ttt_helpers.tabpfn.ttt``); accuracy at context sizes 2..1,000 for the model before and after each TTT run.
-Then a sequential cost measurement (TTT wall time, inference time per query at each context size).
+Per table (``ttt_helpers.tabpfn.benchmark``), the protocol of ``ttt_helpers.tabpfn.protocol.run_dataset``: 1,000
+shuffled rows for TTT, the rest split 80-20 into a context pool and a test set; from the same pretrained weights,
+TTT with the recipe chosen on a validation slice of the TTT rows (``selected``: learning rate from ``--lrs`` and
+steps by early stopping, zero-shot weights kept when TTT does not beat them; ``ttt_helpers.tabpfn.finetune``) and,
+optionally, fixed recipes (``--fixed adamw sgd``: ``--steps`` steps at ``--lr-adamw`` / ``--lr-sgd``); accuracy at
+context sizes 2..1,000 for the model before and after each TTT run. Then a sequential cost measurement (TTT wall time
+per step, inference time per query at each context size; ``ttt_helpers.tabpfn.protocol.measure_cost``).
 
 Writes ``<out>`` (default ``data/results/tabpfn_ttt_full.json``) and ``<out stem>.provenance.json``.
 Tables run in parallel worker processes (``--workers``), each with its own CUDA context; the accuracy numbers do
@@ -13,7 +16,7 @@ alone). The JSON is rewritten after every table, so a run cut short still leaves
 
 Example (GPU)::
 
-    python scripts/tabpfn_experiment.py --device cuda --workers 12 --steps 40 --reps 3
+    python scripts/tabpfn_experiment.py --device cuda --prefer fallback --workers 16 --reps 2
 """
 
 from __future__ import annotations
@@ -41,10 +44,15 @@ def _template(args):
 
 
 def _configs(args):
-    from ttt_helpers.tabpfn.ttt import TTTConfig
+    from ttt_helpers.tabpfn.finetune import RecipeSearch, TTTConfig
 
     out = {}
-    for opt in args.optimizers:
+    if not args.no_search:
+        out["selected"] = RecipeSearch(lrs=tuple(args.lrs), max_steps=args.search_steps, eval_every=args.eval_every,
+                                       patience=args.patience, validation_sizes=tuple(args.val_sizes),
+                                       validation_repeats=args.val_reps, n_query=args.n_query,
+                                       max_context=args.max_context)
+    for opt in args.fixed:
         lr = args.lr_adamw if opt == "adamw" else args.lr_sgd
         out[opt] = TTTConfig(optimizer=opt, steps=args.steps, lr=lr, n_query=args.n_query,
                              max_context=args.max_context)
@@ -81,11 +89,11 @@ def _worker(name, args):
     torch.set_num_threads(max(1, args.threads))
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 throughout, as on CPU
-    from ttt_helpers.tabpfn.ttt import run_dataset
+    from ttt_helpers.tabpfn.protocol import run_dataset
 
     template, _ = _template(args)
     return run_dataset(template, name, _configs(args), context_sizes=args.sizes, n_repeats=args.reps,
-                       max_test=args.max_test, seed=args.seed, device=args.device)
+                       max_test=args.max_test, seed=args.seed, device=args.device, baselines=args.baselines)
 
 
 def main(argv=None):
@@ -94,14 +102,28 @@ def main(argv=None):
     p.add_argument("--priority", nargs="*", default=["slid_wages", "turnout_vote", "nlschools_lang"],
                    help="tables to start first")
     p.add_argument("--sizes", nargs="*", type=int, default=None, help="context sizes (default CONTEXT_SIZES)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--lrs", nargs="*", type=float, default=[3e-4, 1e-3], help="learning rates of the recipe search")
+    p.add_argument("--search-steps", type=int, default=120, help="most steps per learning rate in the search")
+    p.add_argument("--eval-every", type=int, default=20, help="steps between validation scores")
+    p.add_argument("--patience", type=int, default=2, help="scores without improvement before stopping")
+    p.add_argument("--val-sizes", nargs="*", type=int, default=[2, 8, 32, 128, 512],
+                   help="context sizes of the validation episodes")
+    p.add_argument("--val-reps", type=int, default=1, help="validation contexts per size")
+    p.add_argument("--no-search", action="store_true", help="no recipe search (only the --fixed recipes)")
+    p.add_argument("--fixed", nargs="*", default=[], choices=["adamw", "sgd"],
+                   help="fixed recipes to run besides the search (--steps steps at --lr-adamw / --lr-sgd)")
+    p.add_argument("--baselines", action="store_true",
+                   help="also LogisticRegression and HistGradientBoosting on each context (CPU)")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="no TTT: the pretrained model and the two baselines on the same episodes (default --out "
+                        "data/results/tabpfn_baselines.json; no cost phase)")
+    p.add_argument("--steps", type=int, default=40, help="steps of the fixed recipes and of the cost measurement")
     p.add_argument("--n-query", type=int, default=128, help="query rows per TTT episode")
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--max-test", type=int, default=256, help="test rows scored per evaluation episode")
     p.add_argument("--lr-adamw", type=float, default=1e-4)
     p.add_argument("--lr-sgd", type=float, default=1e-2)
-    p.add_argument("--optimizers", nargs="*", default=["adamw", "sgd"])
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -117,23 +139,29 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.baselines_only:
+        args.no_search, args.fixed, args.baselines = True, [], True
 
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
-    from ttt_helpers.tabpfn import benchmark as td
-    from ttt_helpers.tabpfn import ttt as tt
     from ttt_helpers.provenance import results_dir, write_provenance
+    from ttt_helpers.tabpfn import benchmark as td
+    from ttt_helpers.tabpfn.analysis import summarise
+    from ttt_helpers.tabpfn.episodes import CONTEXT_SIZES
+    from ttt_helpers.tabpfn.finetune import TTTConfig
+    from ttt_helpers.tabpfn.protocol import measure_cost
 
     t0 = time.time()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.sizes = args.sizes or list(tt.CONTEXT_SIZES)
+    args.sizes = args.sizes or list(CONTEXT_SIZES)
     names = args.datasets or td.list_datasets()
     if args.priority:  # run these first (e.g. the chapter's CI tables, so that a cut-short run still has them)
         names = [n for n in args.priority if n in names] + [n for n in names if n not in args.priority]
-    out = Path(args.out) if args.out else results_dir() / "tabpfn_ttt_full.json"
+    out = Path(args.out) if args.out else results_dir() / (
+        "tabpfn_baselines.json" if args.baselines_only else "tabpfn_ttt_full.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     _configure_sdpa(args.sdpa)
     template, description = _template(args)
@@ -142,14 +170,15 @@ def main(argv=None):
     record = {"experiment": "TabPFN TTT, accuracy vs context size (paper Figure 3a), offline benchmark",
               "model": description, "model_path": str(getattr(template, "model_path", "")),
               "device": args.device, "settings": {k: v for k, v in vars(args).items()},
-              "configs": {k: c.to_dict() for k, c in configs.items()}, "results": [], "skipped": [],
+              "configs": {k: {"kind": "search" if k == "selected" else "fixed", **c.to_dict()}
+                          for k, c in configs.items()}, "results": [], "skipped": [],
               "cost": {}, "summary": None}
 
     def save():
         if record["results"]:
             order = {n: i for i, n in enumerate(names)}
             record["results"].sort(key=lambda r: order[r["name"]])
-            record["summary"] = tt.summarise(record["results"], cost=record["cost"].get(args.device))
+            record["summary"] = summarise(record["results"], cost=record["cost"].get(args.device))
         out.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
     # --- phase 1: accuracy curves, tables in parallel
@@ -214,8 +243,9 @@ def main(argv=None):
 
     # --- phase 2: cost, alone on the machine
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = configs[next(iter(configs))]
-    devices = [args.device] + (["cpu"] if args.cost_cpu and args.device != "cpu" else [])
+    cfg = TTTConfig(optimizer="adamw", steps=args.steps, lr=args.lr_adamw, n_query=args.n_query,
+                    max_context=args.max_context)  # timing only: the cost of one step
+    devices = [] if args.baselines_only else [args.device] + (["cpu"] if args.cost_cpu and args.device != "cpu" else [])
     for dev in devices:
         runs = []
         for n in args.cost_datasets if dev == args.device else args.cost_datasets[:1]:
@@ -223,11 +253,11 @@ def main(argv=None):
                 print(f"cost {dev} {n}: skipped (deadline)", flush=True)
                 break
             sizes = args.sizes if dev == args.device else args.cost_cpu_sizes
-            c = cfg if dev == args.device else tt.TTTConfig(**{**cfg.to_dict(), "steps": args.cost_cpu_steps})
+            c = cfg if dev == args.device else TTTConfig(**{**cfg.to_dict(), "steps": args.cost_cpu_steps})
             tmpl = template if dev == args.device else _template(argparse.Namespace(**{**vars(args), "device": "cpu"}))[0]
             try:
-                runs.append(tt.measure_cost(tmpl, n, c, context_sizes=sizes, n_query=args.max_test,
-                                            n_repeats=3 if dev == args.device else 1, seed=args.seed, device=dev))
+                runs.append(measure_cost(tmpl, n, c, context_sizes=sizes, n_query=args.max_test,
+                                         n_repeats=3 if dev == args.device else 1, seed=args.seed, device=dev))
                 print(f"cost {dev} {n}: TTT {runs[-1]['ttt_seconds']:.2f} s for {c.steps} steps; per query "
                       + ", ".join(f"n={s}: {q * 1e3:.3f} ms" for s, q in zip(sizes, runs[-1]['per_query_seconds'])),
                       flush=True)

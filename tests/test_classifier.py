@@ -18,8 +18,9 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.exceptions import NotFittedError  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+from tabpfn_fixtures import mixed_frame as _frame  # noqa: E402
 from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
-from ttt_helpers.tabpfn.classifier import TableEncoder, TTTTabPFNClassifier, check_target, resolve_model  # noqa: E402
+from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier, resolve_model  # noqa: E402
 
 HYP = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -28,8 +29,11 @@ TINY = str(tm.tiny_random_checkpoint(Path(tempfile.gettempdir()) / "ttt_helpers_
 
 
 def _est(**kw):
+    """A fast estimator: one fixed recipe (the recipe search has its own tests below)."""
     kw.setdefault("steps", 2)
     kw.setdefault("n_query", 16)
+    kw.setdefault("early_stopping", False)
+    kw.setdefault("lr", 1e-4)
     return TTTTabPFNClassifier(TINY, **kw)
 
 
@@ -38,20 +42,6 @@ def _toy(n=80, d=3, k=3, seed=0):
     X = rng.normal(size=(n, d))
     y = np.digitize(X[:, 0], np.quantile(X[:, 0], np.linspace(0, 1, k + 1)[1:-1]))
     return X, y
-
-
-def _frame(n=90, seed=0):
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "age": rng.normal(40, 10, n),
-        "colour": rng.choice(["red", "green", "blue"], n).astype(object),
-        "member": rng.choice([True, False], n),
-        "size": pd.Categorical(rng.choice(["S", "M", "L"], n), categories=["S", "M", "L"]),
-    })
-    df.loc[::7, "age"] = np.nan
-    df.loc[::11, "colour"] = None
-    y = np.where(df["colour"].eq("red"), "yes", "no")
-    return df, pd.Series(y, name="target")
 
 
 def _state(est):
@@ -100,6 +90,20 @@ def test_ttt_changes_weights_and_ttt_size_zero_is_the_baseline():
     w0 = base.tabpfn_.models_[0].state_dict()
     w1 = adapted.tabpfn_.models_[0].state_dict()
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) > 1e-4
+
+
+def test_default_recipe_search_chooses_on_held_out_ttt_rows():
+    X, y = _toy(n=120)
+    est = TTTTabPFNClassifier(TINY, steps=4, eval_every=2, n_query=16, lr=(1e-3, 1e-2)).fit(X, y)
+    h = est.ttt_history_
+    assert est.early_stopping and h["recipe"]["kind"] == "search" and h["n_validation"] == 12 and h["n_train"] == 48
+    assert [r["lr"] for r in h["runs"]] == [1e-3, 1e-2]
+    assert est.selected_recipe_ == h["selected"]
+    if est.selected_recipe_ is None:  # the pretrained weights were kept: no training loss recorded
+        assert h["losses"] == [] and (h["best"] is None or h["best"]["acc"] < h["zero_shot"]["acc"] + 0.005)
+    else:
+        assert est.selected_recipe_["lr"] in (1e-3, 1e-2) and 1 <= est.selected_recipe_["steps"] <= 4
+    assert est.ttt_seconds_ == pytest.approx(h["seconds"])
 
 
 def test_same_seed_same_predictions_and_context_size():
@@ -212,6 +216,9 @@ BAD_PARAMS = [
     (dict(context_size=1), ">= 2"),
     (dict(optimizer="adam"), "'adamw' or 'sgd'"),
     (dict(lr=0.0), "lr must be > 0"),
+    (dict(lr=(1e-4, 1e-3)), "single lr"),
+    (dict(early_stopping=True, ttt_size=3, lr=(1e-4,)), "too few to hold out a validation slice"),
+    (dict(early_stopping="yes"), "True or False"),
     (dict(lr=float("nan")), "finite"),
     (dict(steps=-1), "non-negative integer"),
     (dict(n_query=0), "positive integer"),
@@ -253,15 +260,6 @@ def test_constant_context_is_rejected():
     y = np.arange(30) % 2
     with pytest.raises(ValueError, match="constant"):
         _est(ttt_size=0).fit(X, y)
-
-
-def test_check_target_messages():
-    classes, enc = check_target(np.array(["b", "a", "b"]))
-    assert list(classes) == ["a", "b"] and list(enc) == [1, 0, 1]
-    with pytest.raises(ValueError, match="keep-top-classes 10"):
-        check_target(np.arange(12))
-    with pytest.raises(ValueError, match="requires y"):
-        check_target(None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,16 +314,6 @@ def test_row_budget(n, ttt):
             est.fit(X, y)
 
 
-def test_table_encoder_roundtrip_state():
-    df, _ = _frame()
-    enc = TableEncoder().fit(df)
-    back = TableEncoder.from_state(enc.to_state())
-    np.testing.assert_array_equal(back.transform(df), enc.transform(df))
-    assert enc.kinds_ == ["numeric", "categorical", "bool", "categorical"]
-    forced = TableEncoder(["age"]).fit(df)
-    assert forced.categorical_indices_ == [0, 1, 3]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # scikit-learn's own estimator checks
 
@@ -333,7 +321,8 @@ def test_table_encoder_roundtrip_state():
 EXPECTED_FAILED = {"check_classifiers_train": "tiny random checkpoint in the tests: accuracy at chance level"}
 
 
-@parametrize_with_checks([_est(steps=1, n_query=8)], expected_failed_checks=lambda est: EXPECTED_FAILED)
+@parametrize_with_checks([_est(steps=1, n_query=8), TTTTabPFNClassifier(TINY, steps=1, lr=1e-3, n_query=8)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

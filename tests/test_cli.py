@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ttt_helpers.tabpfn import checkpoints as tm  # noqa: E402
-from ttt_helpers.tabpfn import ttt as tt  # noqa: E402
+from ttt_helpers.tabpfn.analysis import reduction_factors  # noqa: E402
 from ttt_helpers.tabpfn.cli import main  # noqa: E402
 from ttt_helpers.tabpfn.report import REPORT_KEYS, read_table, resolve_context_sizes  # noqa: E402
 
@@ -68,11 +68,22 @@ def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
     assert d["categorical_columns"] == ["city"] and d["n_classes"] == 3
     assert p["ttt_rows"] == 60 and p["pool_rows"] + p["test_rows"] == 99 and p["context_sizes"] == [2, 8, 32]
     assert len(c["no_ttt"]["mean"]) == len(c["ttt"]["mean"]) == 3 and 0 <= c["majority"] <= 1
-    again = tt.reduction_factors(c["context_sizes"], c["no_ttt"]["mean"], c["ttt"]["mean"])
+    assert len(c["logistic_regression"]["mean"]) == len(c["hist_gradient_boosting"]["mean"]) == 3
+    floor = c["majority"] + 0.02
+    again = reduction_factors(c["context_sizes"], c["no_ttt"]["mean"], c["ttt"]["mean"], floor=floor)
     assert again["factor"] == pytest.approx(report["reduction"]["factor"], nan_ok=True)
-    assert report["cost"]["ttt_seconds"] > 0 and report["cost"]["ttt_steps"] == 2
+    assert report["reduction"]["floor"] == pytest.approx(floor) and all(t > floor for t in again["targets"])
+    rec, k = report["recipe"], report["cost"]
+    assert rec["recipe"]["kind"] == "search" and rec["n_validation"] == 12 and len(rec["runs"]) == len(rec["recipe"]["lrs"])
+    assert k["ttt_seconds"] >= k["optimizer_seconds"] > 0 and k["search_scoring_seconds"] > 0
+    assert k["steps_run"] == sum(r["steps_run"] for r in rec["runs"])
+    assert (k["break_even"] is None) == (not np.isfinite(report["reduction"]["median_factor"]) and
+                                         not any(np.isfinite(report["reduction"]["factor"])))
+    assert isinstance(report["warnings"], list) and d["separator"] == ","
     assert report["model"]["description"] == "checkpoint file tiny_cli.ckpt"
     assert "model: checkpoint file tiny_cli.ckpt" in out and "reduction factor" in out
+    assert "recipe search on 12 held-out TTT rows" in out and "time: TTT" in out
+    assert "dropped 1 of 160 rows whose target is empty" in out
 
 
 def test_keep_top_classes_max_rows_and_categorical(tmp_path, capsys):
@@ -87,6 +98,36 @@ def test_keep_top_classes_max_rows_and_categorical(tmp_path, capsys):
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["dataset"]["n_classes"] == 3 and rep["dataset"]["rows"] == 40
     assert rep["dataset"]["features"] == ["x1", "city"] and "x1" in rep["dataset"]["categorical_columns"]
+
+
+def test_semicolon_separated_file_is_detected_and_named(tmp_path, capsys):
+    path = tmp_path / "semi.csv"
+    _table().to_csv(path, index=False, sep=";")
+    code, out, err = _run([path, "--target", "label", "--output-dir", tmp_path / "r", "--ttt-size", "60", *FAST],
+                          capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["dataset"]["separator"] == ";"
+    # a wrong separator forced by hand: the message says which one was used and how to change it
+    code, _, err = _run([path, "--target", "label", "--sep", "comma", "--output-dir", tmp_path / "r2", *FAST], capsys)
+    assert code == 2 and "separator comma ','" in err and "--sep" in err and not (tmp_path / "r2").exists()
+
+
+def test_target_with_empty_values_drops_and_counts_the_rows(tmp_path, capsys):
+    """300 rows, a third of the targets empty (some blank, some whitespace), the default 128 queries per episode:
+    the rows are dropped and counted, and TTT still finds contexts (it used to stop with 'no TTT context with a
+    non-constant feature in 50 draws', which never named the missing targets)."""
+    t = _table(n=300)
+    t["label"] = t["label"].astype(object)
+    t.loc[t.index % 3 == 0, "label"] = np.nan  # written as an empty field
+    t.loc[t.index % 6 == 1, "label"] = " "  # a blank field
+    path = _write(tmp_path, t, "holes.csv")
+    fast = [a if a != "16" else "128" for a in FAST]  # --n-query 128, the default
+    code, out, err = _run([path, "--target", "label", "--output-dir", tmp_path / "r", *fast], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    missing = rep["dataset"]["rows_missing_target"]
+    assert missing == 151 and rep["dataset"]["rows"] == 149  # _table leaves one more target empty (row 5)
+    assert f"dropped {missing} of 300 rows whose target is empty" in out
 
 
 _COUNTER = iter(range(10**6))
@@ -190,7 +231,8 @@ def test_any_row_count_below_the_budget_is_refused(tmp_path, capsys, n, ttt):
     path = _write(tmp_path, _table(n=n + 10).iloc[:n], "small.csv")
     out_dir = tmp_path / "never"
     code, _, err = _run([path, "--target", "label", "--ttt-size", str(ttt), "--output-dir", out_dir, *FAST], capsys)
-    assert code == 2 and ("too few rows" in err or "1 class" in err) and not out_dir.exists()
+    assert code == 2 and ("too few rows" in err or "1 class" in err or "TTT needs at least" in err)
+    assert not out_dir.exists()
 
 
 @HYP

@@ -1,0 +1,487 @@
+"""From protocol results to the numbers and tables of the chapters and the report.
+
+Inputs are the dicts of :func:`ttt_helpers.tabpfn.protocol.run_protocol` / :func:`~ttt_helpers.tabpfn.protocol.run_dataset`
+(one per table) and of :func:`~ttt_helpers.tabpfn.protocol.measure_cost`. Nothing here runs a model.
+
+- Curves: :func:`mean_curve_with_band` (mean over tables and a 95 % band), :func:`paired_gains` (per-table gain
+  of TTT, then its mean and band), :func:`curve_agreement` (two runs of the same model agree within noise).
+- Sample-size reduction at equal accuracy, :func:`reduction_factors`: ``n_no_TTT(a) / n_TTT(a)``, only for
+  accuracy levels ``a`` that the no-TTT curve reaches and that lie above the majority-class rate by
+  :data:`MAJORITY_MARGIN` (a level that predicting the majority class already reaches says nothing about
+  learning from the context). :func:`break_even_queries` turns a factor and measured costs into the number of
+  queries after which TTT has paid for itself; it is only reported where the factor is defined.
+- :func:`collapse_warnings`: a recipe that makes the model predict one class for 95 % or more of the rows.
+- :func:`summarise` (a benchmark run), :func:`table_summary` (one table: the command line's report), and the
+  tables the chapters show: :func:`per_dataset_table`, :func:`accuracy_table`, :func:`reduction_table`,
+  :func:`break_even_table`, :func:`cost_table`, :func:`goal_table`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..validation import check_finite_array, check_nonnegative_float
+
+__all__ = [
+    "MAJORITY_MARGIN",
+    "COLLAPSE_SHARE",
+    "mean_curve_with_band",
+    "monotone_envelope",
+    "context_needed",
+    "reduction_factors",
+    "break_even_queries",
+    "ttt_cost_seconds",
+    "paired_gains",
+    "collapse_warnings",
+    "summarise",
+    "table_summary",
+    "curve_agreement",
+    "per_dataset_table",
+    "accuracy_table",
+    "reduction_table",
+    "break_even_table",
+    "cost_table",
+    "goal_table",
+    "recipe_table",
+    "merge_labels",
+]
+
+#: Accuracy levels for a reduction factor must exceed the majority-class rate by this much.
+MAJORITY_MARGIN = 0.02
+#: A curve whose predictions fall in one class this often (or more) gets a warning.
+COLLAPSE_SHARE = 0.95
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Curves
+
+
+def mean_curve_with_band(acc, *, z: float = 1.96):
+    """Mean over tables and a normal-approximation confidence band.
+
+    Parameters
+    ----------
+    acc : (n_tables, n_sizes) array of per-table mean accuracies (or gains)
+
+    Returns
+    -------
+    mean, lo, hi : (n_sizes,) arrays; the band is ``mean +- z * sd / sqrt(n_tables)``.
+    """
+    acc = check_finite_array(acc, "acc", ndim=2)
+    m = acc.mean(axis=0)
+    se = acc.std(axis=0, ddof=1) / math.sqrt(acc.shape[0]) if acc.shape[0] > 1 else np.zeros_like(m)
+    return m, m - z * se, m + z * se
+
+
+def paired_gains(results: list, label: str, *, base: str = "none") -> dict:
+    """Per-table accuracy gain of ``label`` over ``base`` at each size, and its mean with a 95 % band.
+
+    Returns
+    -------
+    dict with ``gains`` ((n_tables, n_sizes) array), ``mean``, ``lo``, ``hi`` (arrays over sizes).
+    """
+    G = np.array([np.array(r["acc"][label]) - np.array(r["acc"][base]) for r in results])
+    m, lo, hi = mean_curve_with_band(G)
+    return {"gains": G, "mean": m, "lo": lo, "hi": hi}
+
+
+def monotone_envelope(acc) -> np.ndarray:
+    """Running maximum of a curve (accuracy reachable with *at most* n samples)."""
+    return np.maximum.accumulate(check_finite_array(acc, "acc", ndim=1))
+
+
+def context_needed(sizes, acc, target: float) -> float:
+    """Smallest context size at which the curve reaches ``target``, interpolating linearly in ``log n``.
+
+    Uses the running maximum of the curve. Returns ``nan`` if the target is never reached, and the first size
+    if it is reached there already.
+    """
+    sizes = check_finite_array(sizes, "sizes", ndim=1)
+    acc = monotone_envelope(acc)
+    if len(sizes) != len(acc) or np.any(np.diff(sizes) <= 0) or sizes[0] <= 0:
+        raise ValueError("sizes must be positive, increasing and as long as acc")
+    if target > acc[-1]:
+        return float("nan")
+    i = int(np.argmax(acc >= target))
+    if i == 0:
+        return float(sizes[0])
+    a0, a1 = acc[i - 1], acc[i]
+    l0, l1 = math.log(sizes[i - 1]), math.log(sizes[i])
+    frac = 0.0 if a1 == a0 else (target - a0) / (a1 - a0)
+    return float(math.exp(l0 + frac * (l1 - l0)))
+
+
+def reduction_factors(sizes, acc_base, acc_ttt, targets=None, *, floor: float | None = None) -> dict:
+    """Sample-size reduction at equal accuracy: ``n_base(a) / n_ttt(a)`` for target accuracies ``a``.
+
+    By default the targets are the distinct values of the no-TTT curve (running maximum) at the sizes after
+    the first that exceed its value at the first size (so ``n_base`` is exactly a grid size and > the first
+    size) and, if ``floor`` is given, exceed ``floor`` (e.g. the majority-class rate plus
+    :data:`MAJORITY_MARGIN`). A target that TTT already exceeds at the first size gives only a lower bound,
+    ``n_base / n_1`` (flagged ``bound=True``).
+
+    Returns
+    -------
+    dict with ``targets``, ``n_base``, ``n_ttt``, ``factor``, ``bound`` (lists), ``floor`` and ``median_factor``
+    (over the targets where both are defined and not a bound; ``nan`` if none).
+    """
+    sizes = check_finite_array(sizes, "sizes", ndim=1)
+    base = monotone_envelope(acc_base)
+    ttt = monotone_envelope(acc_ttt)
+    if targets is None:
+        targets = []
+        for a in base[1:]:
+            if a > base[0] + 1e-12 and (not targets or a > targets[-1] + 1e-12) and (floor is None or a > floor):
+                targets.append(float(a))
+    nb, nt, fac, bound = [], [], [], []
+    for a in targets:
+        b = context_needed(sizes, base, a)
+        t = context_needed(sizes, ttt, a)
+        nb.append(b)
+        nt.append(t)
+        fac.append(b / t if np.isfinite(b) and np.isfinite(t) else float("nan"))
+        bound.append(bool(np.isfinite(t) and t == sizes[0] and ttt[0] > a))
+    ok = [f for f, bd in zip(fac, bound) if np.isfinite(f) and not bd]
+    return {"targets": list(map(float, targets)), "n_base": nb, "n_ttt": nt, "factor": fac, "bound": bound,
+            "floor": None if floor is None else float(floor),
+            "median_factor": float(np.median(ok)) if ok else float("nan")}
+
+
+def break_even_queries(ttt_seconds: float, per_query_base: float, per_query_ttt: float) -> float:
+    """Queries after which a one-off TTT cost is repaid by cheaper inference.
+
+    With TTT, each query needs a shorter context and so costs ``per_query_ttt`` instead of
+    ``per_query_base`` seconds; TTT costs ``ttt_seconds`` once. Returns ``ttt_seconds / saving`` (``inf`` if
+    TTT saves nothing per query).
+    """
+    ttt_seconds = check_nonnegative_float(ttt_seconds, "ttt_seconds")
+    per_query_base = check_nonnegative_float(per_query_base, "per_query_base")
+    per_query_ttt = check_nonnegative_float(per_query_ttt, "per_query_ttt")
+    saving = per_query_base - per_query_ttt
+    return float(ttt_seconds / saving) if saving > 0 else float("inf")
+
+
+def _interp_loglog(sizes, values, n):
+    return float(np.exp(np.interp(np.log(n), np.log(sizes), np.log(np.maximum(values, 1e-12)))))
+
+
+def _break_even_rows(red: dict, cost_sizes, per_query, ttt_seconds: float) -> list:
+    """Break-even at each target whose factor is defined (per-query costs interpolated log-log)."""
+    cs = np.asarray(cost_sizes, dtype=float)
+    pq = np.asarray(per_query, dtype=float)
+    rows = []
+    for a, nb, nt, f, bd in zip(red["targets"], red["n_base"], red["n_ttt"], red["factor"], red["bound"]):
+        if not np.isfinite(f):
+            continue
+        cb, ct = _interp_loglog(cs, pq, nb), _interp_loglog(cs, pq, nt)
+        rows.append({"target_acc": a, "n_base": nb, "n_ttt": nt, "per_query_base": cb, "per_query_ttt": ct,
+                     "ttt_seconds": ttt_seconds, "break_even_queries": break_even_queries(ttt_seconds, cb, ct),
+                     "bound": bd})
+    return rows
+
+
+def ttt_cost_seconds(results: list, label: str, cost: dict) -> float:
+    """One-off TTT cost of a label on the cost machine: the measured seconds per step times the mean number of
+    steps run per table (all learning rates of a search), times the runs' own ratio of whole TTT time (scoring
+    on the validation slice included) to optimiser-step time."""
+    per_step = cost["ttt_seconds"] / cost["ttt_steps"]
+    steps = np.mean([r["ttt"][label].get("steps_run", r["ttt"][label]["steps"]) for r in results])
+    whole = np.mean([r["ttt"][label]["seconds"] / max(r["ttt"][label].get("ttt_seconds", r["ttt"][label]["seconds"]),
+                                                      1e-12) for r in results])
+    return float(per_step * steps * whole)
+
+
+def merge_labels(results: list, other: list, labels) -> list:
+    """``results`` with the curves ``labels`` of ``other`` added, table by table (same names, same episodes: e.g.
+    the baselines of ``scripts/tabpfn_experiment.py --baselines-only`` beside a TTT run with the same settings).
+
+    Raises ``ValueError`` if a table is missing from ``other`` or its episodes differ (other context sizes used,
+    other splits or test rows).
+    """
+    by_name = {r["name"]: r for r in other}
+    out = []
+    for r in results:
+        o = by_name.get(r["name"])
+        if o is None:
+            raise ValueError(f"table {r['name']!r} is missing from the other run")
+        same = all(o[k] == r[k] for k in ("context_sizes", "n_context_used", "n_query", "n_rows_split"))
+        if not same:
+            raise ValueError(f"table {r['name']!r}: the two runs used other episodes; run them with the same settings")
+        m = {**r, "acc": dict(r["acc"]), "acc_reps": dict(r["acc_reps"])}
+        for label in labels:
+            m["acc"][label], m["acc_reps"][label] = o["acc"][label], o["acc_reps"][label]
+        out.append(m)
+    return out
+
+
+def _majority(r: dict) -> float:
+    return float(r["majority"]) if "majority" in r else float(r["meta"]["majority_fraction"])
+
+
+def collapse_warnings(result: dict, *, share: float = COLLAPSE_SHARE, labels=None) -> list[str]:
+    """Warnings for the curves whose predictions fall in one class ``share`` of the time or more.
+
+    One line per label, naming the context sizes where the mean share of the most predicted class is at least
+    ``share`` (``result["top_share"]``, from :func:`~ttt_helpers.tabpfn.protocol.run_protocol`).
+    """
+    out = []
+    for label, shares in result.get("top_share", {}).items():
+        if labels is not None and label not in labels:
+            continue
+        hit = [n for n, s in zip(result["context_sizes"], shares) if s >= share]
+        if hit:
+            where = "every context size" if len(hit) == len(shares) else "n = " + ", ".join(map(str, hit))
+            out.append(f"{label}: at {where}, {share:.0%} or more of the predictions fall in one class "
+                       "(majority-class voting, not learning from the context)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarise(results: list, *, labels=None, cost: dict | None = None, margin: float = MAJORITY_MARGIN) -> dict:
+    """Mean curves with 95 % bands, headline numbers and break-even, from :func:`run_dataset` outputs.
+
+    Parameters
+    ----------
+    results : list of dicts from :func:`ttt_helpers.tabpfn.protocol.run_dataset` (same context sizes)
+    labels : TTT labels to summarise (default: all but ``"none"`` and the baselines)
+    cost : dict from :func:`ttt_helpers.tabpfn.protocol.measure_cost`, optional (for the break-even numbers)
+    margin : float
+        Reduction factors only for levels above the mean majority-class rate plus ``margin``.
+
+    Returns
+    -------
+    dict with ``sizes``, ``n_datasets``, ``majority`` (mean over tables), ``curves`` (label -> mean, lo, hi),
+    ``near_zero_shot`` (accuracy at the smallest size, label -> value), ``reduction`` (label ->
+    :func:`reduction_factors`), ``break_even`` (label -> list over targets, if ``cost``).
+    """
+    from .protocol import BASELINES
+
+    if not results:
+        raise ValueError("results is empty")
+    sizes = np.array(results[0]["context_sizes"], dtype=float)
+    if any(r["context_sizes"] != results[0]["context_sizes"] for r in results):
+        raise ValueError("all results must share the context sizes")
+    labels = labels or [k for k in results[0]["acc"] if k != "none" and k not in BASELINES]
+    extra = [b for b in BASELINES if all(b in r["acc"] for r in results)]
+    curves = {}
+    for label in ["none", *labels, *extra]:
+        m, lo, hi = mean_curve_with_band(np.array([r["acc"][label] for r in results]))
+        curves[label] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    majority = float(np.mean([_majority(r) for r in results]))
+    out = {"sizes": sizes.astype(int).tolist(), "n_datasets": len(results), "majority": majority,
+           "margin": float(margin), "curves": curves,
+           "near_zero_shot": {k: curves[k]["mean"][0] for k in curves}, "reduction": {}, "break_even": {}}
+    for label in labels:
+        red = reduction_factors(sizes, curves["none"]["mean"], curves[label]["mean"], floor=majority + margin)
+        out["reduction"][label] = red
+        if cost is not None:
+            out["break_even"][label] = _break_even_rows(red, cost["context_sizes"], cost["per_query_seconds"],
+                                                        ttt_cost_seconds(results, label, cost))
+    return out
+
+
+def table_summary(result: dict, *, label: str = "ttt", margin: float = MAJORITY_MARGIN,
+                  share: float = COLLAPSE_SHARE) -> dict:
+    """The reduction factor, break-even and warnings of one table (the command line's report).
+
+    Per-query cost: the forward pass over context and test queries divided by the number of queries
+    (preprocessing excluded), at each size, for the model without TTT; the one-off TTT cost is the whole TTT
+    run, recipe search included. The break-even is taken at the highest accuracy level whose factor is defined.
+
+    Returns
+    -------
+    dict with ``reduction`` (:func:`reduction_factors` with floor = majority + margin), ``break_even`` (None or
+    the row at the highest level), ``warnings`` (list of str), ``per_query_seconds`` (per size).
+    """
+    sizes = result["context_sizes"]
+    floor = result["majority"] + margin
+    red = reduction_factors(sizes, result["acc"]["none"], result["acc"][label], floor=floor)
+    per_query = [s / result["n_query"] for s in result["timing"]["forward_seconds"]["none"]]
+    rows = _break_even_rows(red, sizes, per_query, float(result["ttt"][label]["seconds"]))
+    warnings = collapse_warnings(result, share=share, labels=["none", label])
+    if not red["targets"]:
+        warnings.append(f"no reduction factor: the model without TTT never gets above the majority-class rate "
+                        f"{result['majority']:.3f} + {margin:g} with a context larger than {sizes[0]} rows")
+    return {"reduction": red, "break_even": max(rows, key=lambda r: r["target_acc"]) if rows else None,
+            "warnings": warnings, "per_query_seconds": per_query, "margin": margin}
+
+
+def curve_agreement(results_a: list, results_b: list, *, label: str = "none", z: float = 4.0,
+                    slack: float = 0.02) -> list:
+    """Compare two runs' mean accuracy curves over their shared tables and context sizes.
+
+    The standard error of each table's mean accuracy combines the spread of its repetitions (random contexts)
+    and the binomial noise of its test rows, ``p(1-p)/n_query``; the band is ``z`` standard errors of the
+    difference of the two means over tables, plus ``slack``.
+
+    Returns
+    -------
+    list of dicts ``{"n", "a", "b", "diff", "band", "ok"}``, one per shared context size.
+    """
+    by_b = {r["name"]: r for r in results_b}
+    shared = [r for r in results_a if r["name"] in by_b]
+    if not shared:
+        raise ValueError("the two runs share no table")
+    sizes = [s for s in shared[0]["context_sizes"] if s in by_b[shared[0]["name"]]["context_sizes"]]
+
+    def mean_and_var(r, s):
+        i = r["context_sizes"].index(s)
+        reps = np.asarray(r["acc_reps"][label][i], dtype=float)
+        p = reps.mean()
+        v_rep = reps.var(ddof=1) / len(reps) if len(reps) > 1 else 0.0
+        return p, v_rep + p * (1 - p) / r["n_query"]
+
+    rows = []
+    for s in sizes:
+        ma, va = zip(*(mean_and_var(r, s) for r in shared))
+        mb, vb = zip(*(mean_and_var(by_b[r["name"]], s) for r in shared))
+        k = len(shared)
+        a, b = float(np.mean(ma)), float(np.mean(mb))
+        band = z * math.sqrt((sum(va) + sum(vb)) / k**2) + slack
+        rows.append({"n": int(s), "a": a, "b": b, "diff": a - b, "band": band, "ok": abs(a - b) <= band})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables for the chapters (pandas DataFrames)
+
+
+def per_dataset_table(results: list, *, sizes=None, digits: int = 3):
+    """Per table: accuracy without/with TTT at chosen context sizes, the chosen recipe and the TTT loss."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        all_sizes = r["context_sizes"]
+        use = sizes or [all_sizes[0], all_sizes[len(all_sizes) // 2], all_sizes[-1]]
+        row = {"table": r["name"], "rows": r["meta"]["rows"], "classes": r["meta"]["classes"]}
+        for s in use:
+            if s in all_sizes:
+                for k, v in r["acc"].items():
+                    row[f"{k} n={s}"] = round(v[all_sizes.index(s)], digits)
+        for k, v in r["ttt"].items():
+            sel = v.get("selected")
+            row[f"{k} recipe"] = "zero-shot kept" if sel is None else f"lr {sel['lr']:g}, {sel['steps']} steps"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("table")
+
+
+def accuracy_table(results: list, labels, *, sizes=None, min_classes: int = 2, digits: int = 3):
+    """Mean accuracy over the tables with at least ``min_classes`` classes, one row per label, one column per
+    context size (the tables of issue 12)."""
+    import pandas as pd
+
+    sub = [r for r in results if r["meta"]["classes"] >= min_classes]
+    if not sub:
+        raise ValueError(f"no table has at least {min_classes} classes")
+    all_sizes = sub[0]["context_sizes"]
+    use = sizes or all_sizes
+    idx = [all_sizes.index(s) for s in use]
+    data = {label: [round(float(np.mean([r["acc"][label][i] for r in sub])), digits) for i in idx]
+            for label in labels}
+    frame = pd.DataFrame(data, index=[f"n = {s}" for s in use]).T
+    frame.index.name = f"mean over {len(sub)} tables"
+    return frame
+
+
+def reduction_table(summary: dict, *, digits: int = 2):
+    """One row per accuracy level and TTT label: contexts needed without and with TTT, and their ratio."""
+    import pandas as pd
+
+    rows = []
+    for k, red in summary["reduction"].items():
+        for a, nb, nt, f, bd in zip(red["targets"], red["n_base"], red["n_ttt"], red["factor"], red["bound"]):
+            rows.append({"TTT": k, "accuracy level": round(a, 3), "n without TTT": round(nb, 1),
+                         "n with TTT": round(nt, 1), "reduction": round(f, digits), "lower bound only": bd})
+    return pd.DataFrame(rows, columns=["TTT", "accuracy level", "n without TTT", "n with TTT", "reduction",
+                                       "lower bound only"])
+
+
+def break_even_table(results: list, cost: dict):
+    """Break-even rows for every device of ``cost`` (device -> :func:`measure_cost`-style aggregate)."""
+    import pandas as pd
+
+    rows = []
+    for dev, c in cost.items():
+        for k, lst in summarise(results, cost=c)["break_even"].items():
+            for b in lst:
+                rows.append({"device": dev, "TTT": k, "accuracy level": round(b["target_acc"], 3),
+                             "n without TTT": round(b["n_base"], 1), "n with TTT": round(b["n_ttt"], 1),
+                             "ms/query without TTT": round(b["per_query_base"] * 1e3, 3),
+                             "ms/query with TTT": round(b["per_query_ttt"] * 1e3, 3),
+                             "TTT seconds": round(b["ttt_seconds"], 2),
+                             "break-even queries": round(b["break_even_queries"], 0), "lower bound only": b["bound"]})
+    return pd.DataFrame(rows)
+
+
+def cost_table(cost: dict):
+    """Inference time per query (ms) at each context size, one column per device, and the TTT wall time."""
+    import pandas as pd
+
+    cols = {}
+    for dev, c in cost.items():
+        col = {f"per query, n={s} (ms)": round(q * 1e3, 3) for s, q in zip(c["context_sizes"], c["per_query_seconds"])}
+        col[f"TTT, {c['ttt_steps']} steps (s)"] = round(c["ttt_seconds"], 2)
+        col["TTT per step (s)"] = round(c["ttt_seconds"] / c["ttt_steps"], 3)
+        cols[dev] = col
+    return pd.DataFrame(cols)
+
+
+def goal_table(results: list, label: str, *, min_classes: int = 8, small: int = 8, factor: float = 3.0,
+               margin: float = MAJORITY_MARGIN):
+    """Issue 12's three goals for a TTT label, each with the measured value and whether it is met.
+
+    1. On the tables with at least ``min_classes`` classes, the mean accuracy at every context size ``<= small``
+       at least doubles (ratio TTT / no TTT, smallest over those sizes);
+    2. the median reduction factor over all tables (mean curves, levels above the majority rate + margin) is at
+       least ``factor``;
+    3. the paired gain is never negative beyond noise: at no context size does the upper end of its 95 % band
+       lie below zero.
+    """
+    import pandas as pd
+
+    sizes = results[0]["context_sizes"]
+    many = [r for r in results if r["meta"]["classes"] >= min_classes]
+    small_idx = [i for i, s in enumerate(sizes) if s <= small]
+    if many:
+        ratios = [np.mean([r["acc"][label][i] for r in many]) / np.mean([r["acc"]["none"][i] for r in many])
+                  for i in small_idx]
+        ratio = float(min(ratios))
+    else:
+        ratio = float("nan")
+    med = summarise(results, labels=[label], margin=margin)["reduction"][label]["median_factor"]
+    g = paired_gains(results, label)
+    worst = int(np.argmin(g["hi"]))
+    rows = [
+        {"goal": f"accuracy at n <= {small} at least doubles ({len(many)} tables with >= {min_classes} classes)",
+         "measured": f"smallest ratio {ratio:.2f}", "met": bool(ratio >= 2)},
+        {"goal": f"median reduction factor >= {factor:g} (all {len(results)} tables)",
+         "measured": "undefined" if not np.isfinite(med) else f"{med:.2f}", "met": bool(np.isfinite(med) and med >= factor)},
+        {"goal": "paired gain never negative beyond noise (95 % band)",
+         "measured": f"lowest upper band end {g['hi'][worst]:+.3f} at n = {sizes[worst]}",
+         "met": bool(np.all(g["hi"] >= 0))},
+    ]
+    return pd.DataFrame(rows).set_index("goal")
+
+
+def recipe_table(results: list, label: str = "selected"):
+    """What the recipe search chose on each table: learning rate and steps (or the zero-shot weights kept), the
+    steps run in all, and the validation accuracy of the zero-shot and the chosen weights."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        t = r["ttt"][label]
+        sel = t.get("selected")
+        rows.append({"table": r["name"], "classes": r["meta"]["classes"],
+                     "lr": None if sel is None else sel["lr"], "steps": 0 if sel is None else sel["steps"],
+                     "steps run": t.get("steps_run", t["steps"]),
+                     "validation acc, zero-shot": round(t["zero_shot"]["acc"], 3) if "zero_shot" in t else None,
+                     "validation acc, chosen": round((t["best"] if sel else t["zero_shot"])["acc"], 3)
+                     if "zero_shot" in t else None})
+    return pd.DataFrame(rows).set_index("table")

@@ -1,0 +1,428 @@
+"""The TabPFN fine-tuning loop (test-time training) and the choice of its recipe on held-out rows.
+
+:func:`ttt_finetune` is the loop: ``steps`` optimiser steps, each on one episode drawn from the TTT rows alone (a
+random context of size drawn log-uniformly in ``[2, max_context]`` and ``n_query`` disjoint query rows); loss =
+cross-entropy of the query predictions (averaged over queries and ensemble members), exactly as in the package's
+``FinetunedTabPFNClassifier._forward_with_loss``; gradient norm clipped; constant learning rate. We write this short
+loop around the package's calls, and do not call ``FinetunedTabPFNClassifier.fit``, because that class fixes the
+optimiser (AdamW), draws one context/query split per epoch and chunk, and evaluates with the dataset's own label
+set; the paper needs (i) AdamW *and* SGD with momentum, (ii) many episodes with context sizes from 2 to ~1,000
+drawn from the same 1,000 TTT rows, and (iii) the table's full label set at every context size
+(:mod:`ttt_helpers.tabpfn.episodes`).
+
+:func:`select_recipe` chooses the learning rate and the number of steps the way the fine-tuning literature does
+(Rubachev et al., arXiv 2506.08982: a learning-rate grid and early stopping on a validation split;
+``tabpfn.finetuning``: 10 % of the labelled rows held out for early stopping with patience), inside the TTT rows
+only: a validation slice is split off them; for each learning rate of the grid the loop runs on the rest and is
+scored on the slice every ``eval_every`` steps, stopping after ``patience`` scores without improvement; the best
+(learning rate, step) wins, and the zero-shot weights are kept unless it beats them on the slice by
+``min_improvement``. The score is the validation accuracy averaged over several context sizes, and a checkpoint
+counts only if at *every* validation size it is at most ``tolerance`` below the zero-shot weights: a recipe that
+wins at small contexts by predicting the majority class, and loses where the pretrained model reads the features,
+is not chosen. A :class:`RecipeSearch` describes the search, a :class:`TTTConfig` one fixed recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..validation import check_nonnegative_float, check_positive_int
+from .episodes import MAX_REDRAWS, Episode, RandomSplit, collate, collection, constant_context_errors
+from .episodes import episode_logits, make_eval_episodes
+
+__all__ = [
+    "TTTConfig",
+    "RecipeSearch",
+    "snapshot_state",
+    "load_state",
+    "ttt_finetune",
+    "evaluate_states",
+    "score_episodes",
+    "select_recipe",
+]
+
+
+def _check_common(obj) -> None:
+    if obj.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {obj.optimizer!r}")
+    check_positive_int(obj.n_query, "n_query")
+    if obj.max_context is not None:
+        check_positive_int(obj.max_context, "max_context")
+    for k in ("weight_decay", "momentum", "grad_clip"):
+        check_nonnegative_float(getattr(obj, k), k)
+
+
+@dataclass
+class TTTConfig:
+    """One fixed TTT recipe.
+
+    Attributes
+    ----------
+    optimizer : {"adamw", "sgd"}
+        AdamW (``weight_decay``) or SGD with (heavy-ball) ``momentum``.
+    steps : int
+        Optimiser steps (one episode each).
+    lr : float
+        Constant learning rate.
+    n_query : int
+        Query rows per episode (at most half of the TTT rows are used).
+    max_context : int or None
+        Largest context of an episode (default: the TTT rows that are not queries).
+    weight_decay, momentum, grad_clip : float
+    """
+
+    optimizer: str = "adamw"
+    steps: int = 50
+    lr: float = 1e-5
+    n_query: int = 128
+    max_context: int | None = None
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _check_common(self)
+        check_positive_int(self.steps, "steps")
+        check_nonnegative_float(self.lr, "lr")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0, got 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RecipeSearch:
+    """A TTT recipe chosen on a validation slice of the TTT rows (:func:`select_recipe`).
+
+    The defaults are the estimator's and the command line's: sized so that a 2,000-row table finishes within
+    minutes on a 2-core CPU (``scripts/bench_cli.py``); the Figure-3 experiment passes its own, larger values.
+
+    Attributes
+    ----------
+    lrs : tuple of float
+        The learning-rate grid.
+    max_steps : int
+        Most optimiser steps per learning rate.
+    eval_every : int
+        Steps between two scores on the validation slice.
+    patience : int
+        Scores without improvement after which a learning rate's run stops (early stopping).
+    validation_fraction : float
+        Share of the TTT rows held out as the validation slice (queries of the validation episodes).
+    validation_sizes : tuple of int
+        Context sizes of the validation episodes (contexts drawn from the other TTT rows; capped at their
+        number), so that the score covers short and long contexts.
+    validation_repeats : int
+        Random contexts per validation size.
+    min_improvement : float
+        Validation accuracy (mean over sizes) by which TTT must beat the zero-shot weights to be kept.
+    tolerance : float
+        At no validation size may a checkpoint's accuracy fall more than this below the zero-shot weights'.
+    optimizer, n_query, max_context, weight_decay, momentum, grad_clip
+        As in :class:`TTTConfig`.
+    """
+
+    lrs: tuple = (3e-4, 1e-3)
+    max_steps: int = 100
+    eval_every: int = 20
+    patience: int = 2
+    validation_fraction: float = 0.2
+    validation_sizes: tuple = (2, 8, 32, 128, 512)
+    validation_repeats: int = 1
+    min_improvement: float = 0.005
+    tolerance: float = 0.02
+    optimizer: str = "adamw"
+    n_query: int = 128
+    max_context: int | None = 256
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _check_common(self)
+        self.lrs = tuple(float(v) for v in np.atleast_1d(self.lrs))
+        if not self.lrs or not all(np.isfinite(v) and v > 0 for v in self.lrs):
+            raise ValueError(f"lrs must be positive finite learning rates, got {self.lrs!r}")
+        for k in ("max_steps", "eval_every", "patience", "validation_repeats"):
+            check_positive_int(getattr(self, k), k)
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        self.validation_sizes = tuple(check_positive_int(int(n), "validation size") for n in self.validation_sizes)
+        if not self.validation_sizes or min(self.validation_sizes) < 2:
+            raise ValueError(f"validation_sizes must be context sizes >= 2, got {self.validation_sizes!r}")
+        check_nonnegative_float(self.min_improvement, "min_improvement")
+        check_nonnegative_float(self.tolerance, "tolerance")
+
+    def config(self, lr: float) -> TTTConfig:
+        """The fixed recipe that one run of the search follows."""
+        return TTTConfig(optimizer=self.optimizer, steps=self.max_steps, lr=lr, n_query=self.n_query,
+                         max_context=self.max_context, weight_decay=self.weight_decay, momentum=self.momentum,
+                         grad_clip=self.grad_clip)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lrs"], d["validation_sizes"] = list(self.lrs), list(self.validation_sizes)
+        return d
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _sync():
+    torch = _torch()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def snapshot_state(clf) -> dict:
+    """A CPU copy of the classifier's model weights."""
+    return {k: v.detach().cpu().clone() for k, v in clf.models_[0].state_dict().items()}
+
+
+def load_state(clf, state: dict) -> None:
+    """Load weights saved by :func:`snapshot_state` into the classifier's model."""
+    clf.models_[0].load_state_dict(state)
+
+
+def _check_rows(X, y, n_classes):
+    y = np.asarray(y, dtype=np.int64)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(y) or len(y) < 3:
+        raise ValueError(f"X_ttt must be (n, d) with n >= 3 rows matching y_ttt (2 context rows and a query), got "
+                         f"{X.shape} and {y.shape}")
+    n_classes = check_positive_int(n_classes, "n_classes")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got range {y.min()}..{y.max()}")
+    return X, y, n_classes
+
+
+def ttt_finetune(clf, X_ttt, y_ttt, n_classes: int, config: TTTConfig, rng, *, callback=None,
+                 progress: bool = False, seed: int = 0) -> dict:
+    """Test-time train the classifier's model in place on the TTT rows.
+
+    Parameters
+    ----------
+    clf : classifier from :func:`ttt_helpers.tabpfn.episodes.prepare_classifier` (its ``models_[0]`` is updated)
+    X_ttt : (n, d) float, NaN allowed; y_ttt : (n,) int in ``0..C-1``
+    n_classes : int
+        C, the table's number of classes.
+    config : TTTConfig
+    rng : numpy.random.Generator or int
+        Draws the episodes (context sizes, rows).
+    callback : callable ``(step, losses) -> bool``, optional
+        Called after every step (``step`` counts from 1); returning True stops the loop (early stopping).
+
+    Returns
+    -------
+    dict
+        ``losses`` (per step), ``context_sizes`` (per step), ``seconds`` (total wall time, preprocessing and
+        callbacks included), ``prep_seconds``, ``callback_seconds``, ``redraws`` (episodes drawn again because
+        all features of the context were constant, which TabPFN's preprocessing rejects). Episodes whose query
+        labels are missing from the context are *not* skipped (the package's loop skips them): the table's label
+        space makes them valid.
+    """
+    torch = _torch()
+    if not isinstance(config, TTTConfig):
+        raise ValueError(f"config must be a TTTConfig, got {type(config).__name__}")
+    X_ttt, y_ttt, n_classes = _check_rows(X_ttt, y_ttt, n_classes)
+    rng = np.random.default_rng(rng)
+    model = clf.models_[0]
+    if config.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    splitter = RandomSplit(rng, config.n_query, config.max_context)
+    t0 = time.perf_counter()
+    coll, classes = collection(clf, X_ttt, y_ttt, splitter, seed)
+    prep = time.perf_counter() - t0
+    losses, sizes, redraws, cb_seconds = [], [], 0, 0.0
+    iterator = range(config.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"TTT ({config.optimizer}, lr {config.lr:g})", leave=False)
+    for step in iterator:
+        tp = time.perf_counter()
+        for _attempt in range(MAX_REDRAWS):
+            try:
+                item = coll[0]
+                break
+            except constant_context_errors():  # a context whose features are all constant: draw again
+                redraws += 1
+        else:
+            raise ValueError(f"no TTT context with a non-constant feature in {MAX_REDRAWS} draws: the {len(y_ttt)} "
+                             f"TTT rows give contexts of at most {splitter.last_n_context or 'a few'} rows, whose "
+                             "features are all constant; use more TTT rows or a table with a varying feature")
+        batch, ranks = collate(item, classes, n_classes)
+        prep += time.perf_counter() - tp
+        ep = Episode(batch, splitter.last_n_context, len(batch.y_query[0]), 0.0, batch.y_query[0].numpy(), ranks)
+        opt.zero_grad(set_to_none=True)
+        logits = episode_logits(clf, ep, n_classes, grad=True)  # (Q, E, C)
+        Q, E, C = logits.shape
+        target = batch.y_query[0].to(logits.device).long().repeat(E)
+        loss = torch.nn.functional.cross_entropy(logits.permute(1, 0, 2).reshape(E * Q, C), target)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        sizes.append(int(splitter.last_n_context))
+        if callback is not None:
+            tc = time.perf_counter()
+            stop = callback(step + 1, losses)
+            cb_seconds += time.perf_counter() - tc
+            if stop:
+                break
+    _sync()
+    return {"losses": losses, "context_sizes": sizes, "seconds": time.perf_counter() - t0, "prep_seconds": prep,
+            "callback_seconds": cb_seconds, "redraws": redraws}
+
+
+def evaluate_states(clf, episodes, n_classes: int, states: dict) -> dict:
+    """Predictions on every episode under each set of weights.
+
+    Parameters
+    ----------
+    states : dict name -> state dict (from :func:`snapshot_state`)
+
+    Returns
+    -------
+    dict name -> {"acc": (n_episodes,) accuracies, "top_share": (n_episodes,) share of the predictions that
+    fall in the most predicted class, "seconds": (n_episodes,) forward wall times}
+    (the classifier is left with the weights of the last entry).
+    """
+    from .episodes import episode_predictions
+
+    out = {}
+    for name, state in states.items():
+        load_state(clf, state)
+        acc, top, secs = [], [], []
+        for ep in episodes:
+            t0 = time.perf_counter()
+            pred = episode_predictions(clf, ep, n_classes)
+            _sync()
+            secs.append(time.perf_counter() - t0)
+            acc.append(float(np.mean(pred == ep.y_query)))
+            top.append(float(np.bincount(pred).max() / len(pred)))
+        out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs)}
+    return out
+
+
+def score_episodes(clf, episodes, n_classes: int) -> dict:
+    """Accuracy and cross-entropy of the current weights on the episodes' queries.
+
+    Returns
+    -------
+    dict: ``acc`` and ``loss`` (means over the episodes), ``sizes`` (the context sizes asked for, in order) and
+    ``acc_by_size`` (mean accuracy at each of them).
+    """
+    torch = _torch()
+    acc, loss = [], []
+    for ep in episodes:
+        logits = episode_logits(clf, ep, n_classes).mean(dim=1)
+        y = torch.as_tensor(ep.y_query, device=logits.device)
+        acc.append(float((logits.argmax(dim=-1) == y).float().mean()))
+        loss.append(float(torch.nn.functional.cross_entropy(logits.float(), y)))
+    req = np.array([ep.requested for ep in episodes])
+    sizes = sorted(set(req.tolist()))
+    acc = np.array(acc)
+    return {"acc": float(acc.mean()), "loss": float(np.mean(loss)), "sizes": sizes,
+            "acc_by_size": [float(acc[req == s].mean()) for s in sizes]}
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """Whether score ``a`` beats ``b``: higher mean accuracy, or equal accuracy and lower loss."""
+    return b is None or a["acc"] > b["acc"] + 1e-12 or (abs(a["acc"] - b["acc"]) <= 1e-12 and a["loss"] < b["loss"])
+
+
+def _admissible(score: dict, zero: dict, tolerance: float) -> bool:
+    """Whether a checkpoint is nowhere more than ``tolerance`` below the zero-shot weights (per validation size)."""
+    return all(a >= z - tolerance - 1e-12 for a, z in zip(score["acc_by_size"], zero["acc_by_size"]))
+
+
+def select_recipe(clf, X_ttt, y_ttt, n_classes: int, search: RecipeSearch, rng, *, progress: bool = False,
+                  seed: int = 0) -> dict:
+    """Choose the learning rate and the number of steps on a validation slice of the TTT rows, and keep the
+    zero-shot weights unless TTT beats them there. The classifier is left with the chosen weights.
+
+    Parameters
+    ----------
+    clf, X_ttt, y_ttt, n_classes : as in :func:`ttt_finetune`
+    search : RecipeSearch
+    rng : numpy.random.Generator or int
+        Draws the validation slice, the validation contexts and the TTT episodes (the same episodes for every
+        learning rate).
+
+    Returns
+    -------
+    dict
+        ``selected``: ``{"lr", "steps"}`` of the kept weights, or None when the zero-shot weights were kept;
+        ``zero_shot`` and ``best`` (None if no checkpoint was admissible): validation scores
+        (:func:`score_episodes`); ``runs``: per learning rate its ``trace`` (``[step, acc, loss, admissible]`` rows)
+        and ``steps_run``; ``losses`` (training losses of the chosen run, up to the
+        chosen step); ``n_train``, ``n_validation``; ``seconds`` (the whole search), ``ttt_seconds`` (optimiser
+        steps and their preprocessing), ``validation_seconds`` (scoring on the slice).
+    """
+    if not isinstance(search, RecipeSearch):
+        raise ValueError(f"search must be a RecipeSearch, got {type(search).__name__}")
+    X_ttt, y_ttt, n_classes = _check_rows(X_ttt, y_ttt, n_classes)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(rng)
+    n = len(y_ttt)
+    n_val = int(round(search.validation_fraction * n))
+    if n_val < 1 or n - n_val < 3:
+        raise ValueError(f"{n} TTT rows are too few to hold out a validation slice of {search.validation_fraction:g} "
+                         "and keep 3 rows for training; use more TTT rows")
+    perm = rng.permutation(n)
+    val, train = perm[:n_val], perm[n_val:]
+    sizes = sorted({min(s, len(train)) for s in search.validation_sizes})
+    val_eps = make_eval_episodes(clf, X_ttt, y_ttt, train, val, sizes, search.validation_repeats, rng,
+                                 n_classes=n_classes, max_test=len(val), seed=seed)
+    episode_seed = int(rng.integers(2**63))  # the same TTT episodes for every learning rate
+    base = snapshot_state(clf)
+    tv = time.perf_counter()
+    zero = score_episodes(clf, val_eps, n_classes)
+    val_seconds = time.perf_counter() - tv
+    best = {"score": None, "lr": None, "steps": 0, "state": base, "losses": []}
+    runs, ttt_seconds = [], 0.0
+    for lr in search.lrs:
+        load_state(clf, base)
+        run = {"lr": lr, "trace": [], "best": None, "since": 0}
+
+        def on_step(step, losses, run=run):
+            if step % search.eval_every and step != search.max_steps:
+                return False
+            score = score_episodes(clf, val_eps, n_classes)
+            ok = _admissible(score, zero, search.tolerance)
+            run["trace"].append([step, score["acc"], score["loss"], ok])
+            if ok and (run["best"] is None or _better(score, run["best"]["score"])):
+                run["best"] = {"score": score, "lr": run["lr"], "steps": step, "state": snapshot_state(clf),
+                               "losses": list(losses)}
+                run["since"] = 0
+            else:
+                run["since"] += 1
+            return run["since"] >= search.patience
+
+        hist = ttt_finetune(clf, X_ttt[train], y_ttt[train], n_classes, search.config(lr), episode_seed,
+                            callback=on_step, progress=progress, seed=seed)
+        val_seconds += hist["callback_seconds"]
+        ttt_seconds += hist["seconds"] - hist["callback_seconds"]
+        if run["best"] is not None and _better(run["best"]["score"], best["score"]):
+            best = run["best"]
+        runs.append({"lr": lr, "steps_run": len(hist["losses"]), "trace": run["trace"]})
+    kept = best["score"] is not None and best["score"]["acc"] >= zero["acc"] + search.min_improvement
+    chosen = best if kept else {"score": zero, "lr": None, "steps": 0, "state": base, "losses": []}
+    load_state(clf, chosen["state"])
+    return {"selected": {"lr": chosen["lr"], "steps": chosen["steps"]} if kept else None,
+            "zero_shot": zero, "best": None if best["score"] is None else {**best["score"], "lr": best["lr"],
+                                                                            "steps": best["steps"]},
+            "runs": runs, "losses": chosen["losses"], "n_train": int(len(train)), "n_validation": int(len(val)),
+            "validation_sizes": [int(s) for s in sizes], "seconds": time.perf_counter() - t0,
+            "ttt_seconds": ttt_seconds, "validation_seconds": val_seconds, "search": search.to_dict()}
