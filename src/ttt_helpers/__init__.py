@@ -37,7 +37,7 @@ The four TTT entry points, side by side
 - ``theory.multistep.simulate_ttt(W0, n, k, ...)``: many full-batch steps of the linear model, vectorised over tasks;
 - ``gpt2.test_time_train(model, beta, config, gen=...)``: AdamW or SGD on a copy of GPT-2 per task, all tasks
   in parallel under ``vmap``;
-- ``tabpfn.finetune.ttt_finetune(clf, X, y, n_classes, config, rng)``: TabPFN's own fine-tuning path, one
+- ``tabpfn.finetune.ttt_finetune(clf, X_ttt, y_ttt, n_classes, config, rng)``: TabPFN's own fine-tuning path, one
   context/query episode per step (chosen per table by ``tabpfn.finetune.select_recipe``).
 """
 
