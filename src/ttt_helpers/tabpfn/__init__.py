@@ -1,1 +1,16 @@
-"""Test-time training of TabPFN: checkpoints, the benchmark tables, fine-tuning, the estimator, the report, the CLI."""
+"""Test-time training of TabPFN on real tables: where each idea lives.
+
+- ``checkpoints``: which TabPFN v2 weights (official, or the book's fallback) and how to load them;
+- ``pretrain``, ``pretrain_eval``: how the fallback was pretrained and scored;
+- ``benchmark``: the offline benchmark tables (the paper's T4 stand-in);
+- ``episodes``: a context and query rows, preprocessed by ``tabpfn`` and scored (labels as ranks of the classes
+  present);
+- ``finetune``: the TTT loop (``ttt_finetune``) and the recipe search on held-out TTT rows (``select_recipe``);
+- ``protocol``: the paper's protocol, written once (split, evaluation episodes, TTT, evaluation), used by the
+  Figure-3 experiment, the cost measurement, the command line and the estimator;
+- ``analysis``: curves, reduction factors, break-even, warnings and the chapters' tables;
+- ``encoder``: tables (DataFrames) to float matrices and checked labels;
+- ``classifier``: ``TTTTabPFNClassifier``, the scikit-learn estimator;
+- ``report``: reading a CSV, writing ``report.json`` and the figures;
+- ``cli``: ``python -m ttt_helpers <csv> --target COLUMN``.
+"""
