@@ -73,10 +73,11 @@ def main(argv=None):
     out.write_text(json.dumps(record, indent=1) + "\n")
     write_provenance(out.with_name(out.stem + ".provenance.json"), command="python scripts/bench_cli.py",
                      seeds={"table": 0, "cli": 0}, files=[out],
-                     results={k_: record[k_] for k_ in ("wall_seconds", "ttt_seconds", "steps_run", "within_3_minutes")})
+                     results={k_: record[k_] for k_ in ("wall_seconds", "ttt_seconds", "steps_run",
+                                                         "within_3_minutes")})
     print("\n".join(record["summary"]))
-    print(f"wall time {wall:.0f} s (TTT {k['ttt_seconds']:.0f} s, of which {k['search_scoring_seconds']:.0f} s scoring); "
-          f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}; wrote {out}")
+    print(f"wall time {wall:.0f} s (TTT {k['ttt_seconds']:.0f} s, of which {k['search_scoring_seconds']:.0f} s "
+          f"scoring); load average before {load_before[0]:.1f}, after {load_after[0]:.1f}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
     assert again["factor"] == pytest.approx(report["reduction"]["factor"], nan_ok=True)
     assert report["reduction"]["floor"] == pytest.approx(floor) and all(t > floor for t in again["targets"])
     rec, k = report["recipe"], report["cost"]
-    assert rec["recipe"]["kind"] == "search" and rec["n_validation"] == 12 and len(rec["runs"]) == len(rec["recipe"]["lrs"])
+    assert rec["recipe"]["kind"] == "search" and rec["n_validation"] == 12
+    assert len(rec["runs"]) == len(rec["recipe"]["lrs"])
     assert k["ttt_seconds"] >= k["optimizer_seconds"] > 0 and k["search_scoring_seconds"] > 0
     assert k["steps_run"] == sum(r["steps_run"] for r in rec["runs"])
     assert (k["break_even"] is None) == (not np.isfinite(report["reduction"]["median_factor"]) and

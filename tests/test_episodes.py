@@ -1,4 +1,4 @@
-"""Tests for ttt_helpers.tabpfn.episodes: the fine-tuning data path, the label ranks, and the small-context pathology."""
+"""Tests for ttt_helpers.tabpfn.episodes: the fine-tuning data path, the label ranks, the small-context pathology."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for ttt_helpers.tabpfn.protocol: the one protocol behind the experiment, the cost, the CLI and the estimator."""
+"""Tests for ttt_helpers.tabpfn.protocol: the one protocol of the experiment, the cost, the CLI and the estimator."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,8 @@
 """From protocol results to the numbers and tables of the chapters and the report.
 
-Inputs are the dicts of :func:`ttt_helpers.tabpfn.protocol.run_protocol` / :func:`~ttt_helpers.tabpfn.protocol.run_dataset`
-(one per table) and of :func:`~ttt_helpers.tabpfn.protocol.measure_cost`. Nothing here runs a model.
+Inputs are the dicts of :func:`ttt_helpers.tabpfn.protocol.run_protocol` /
+:func:`~ttt_helpers.tabpfn.protocol.run_dataset` (one per table) and of
+:func:`~ttt_helpers.tabpfn.protocol.measure_cost`. Nothing here runs a model.
 
 - Curves: :func:`mean_curve_with_band` (mean over tables and a 95 % band), :func:`paired_gains` (per-table gain
   of TTT, then its mean and band), :func:`curve_agreement` (two runs of the same model agree within noise).
@@ -461,7 +462,8 @@ def goal_table(results: list, label: str, *, min_classes: int = 8, small: int = 
         {"goal": f"accuracy at n <= {small} at least doubles ({len(many)} tables with >= {min_classes} classes)",
          "measured": f"smallest ratio {ratio:.2f}", "met": bool(ratio >= 2)},
         {"goal": f"median reduction factor >= {factor:g} (all {len(results)} tables)",
-         "measured": "undefined" if not np.isfinite(med) else f"{med:.2f}", "met": bool(np.isfinite(med) and med >= factor)},
+         "measured": "undefined" if not np.isfinite(med) else f"{med:.2f}",
+         "met": bool(np.isfinite(med) and med >= factor)},
         {"goal": "paired gain never negative beyond noise (95 % band)",
          "measured": f"lowest upper band end {g['hi'][worst]:+.3f} at n = {sizes[worst]}",
          "met": bool(np.all(g["hi"] >= 0))},

@@ -252,7 +252,8 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"early_stopping=False runs one recipe and needs a single lr, got {self.lr!r}")
             return TTTConfig(steps=max(steps, 1), lr=float(lrs[0]), **common), steps
         every = check_positive_int(self.eval_every, "eval_every")
-        return RecipeSearch(lrs=tuple(float(v) for v in lrs), max_steps=max(steps, 1), eval_every=min(every, max(steps, 1)),
+        return RecipeSearch(lrs=tuple(float(v) for v in lrs), max_steps=max(steps, 1),
+                            eval_every=min(every, max(steps, 1)),
                             patience=self.n_iter_no_change, validation_fraction=self.validation_fraction,
                             **common), steps
 

@@ -8,13 +8,12 @@ use_inference_mode=False)``, the calls that ``tabpfn.finetuning.FinetunedTabPFNC
 Feature preprocessing is the package's, fitted on each episode's context rows; the categorical-column detection
 looks at the episode's context and query features together (as in the package's fine-tuning).
 
-Labels: the model reads and predicts labels by *rank among the classes present in the context*
-------------------------------------------------------------------------------------------------
-TabPFN is pretrained on contexts whose labels are the dense ranks ``0..k-1`` of the ``k`` classes present (the
-package's label encoder at inference; our fallback's pretraining target, ``scripts/pretrain_tabpfn.py``), and
-its output ``i`` means "the ``i``-th class present in the context". An episode therefore hands the model the
-context labels as ranks: the present classes, in the order of the table's labels, become ``0..k-1``, and the
-classes absent from the context follow as ``k..C-1`` (:func:`label_ranks`). The logits are mapped back to the
+**Labels: the model reads and predicts labels by rank among the classes present in the context.** TabPFN is
+pretrained on contexts whose labels are the dense ranks ``0..k-1`` of the ``k`` classes present (the package's
+label encoder at inference; our fallback's pretraining target, ``ttt_helpers.tabpfn.pretrain``), and its output
+``i`` means "the ``i``-th class present in the context". An episode therefore hands the model the context labels
+as ranks: the present classes, in the order of the table's labels, become ``0..k-1``, and the classes absent
+from the context follow as ``k..C-1`` (:func:`label_ranks`). The logits are mapped back to the
 table's label space ``0..C-1`` (:func:`episode_logits`), so a class absent from a small context can still be
 predicted, by an output that test-time training can teach (TabPFN's decoder has 10 outputs), and the
 class-shuffling ensemble member (``CLASS_SHIFT_METHOD``) is switched off.
@@ -22,8 +21,9 @@ class-shuffling ensemble member (``CLASS_SHIFT_METHOD``) is switched off.
 Feeding the table's labels unranked (what this module did before) is wrong whenever the context misses a class
 of lower label: a context holding only label 1 is read as "the first class present", and the model's answer 0
 was taken to be label 0, the absent class. On an imbalanced binary table whose majority class is label 1 this
-put the model far *below* the majority rate at small contexts (0.23 against 0.78 on the synthetic table of
-``tests/test_tabpfn_episodes.py``).
+put the model far *below* the majority rate at small contexts (on the synthetic table of
+``tests/test_episodes.py``, two rows of the majority class made it predict the minority class for nearly every
+query).
 """
 
 from __future__ import annotations
@@ -239,13 +239,17 @@ def make_episode(clf, X_context, y_context, X_query, y_query, *, n_classes: int 
     X_context = np.asarray(X_context, dtype=np.float64)
     X_query = np.asarray(X_query, dtype=np.float64)
     if X_context.ndim != 2 or X_query.ndim != 2 or X_context.shape[1] != X_query.shape[1]:
-        raise ValueError(f"X_context and X_query must be 2-d with the same columns, got {X_context.shape}, {X_query.shape}")
+        raise ValueError(f"X_context and X_query must be 2-d with the same columns, got {X_context.shape}, "
+                         f"{X_query.shape}")
     y_context = np.asarray(y_context, dtype=np.int64)
     y_query = np.asarray(y_query, dtype=np.int64)
     if len(y_context) != len(X_context) or len(y_query) != len(X_query) or len(y_context) < 1 or len(y_query) < 1:
         raise ValueError(f"need >= 1 context and query rows with matching labels, got {X_context.shape}, "
                          f"{y_context.shape}, {X_query.shape}, {y_query.shape}")
-    C = int(max(y_context.max(), y_query.max()) + 1) if n_classes is None else check_positive_int(n_classes, "n_classes")
+    if n_classes is None:
+        C = int(max(y_context.max(), y_query.max()) + 1)
+    else:
+        C = check_positive_int(n_classes, "n_classes")
     t0 = time.perf_counter()
     X = np.vstack([X_context, X_query])
     y = np.concatenate([y_context, y_query])

@@ -36,7 +36,8 @@ from .episodes import CONTEXT_SIZES, make_eval_episodes, prepare_classifier
 from .finetune import RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe, snapshot_state
 from .finetune import ttt_finetune
 
-__all__ = ["split_rows", "resolve_rows", "name_seed", "adapt", "run_protocol", "run_dataset", "measure_cost", "BASELINES"]
+__all__ = ["split_rows", "resolve_rows", "name_seed", "adapt", "run_protocol", "run_dataset", "measure_cost",
+           "BASELINES"]
 
 #: The reference learners of ``baselines=True`` (fitted on each episode's context rows).
 BASELINES = ("logistic_regression", "hist_gradient_boosting")
@@ -266,7 +267,8 @@ def measure_cost(template, name: str, config: TTTConfig, *, context_sizes=CONTEX
     prep, fwd = r["timing"]["prep_seconds"], r["timing"]["forward_seconds"]["none"]
     nq = r["n_query"]
     t = r["ttt"]["ttt"]
-    return {"dataset": name, "device": str(dev.type), "ttt_seconds": t["seconds"], "ttt_prep_seconds": t["prep_seconds"],
+    return {"dataset": name, "device": str(dev.type), "ttt_seconds": t["seconds"],
+            "ttt_prep_seconds": t["prep_seconds"],
             "ttt_steps": config.steps, "ttt_seconds_per_step": t["seconds"] / config.steps,
             "ttt_config": config.to_dict(), "context_sizes": sizes, "n_query": nq, "prep_seconds": prep,
             "forward_seconds": fwd, "per_query_seconds": [(p + f) / nq for p, f in zip(prep, fwd)]}

@@ -225,7 +225,8 @@ def make_report(result: dict, summary: dict, *, dataset: dict, model: dict, sett
         "cost": {"ttt_seconds": float(t["seconds"]), "optimizer_seconds": float(t["ttt_seconds"]),
                  "search_scoring_seconds": float(t["validation_seconds"]), "ttt_steps": int(t["steps"]),
                  "steps_run": int(sum(r["steps_run"] for r in t.get("runs", [])) or t["steps"]),
-                 "per_query_seconds": {str(n): q for n, q in zip(result["context_sizes"], summary["per_query_seconds"])},
+                 "per_query_seconds": {str(n): q for n, q in zip(result["context_sizes"],
+                                                                  summary["per_query_seconds"])},
                  "break_even": summary["break_even"],
                  "note": "ttt_seconds: the whole test-time training, recipe search included (optimiser steps + "
                          "scoring the validation slice); per-query seconds: one forward pass over the context and the "
