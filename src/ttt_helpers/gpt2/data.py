@@ -149,7 +149,8 @@ def _check_cov(S, name, size=None) -> torch.Tensor:
 
 def _cov_root(Sigma, d):
     """The canonical factor of ``theory.tasks`` (:func:`~ttt_helpers.theory.tasks.covariance_root`), float64."""
-    return torch.from_numpy(covariance_root(_check_cov(Sigma, "Sigma_beta", size=d).numpy(), "Sigma_beta", size=d))
+    S = Sigma.detach().cpu().numpy() if torch.is_tensor(Sigma) else Sigma
+    return torch.from_numpy(covariance_root(S, "Sigma_beta", size=d))  # checks S as theory.tasks does
 
 
 def sample_beta_torch(gen, n_tasks: int, d: int, Sigma_beta=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
