@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--reference", default=None, metavar="CKPT", help="also score this checkpoint on the dev tables")
     p.add_argument("--export", default=None, metavar="RECIPE", help="export this recipe's selected weights")
     p.add_argument("--out", default="runs/bench_pretrain")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the recipes at the same time, one process each on the one GPU, the prior workers "
+                        "split between them (each recipe's minutes are then minutes of a GPU it shares)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                    help="override recipe fields in every recipe, e.g. prior='\"toy\"' nlayers=1 (smoke tests)")
     p.add_argument("--diagnose-bf16", nargs="*", default=None, metavar="NAME",
@@ -173,6 +176,44 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
     return rec
 
 
+def _without(argv: list, flag: str, n_values: int | None) -> list:
+    """``argv`` without ``flag`` and its values (``n_values`` of them, or all up to the next option)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag:
+            i += 1
+            k = 0
+            while i < len(argv) and not argv[i].startswith("--") and (n_values is None or k < n_values):
+                i, k = i + 1, k + 1
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
+    """Each recipe in its own process at the same time (``out/<recipe>/``); their records, merged."""
+    base = argv
+    for flag, n in (("--recipes", None), ("--out", 1), ("--workers", 1), ("--deadline-min", 1),
+                    ("--reference", 1), ("--parallel", 0), ("--export", 1)):
+        base = _without(base, flag, n)
+    workers = max(1, args.workers // len(args.recipes))
+    procs = {}
+    for name in args.recipes:
+        child = [*base, "--recipes", name, "--out", str(out / name), "--workers", str(workers),
+                 "--deadline-min", f"{(deadline - time.time()) / 60:.3f}"]
+        if name == args.export:
+            child += ["--export", name]
+        procs[name] = subprocess.Popen([sys.executable, __file__, *child])
+    records = {}
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise RuntimeError(f"recipe {name} failed (exit {proc.returncode})")
+        child_record = json.loads((out / name / "bench_pretrain_recipes.json").read_text())
+        records[name] = child_record["recipes"][name]
+    return records
+
+
 def main(argv=None):
     t0 = time.time()
     args = parse_args(argv)
@@ -200,7 +241,10 @@ def main(argv=None):
                                "dev_acc": reference_dev_accuracy(args.reference, dev, args.device)}
         print("reference", result["reference"], flush=True)
     result["recipes"] = {}
-    for i, name in enumerate(args.recipes):
+    if args.parallel and len(args.recipes) > 1:
+        result["recipes"] = run_parallel(args, argv if argv is not None else sys.argv[1:], out, deadline)
+        result["gpu_shared_by"] = len(args.recipes)
+    for i, name in enumerate(args.recipes if not result["recipes"] else []):
         left = len(args.recipes) - i
         # each recipe may use its share of what is left, so the last one still gets its budget
         share = time.time() + (deadline - time.time()) / left

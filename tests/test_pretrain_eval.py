@@ -105,14 +105,15 @@ def test_prefetch_says_whether_the_next_batch_is_ready():
     assert off.ready() and next(off) == 7
 
 
-@pytest.mark.parametrize("name", ["v1", "v2.6-muon"])
+@pytest.mark.parametrize("name", ["v1", "v2.6-muon", "v2-muon"])
 def test_recipes(name):
     cfg = pt.recipe(name, workers=2)
     assert cfg.workers == 2
     if name == "v1":
         assert cfg.architecture == "v2" and cfg.optimizer == "adamw" and not cfg.autocast and cfg.min_reuse == 4
     else:
-        assert cfg.architecture == "v2.6" and cfg.emsize == 192 and cfg.optimizer == "muon" and cfg.autocast
-        assert cfg.curriculum == pt.SPEEDRUN_CURRICULUM
+        assert cfg.architecture == name.split("-")[0] and cfg.emsize == 192 and cfg.optimizer == "muon"
+        assert cfg.autocast and cfg.sdpa == "no_cudnn" and cfg.curriculum == pt.SPEEDRUN_CURRICULUM
+        assert cfg.random_column_embeddings == (cfg.architecture == "v2")
     with pytest.raises(ValueError, match="recipe"):
         pt.recipe("v9")
