@@ -27,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,7 +46,8 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipes", nargs="+", default=["v1", "v2.6-muon"], help="the first is the reference")
+    p.add_argument("--recipes", nargs="+", default=["v1", "v2.6-muon"],
+                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME")
     p.add_argument("--budget-min", type=float, default=3.0, help="training minutes per recipe")
     p.add_argument("--eval-every-s", type=float, default=20.0)
     p.add_argument("--deadline-min", type=float, default=9.4, help="wall minutes for the whole command")
@@ -132,10 +134,12 @@ def reference_dev_accuracy(ckpt, dev, device) -> float:
 
 def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dict:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    cfg = pt.recipe(name, device=args.device, workers=args.workers, eval_every=args.eval_every_s, seed=args.seed,
+    base, _, variant = name.partition(":")  # "v1:autocast=true,sdpa=\"no_cudnn\"": a recipe with changes
+    overrides.update({k: json.loads(v) for k, v in (item.split("=", 1) for item in variant.split(",") if item)})
+    cfg = pt.recipe(base, device=args.device, workers=args.workers, eval_every=args.eval_every_s, seed=args.seed,
                     val_tasks=args.val_tasks, **overrides)
     t_start = time.time()
-    state_dir = out / "state" if name == args.export else Path("/tmp") / f"bench_state_{name}"
+    state_dir = out / "state" if name == args.export else Path("/tmp") / f"bench_state_{_slug(name)}"
     trainer = pt.Trainer(cfg, out_dir=state_dir, command=command, log=lambda s: print(f"[{name}] {s}", flush=True))
     trainer.evaluator = pe.Evaluator(cfg, trainer.device, real=False, dev=dev)
     trainer.evaluate("start")
@@ -176,6 +180,11 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
     return rec
 
 
+def _slug(name: str) -> str:
+    """A recipe's name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
 def _without(argv: list, flag: str, n_values: int | None) -> list:
     """``argv`` without ``flag`` and its values (``n_values`` of them, or all up to the next option)."""
     out, i = [], 0
@@ -200,7 +209,7 @@ def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
     workers = max(1, args.workers // len(args.recipes))
     procs = {}
     for name in args.recipes:
-        child = [*base, "--recipes", name, "--out", str(out / name), "--workers", str(workers),
+        child = [*base, "--recipes", name, "--out", str(out / _slug(name)), "--workers", str(workers),
                  "--deadline-min", f"{(deadline - time.time()) / 60:.3f}"]
         if name == args.export:
             child += ["--export", name]
@@ -209,7 +218,7 @@ def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
     for name, proc in procs.items():
         if proc.wait() != 0:
             raise RuntimeError(f"recipe {name} failed (exit {proc.returncode})")
-        child_record = json.loads((out / name / "bench_pretrain_recipes.json").read_text())
+        child_record = json.loads((out / _slug(name) / "bench_pretrain_recipes.json").read_text())
         records[name] = child_record["recipes"][name]
     return records
 
