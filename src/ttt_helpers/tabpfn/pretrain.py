@@ -253,7 +253,7 @@ def recipe(name: str, **overrides) -> PretrainConfig:
                           autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
                           min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
         "v2-muon": dict(architecture="v2", emsize=192, nlayers=6, nhead=6, features_per_group=2,
-                        random_column_embeddings=True, optimizer="muon", lr=1.5e-3, muon_lr=7.5e-3, warmup_steps=100,
+                        random_column_embeddings=True, optimizer="muon", lr=5e-4, muon_lr=2.5e-3, warmup_steps=100,
                         autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
                         min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
     }
