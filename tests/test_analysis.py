@@ -107,3 +107,84 @@ def test_merge_labels_adds_curves_of_the_same_episodes():
         an.merge_labels([a], [b2], ["logistic_regression"])
     with pytest.raises(ValueError, match="missing"):
         an.merge_labels([a], [_result("u")], ["none"])
+
+
+def _run(results, **settings):
+    return {"results": results, "skipped": [], "model": "toy model",
+            "configs": {"selected": {"lrs": [3e-4, 1e-3], "max_steps": 60, "eval_every": 20, "patience": 2,
+                                     "validation_sizes": [2, 8], "validation_fraction": 0.2}},
+            "settings": {"n_query": 128, "max_test": 256, "reps": 2, **settings}}
+
+
+def test_prediction_table_accuracy_and_top_class():
+    y = np.array(["a", "a", "b", "c"])
+    t = an.prediction_table({"good": y, "all a": np.array(["a"] * 4)}, y)
+    assert t.loc["good", "test accuracy"] == 1.0 and t.loc["all a", "test accuracy"] == 0.5
+    assert t.loc["all a", "most predicted"] == "a" and t.loc["all a", "its share"] == "100%"
+    assert t.loc["good", "its share"] == "50%" and list(t.columns) == ["test accuracy", "most predicted", "its share"]
+    with pytest.raises(ValueError, match="shape"):
+        an.prediction_table({"short": y[:3]}, y)
+
+
+def test_search_line_and_run_numbers():
+    run = _run([_result("a"), _result("b")])
+    assert an.search_line(run, "selected") == (
+        "2 tables done, 0 skipped; search: AdamW, lr in [0.0003, 0.001], at most 60 steps per lr, a score every 20 "
+        "steps, patience 2, validation contexts [2, 8]")
+    n = an.run_numbers(run)
+    assert n == {"model": "toy model", "validation-fraction": "20%", "lrs": "[0.0003, 0.001]", "max-steps": "60",
+                 "n-query": "128", "max-test": "256", "reps": "2"}
+
+
+def test_recipe_numbers_and_line():
+    rs = [_result("a"), _result("b"), _result("c")]
+    rs[1]["ttt"]["ttt"] = {**rs[1]["ttt"]["ttt"], "selected": None}
+    rs[2]["ttt"]["ttt"] = {**rs[2]["ttt"]["ttt"], "selected": {"lr": 1e-3, "steps": 20}}
+    recipes = an.recipe_table(rs, "ttt")
+    assert an.recipe_numbers(recipes) == {"kept": 1, "n": 3, "steps-range": "20 to 40"}
+    assert an.recipe_line(recipes) == ("zero-shot weights kept on 1 of 3 tables; chosen learning rates: "
+                                       "{0.0003: 1, 0.001: 1} | median chosen steps 30")
+
+
+def test_gain_numbers_and_mean_curves():
+    rs = [_result("a", none=(0.5, 0.6, 0.7, 0.8), ttt=(0.5, 0.7, 0.75, 0.79)),
+          _result("b", none=(0.5, 0.6, 0.7, 0.8), ttt=(0.5, 0.7, 0.75, 0.79))]
+    for r in rs:
+        r["acc"]["logistic_regression"] = [0.55, 0.68, 0.76, 0.9]
+        r["acc_reps"]["logistic_regression"] = [[a, a] for a in r["acc"]["logistic_regression"]]
+    S = an.summarise(rs, labels=["ttt"])
+    c = an.mean_curves(S)
+    assert set(c) == {"none", "ttt", "logistic_regression"} and np.allclose(c["ttt"], [0.5, 0.7, 0.75, 0.79])
+    assert an.gain_numbers(S, "ttt", between=(4, 8)) == {"gain-peak": "+0.100", "gain-peak-n": 4,
+                                                         "gain-last": "-0.010", "gap": "0.020"}
+    with pytest.raises(ValueError, match="no context size"):
+        an.gain_numbers(S, "ttt", between=(100, 200))
+
+
+def test_headline_and_paired_gain_lines():
+    rs = [_result("a"), _result("b", none=(0.5, 0.6, 0.7, 0.8), ttt=(0.4, 0.7, 0.8, 0.85))]
+    S = an.summarise(rs)
+    lines = an.headline_lines(S, names={"ttt": "adapted"}, paper="0.2 -> 0.45")
+    assert lines[0] == "near zero shot (n=2): no TTT 0.500 -> adapted 0.500   (paper: 0.2 -> 0.45)"
+    assert lines[1] == "reduction factors only for levels above 0.500 + 0.02 (mean majority rate + margin)"
+    red = S["reduction"]["ttt"]
+    assert lines[2] == f"ttt: median reduction factor {red['median_factor']:.2f} over " \
+                       f"{sum(np.isfinite(f) and not b for f, b in zip(red['factor'], red['bound']))} levels"
+    g = an.paired_gain_lines(rs, "ttt", name="adapted model", count_at=(2, 16))
+    assert g[0] == "gain of the adapted model over no TTT, mean over tables [95 % band]:"
+    assert len(g) == 6 and g[1].startswith("  n =    2: +0.000 [")
+    assert g[-1] == "tables where it helps / hurts at n=2: 1 / 1 | at n=16: 2 / 0"
+    with pytest.raises(ValueError, match="not one of the context sizes"):
+        an.paired_gain_lines(rs, "ttt", count_at=(3,))
+
+
+def test_break_even_lines():
+    import pandas as pd
+
+    assert an.break_even_lines(pd.DataFrame()) == []
+    rows = [{"device": "cuda", "TTT": "ttt", "accuracy level": a, "n without TTT": nb, "n with TTT": nt,
+             "TTT seconds": 15.62, "break-even queries": q} for a, nb, nt, q in ((0.5, 32.0, 16.0, 1.9e6),
+                                                                                  (0.556, 1000.0, 469.0, 4967071.0))]
+    assert an.break_even_lines(pd.DataFrame(rows)) == [
+        "cuda, ttt: to match the no-TTT accuracy 0.556 (reached at n=1000) TTT needs n=469.0; TTT (15.6 s) pays for "
+        "itself after 4,967,071 queries"]

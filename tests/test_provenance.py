@@ -106,3 +106,32 @@ def test_show_shipped_on_the_shipped_data(capsys):
     for name in ("fig1_isotropic", "scratch_vs_pretrained", "gpt2_icl.pt"):
         pv.show_shipped(name)
         assert capsys.readouterr().out.count("\n") == 3
+
+
+def test_show_shipped_data_file_by_its_path(tmp_path, monkeypatch, capsys):
+    data = _shipped_tree(tmp_path, monkeypatch)
+    table = data / "own" / "t.csv"
+    table.parent.mkdir()
+    table.write_text("a,b\n1,2\n")
+    rec = pv.write_provenance(data / "own" / "t.json", command="python export.py", files=[table], commit="c" * 40)
+    rec["machine"], rec["date_utc"] = {"platform": "Linux-z", "cpu_count": 2}, "2026-03-04T00:00:00+00:00"
+    (data / "own" / "t.json").write_text(json.dumps(rec))
+    assert pv.show_shipped("own/t.csv")["command"] == "python export.py"
+    assert capsys.readouterr().out.splitlines() == [
+        "shipped data data/own/t.csv (sha256 matches t.json)",
+        "  made by: python export.py",
+        "  commit cccccccccccc, 2026-03-04, on 2 CPUs (Linux-z)",
+    ]
+    table.write_text("a,b\n1,3\n")
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        pv.show_shipped("own/t.csv")
+    with pytest.raises(FileNotFoundError, match="data file"):
+        pv.show_shipped("own/absent.csv")
+    with pytest.raises(FileNotFoundError):
+        pv.show_shipped("own/t.json")  # a provenance file is not a shipped data file
+
+
+def test_show_shipped_on_the_shipped_table(capsys):
+    record = pv.show_shipped("own_data/political_information.csv")
+    assert record["results"]["rows"] == 1807
+    assert capsys.readouterr().out.startswith("shipped data data/own_data/political_information.csv (sha256 matches")

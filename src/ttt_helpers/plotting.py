@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["apply_style", "theory_vs_simulation"]
+__all__ = ["apply_style", "theory_vs_simulation", "show_image"]
 
 
 def apply_style():
@@ -54,3 +54,19 @@ def theory_vs_simulation(ax, x, theory, sim_mean, sim_err=None, label="", color=
     ax.errorbar(x, sim_mean, yerr=yerr, fmt="o", ms=4, capsize=2, color=line.get_color(),
                 label=f"{label} (simulation)".strip())
     return line
+
+
+def show_image(path, *, figsize=(6.4, 4.8)):
+    """Show an image file (a figure written by a script or the command line) as a figure without axes.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(path)
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.imshow(img)
+    ax.set_axis_off()
+    return fig

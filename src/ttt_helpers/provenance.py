@@ -274,8 +274,9 @@ def _wall_seconds(record: dict):
 def show_shipped(name: str):
     """Check, describe and load a shipped result or model: the one call a chapter makes for provenance.
 
-    ``name`` is either a result, ``data/results/<name>.json`` with ``<name>.provenance.json`` beside it, or a
-    model file under ``data/models`` (``"gpt2_icl.pt"``) with ``<stem>.json`` beside it. The file's sha256 is
+    ``name`` is either a result, ``data/results/<name>.json`` with ``<name>.provenance.json`` beside it, a
+    model file under ``data/models`` (``"gpt2_icl.pt"``) with ``<stem>.json`` beside it, or another data file given
+    by its path under ``data/`` (``"own_data/political_information.csv"``) with ``<stem>.json`` beside it. The file's sha256 is
     checked against its provenance record, and three lines are printed: the file, the command that made it,
     and the commit, date, machine and wall time. Everything printed comes from the provenance file, so the
     output is the same on every machine.
@@ -284,7 +285,7 @@ def show_shipped(name: str):
     -------
     ShippedResult or dict
         For a result, the parsed JSON (a ``dict``) with the provenance record in ``.provenance``; for a
-        model, the provenance record.
+        model or another data file, the provenance record.
 
     Raises
     ------
@@ -298,13 +299,17 @@ def show_shipped(name: str):
     stem = name[:-5] if name.endswith(".json") else name
     result_path = results_dir() / f"{stem}.json"
     model_path = models_dir() / name
+    data_path = data_dir() / name
     if result_path.exists():
         file, prov_path, kind = result_path, results_dir() / f"{stem}.provenance.json", "result"
     elif Path(name).suffix and model_path.exists() and model_path.suffix != ".json":
         file, prov_path, kind = model_path, model_path.with_suffix(".json"), "model"
+    elif "/" in name and Path(name).suffix not in ("", ".json") and data_path.is_file():
+        file, prov_path, kind = data_path, data_path.with_suffix(".json"), "data"
     else:
         raise FileNotFoundError(
-            f"no shipped result {result_path} or model {model_path}; run the script named in the chapter to create it"
+            f"no shipped result {result_path}, model {model_path} or data file {data_path}; run the script named in "
+            "the chapter to create it"
         )
     record = read_provenance(prov_path)
     verify_sha256(file, prov_path)
@@ -316,7 +321,7 @@ def show_shipped(name: str):
     print(f"  made by: {record.get('command', 'unknown command')}")
     print(f"  commit {commit}, {date}, on {_machine_line(record.get('machine') or {})}"
           + (f", wall time {wall:.0f} s" if wall is not None else ""))
-    if kind == "model":
+    if kind != "result":
         return record
     result = ShippedResult(json.loads(file.read_text()))
     result.provenance = record

@@ -14,7 +14,12 @@ Inputs are the dicts of :func:`ttt_helpers.tabpfn.protocol.run_protocol` /
 - :func:`collapse_warnings`: a recipe that makes the model predict one class for 95 % or more of the rows.
 - :func:`summarise` (a benchmark run), :func:`table_summary` (one table: the command line's report), and the
   tables the chapters show: :func:`per_dataset_table`, :func:`accuracy_table`, :func:`reduction_table`,
-  :func:`break_even_table`, :func:`cost_table`, :func:`goal_table`.
+  :func:`break_even_table`, :func:`cost_table`, :func:`goal_table`, :func:`recipe_table`,
+  :func:`prediction_table`.
+- The lines the chapters print about a benchmark run, so that a chapter's cell is one call:
+  :func:`search_line`, :func:`recipe_line`, :func:`headline_lines`, :func:`paired_gain_lines`,
+  :func:`break_even_lines`; and the numbers its prose quotes (through ``glue``): :func:`run_numbers`,
+  :func:`recipe_numbers`, :func:`gain_numbers`, with :func:`mean_curves` for the chapter's own checks.
 """
 
 from __future__ import annotations
@@ -46,7 +51,17 @@ __all__ = [
     "cost_table",
     "goal_table",
     "recipe_table",
+    "prediction_table",
     "merge_labels",
+    "mean_curves",
+    "search_line",
+    "run_numbers",
+    "recipe_line",
+    "recipe_numbers",
+    "gain_numbers",
+    "headline_lines",
+    "paired_gain_lines",
+    "break_even_lines",
 ]
 
 #: Accuracy levels for a reduction factor must exceed the majority-class rate by this much.
@@ -487,3 +502,148 @@ def recipe_table(results: list, label: str = "selected"):
                      "validation acc, chosen": round((t["best"] if sel else t["zero_shot"])["acc"], 3)
                      if "zero_shot" in t else None})
     return pd.DataFrame(rows).set_index("table")
+
+
+def prediction_table(predictions: dict, y_true, *, digits: int = 3):
+    """Test accuracy of several predictors and the class each predicts most often, with its share of the rows.
+
+    Parameters
+    ----------
+    predictions : dict
+        Predictor name -> predicted labels, shape (n_test,) each.
+    y_true : array_like, shape (n_test,)
+
+    Returns
+    -------
+    pandas.DataFrame, one row per predictor: ``test accuracy``, ``most predicted``, ``its share``.
+    """
+    import pandas as pd
+
+    y_true = np.asarray(y_true)
+    rows = {}
+    for name, pred in predictions.items():
+        pred = np.asarray(pred)
+        if pred.shape != y_true.shape:
+            raise ValueError(f"predictions of {name!r} have shape {pred.shape}, expected {y_true.shape}")
+        share = pd.Series(pred).value_counts(normalize=True)
+        rows[name] = {"test accuracy": round(float(np.mean(pred == y_true)), digits), "most predicted": share.index[0],
+                      "its share": f"{share.iloc[0]:.0%}"}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "predictor"
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the chapters print and quote about a benchmark run
+
+
+def mean_curves(summary: dict) -> dict:
+    """Label -> mean accuracy over tables at each context size (an array), from :func:`summarise`."""
+    return {k: np.asarray(v["mean"], dtype=float) for k, v in summary["curves"].items()}
+
+
+def search_line(run: dict, label: str = "selected") -> str:
+    """One line on a shipped benchmark run (``scripts/tabpfn_experiment.py``): tables done and skipped, and the
+    settings of the recipe search ``run["configs"][label]``."""
+    s = run["configs"][label]
+    return (f"{len(run['results'])} tables done, {len(run['skipped'])} skipped; search: AdamW, lr in {s['lrs']}, "
+            f"at most {s['max_steps']} steps per lr, a score every {s['eval_every']} steps, patience {s['patience']}, "
+            f"validation contexts {s['validation_sizes']}")
+
+
+def run_numbers(run: dict, label: str = "selected") -> dict:
+    """The settings of a shipped benchmark run that a chapter quotes, as text: ``model``, the recipe search's
+    ``validation-fraction`` (``"20%"``), ``lrs`` and ``max-steps``, and the run's ``n-query`` (queries per TTT
+    episode), ``max-test`` (test rows at most) and ``reps`` (random contexts per size)."""
+    s, settings = run["configs"][label], run["settings"]
+    return {"model": run["model"], "validation-fraction": f"{s['validation_fraction']:.0%}", "lrs": str(s["lrs"]),
+            "max-steps": str(s["max_steps"]), "n-query": str(settings["n_query"]),
+            "max-test": str(settings["max_test"]), "reps": str(settings["reps"])}
+
+
+def recipe_numbers(recipes) -> dict:
+    """From :func:`recipe_table`: ``kept`` (tables where the zero-shot weights were kept), ``n`` (tables) and
+    ``steps-range`` (``"a to b"``, the fewest and most steps chosen elsewhere)."""
+    chosen = recipes.loc[recipes["steps"] > 0, "steps"]
+    return {"kept": int((recipes["steps"] == 0).sum()), "n": len(recipes),
+            "steps-range": f"{chosen.min()} to {chosen.max()}"}
+
+
+def recipe_line(recipes) -> str:
+    """One line from :func:`recipe_table`: zero-shot weights kept, the learning rates chosen (with counts) and the
+    median number of steps chosen."""
+    n = recipe_numbers(recipes)
+    lrs = recipes["lr"].value_counts(dropna=True).sort_index().to_dict()
+    median = recipes.loc[recipes["steps"] > 0, "steps"].median()
+    return (f"zero-shot weights kept on {n['kept']} of {n['n']} tables; chosen learning rates: {lrs} "
+            f"| median chosen steps {median:.0f}")
+
+
+def gain_numbers(summary: dict, label: str, *, base: str = "none", reference: str = "logistic_regression",
+                 between=(8, 128)) -> dict:
+    """The numbers a chapter quotes about the mean gain of ``label`` over ``base`` (:func:`summarise` curves).
+
+    Returns
+    -------
+    dict with ``gain-peak`` (largest mean gain, ``"+0.049"``), ``gain-peak-n`` (the context size where it
+    peaks), ``gain-last`` (the gain at the largest size) and ``gap`` (the largest ``|label - reference|`` at the
+    sizes from ``between[0]`` to ``between[1]``, ``"0.012"``).
+    """
+    c, sizes = mean_curves(summary), np.asarray(summary["sizes"])
+    gain = c[label] - c[base]
+    mid = (sizes >= between[0]) & (sizes <= between[1])
+    if not mid.any():
+        raise ValueError(f"no context size between {between[0]} and {between[1]} in {summary['sizes']}")
+    return {"gain-peak": f"{gain.max():+.3f}", "gain-peak-n": int(sizes[gain.argmax()]),
+            "gain-last": f"{gain[-1]:+.3f}", "gap": f"{np.abs(c[label] - c[reference])[mid].max():.3f}"}
+
+
+def headline_lines(summary: dict, *, names=None, paper: str | None = None) -> list[str]:
+    """The headline numbers of :func:`summarise`: accuracy near zero shot (the smallest context) without and
+    with each TTT label, the floor of the reduction factors, and each label's median factor.
+
+    ``names`` maps a label to the words printed for it; ``paper`` is the paper's value, printed beside.
+    """
+    names = names or {}
+    nz, labels = summary["near_zero_shot"], list(summary["reduction"])
+    lines = [f"near zero shot (n={summary['sizes'][0]}): no TTT {nz['none']:.3f} -> "
+             + ", ".join(f"{names.get(k, k)} {nz[k]:.3f}" for k in labels) + (f"   (paper: {paper})" if paper else ""),
+             f"reduction factors only for levels above {summary['majority']:.3f} + {summary['margin']} "
+             "(mean majority rate + margin)"]
+    for k, red in summary["reduction"].items():
+        m = red["median_factor"]
+        levels = sum(np.isfinite(f) and not b for f, b in zip(red["factor"], red["bound"]))
+        lines.append(f"{k}: median reduction factor {'undefined' if not np.isfinite(m) else f'{m:.2f}'} over "
+                     f"{levels} levels")
+    return lines
+
+
+def paired_gain_lines(results: list, label: str, *, name: str | None = None, count_at=None) -> list[str]:
+    """:func:`paired_gains` as lines: the mean gain over tables with its 95 % band at each context size, then how
+    many tables gain and lose at the sizes ``count_at`` (default: the first and the last)."""
+    sizes = results[0]["context_sizes"]
+    g = paired_gains(results, label)
+    lines = [f"gain of the {name or label} over no TTT, mean over tables [95 % band]:"]
+    lines += [f"  n = {n:4d}: {a:+.3f} [{lo:+.3f}, {hi:+.3f}]" for n, a, lo, hi in zip(sizes, g["mean"], g["lo"], g["hi"])]
+    counts = []
+    for n in count_at or (sizes[0], sizes[-1]):
+        if n not in sizes:
+            raise ValueError(f"count_at: {n} is not one of the context sizes {sizes}")
+        col = g["gains"][:, sizes.index(n)]
+        counts.append(f"n={n}: {int((col > 0).sum())} / {int((col < 0).sum())}")
+    lines.append("tables where it helps / hurts at " + " | at ".join(counts))
+    return lines
+
+
+def break_even_lines(break_even) -> list[str]:
+    """One line per device and TTT label of :func:`break_even_table`, at its highest accuracy level: the contexts
+    needed without and with TTT, the one-off TTT cost and the queries after which it pays for itself."""
+    if len(break_even) == 0:
+        return []
+    lines = []
+    for (dev, k), sub in break_even.groupby(["device", "TTT"]):
+        top = sub.iloc[-1]  # the highest accuracy level with a defined factor
+        lines.append(f"{dev}, {k}: to match the no-TTT accuracy {top['accuracy level']:.3f} (reached at "
+                     f"n={top['n without TTT']:.0f}) TTT needs n={top['n with TTT']:.1f}; TTT "
+                     f"({top['TTT seconds']:.1f} s) pays for itself after {top['break-even queries']:,.0f} queries")
+    return lines

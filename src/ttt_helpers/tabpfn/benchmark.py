@@ -58,6 +58,9 @@ __all__ = [
     "load_dataset",
     "build_manifest",
     "read_manifest",
+    "read_rejected",
+    "manifest_line",
+    "passes_filters",
     "manifest_path",
     "write_cache",
     "package_version",
@@ -466,6 +469,30 @@ def read_manifest():
     if not p.exists():
         raise FileNotFoundError(f"no manifest at {p}; run scripts/build_tabular_manifest.py")
     return pd.read_csv(p)
+
+
+def read_rejected():
+    """The tables considered and rejected (``data/tabular/rejected.csv``, beside the manifest), with the reason."""
+    import pandas as pd
+
+    p = manifest_path().with_name("rejected.csv")
+    if not p.exists():
+        raise FileNotFoundError(f"no list of rejected tables at {p}; run scripts/build_tabular_manifest.py")
+    return pd.read_csv(p)
+
+
+def manifest_line(manifest) -> str:
+    """One line on a manifest: tables, rows, how many targets came from regression, and the source packages."""
+    sources = {k: int(v) for k, v in manifest.groupby(["source", "package_version"]).size().items()}
+    return (f"{len(manifest)} tables, {manifest['rows'].sum():,} rows; "
+            f"{(manifest['task_origin'] != 'classification').sum()} from regression targets; sources: {sources}")
+
+
+def passes_filters(X, y, meta: dict) -> bool:
+    """Whether a table from :func:`load_dataset` passes the paper's rules: at least :data:`MIN_ROWS` rows, 2 to
+    :data:`MAX_CLASSES` classes, at most :data:`MAX_FEATURES` features, labels exactly ``0..C-1``."""
+    return bool(meta["rows"] >= MIN_ROWS and len(y) == meta["rows"] and 2 <= meta["classes"] <= MAX_CLASSES
+                and np.shape(X)[1] <= MAX_FEATURES and set(np.unique(y).tolist()) == set(range(meta["classes"])))
 
 
 def write_cache(path, names=None, rng=0) -> Path:

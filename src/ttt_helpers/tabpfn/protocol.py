@@ -90,7 +90,7 @@ def adapt(clf, X_ttt, y_ttt, n_classes: int, recipe, rng, *, progress: bool = Fa
     ----------
     clf : classifier from :func:`ttt_helpers.tabpfn.episodes.prepare_classifier`
     X_ttt, y_ttt : TTT rows (float features, labels ``0..C-1``)
-    recipe : TTTConfig or RecipeSearch
+    recipe : ~ttt_helpers.tabpfn.finetune.TTTConfig or RecipeSearch
     rng : numpy.random.Generator, int or sequence of int
 
     Returns
@@ -145,7 +145,7 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     ----------
     template : tabpfn.TabPFNClassifier
         Carries the checkpoint (see :func:`ttt_helpers.tabpfn.episodes.prepare_classifier`).
-    recipes : dict label -> TTTConfig or RecipeSearch
+    recipes : dict label -> ~ttt_helpers.tabpfn.finetune.TTTConfig or RecipeSearch
         One TTT run per entry, each from the pretrained weights, all scored on the same episodes; ``"none"`` is
         reserved for the model without TTT (an empty dict scores only that model, and the baselines if asked).
     n_ttt : int

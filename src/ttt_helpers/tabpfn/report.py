@@ -1,12 +1,15 @@
-"""Reading a table, and writing and drawing the results of the protocol (no model runs here).
+"""Reading a table, and writing and drawing the results of the protocol (no model runs here, except in the
+command line's own subprocess that :func:`run_command_line` starts).
 
 - :func:`read_table` reads a CSV (separator detected and named), drops the rows without a target (and counts
   them) and checks the target;
 - :func:`make_report` turns the result of :func:`ttt_helpers.tabpfn.protocol.run_protocol` on one table and its
   :func:`ttt_helpers.tabpfn.analysis.table_summary` into the command line's ``report.json``;
-  :func:`summary_lines` is what the command line prints; :func:`plot_report` draws
-  ``accuracy_vs_context.png`` (TabPFN without and with TTT, LogisticRegression and HistGradientBoosting fitted on
-  the same context rows, the majority-class rate, and the warnings); :func:`write_report` writes both;
+  :func:`summary_lines` is what the command line prints (:func:`search_outcome`: what the recipe search
+  chose); :func:`plot_report` draws ``accuracy_vs_context.png`` (TabPFN without and with TTT,
+  LogisticRegression and HistGradientBoosting fitted on the same context rows, the majority-class rate, and the
+  warnings); :func:`write_report` writes both;
+- :func:`run_command_line` runs the command line in a subprocess, as a reader would, and reads its report back;
 - :func:`plot_curves` draws the mean curves of a benchmark run (:func:`ttt_helpers.tabpfn.analysis.summarise`).
 """
 
@@ -28,6 +31,8 @@ __all__ = [
     "resolve_context_sizes",
     "make_report",
     "summary_lines",
+    "search_outcome",
+    "run_command_line",
     "plot_report",
     "write_report",
     "plot_curves",
@@ -243,6 +248,48 @@ def _fmt_n(x):
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.1f}"
 
 
+def search_outcome(record: dict) -> str:
+    """What a recipe search chose, in words, with the validation accuracies behind the choice.
+
+    ``record`` is the record of a search (:func:`ttt_helpers.tabpfn.protocol.adapt`: the estimator's
+    ``ttt_history_``, or ``report["recipe"]``), with ``selected``, ``zero_shot``, ``best`` and ``recipe``.
+    """
+    sel, z, b = record["selected"], record["zero_shot"], record["best"]
+    if sel:
+        return (f"chose lr {sel['lr']:g} after {sel['steps']} steps (validation accuracy {b['acc']:.3f}, "
+                f"zero-shot {z['acc']:.3f})")
+    if b is None:
+        return (f"kept the pretrained weights (every TTT checkpoint fell more than "
+                f"{record['recipe']['tolerance']:g} below them at some validation context size)")
+    return f"kept the pretrained weights (best TTT {b['acc']:.3f} vs zero-shot {z['acc']:.3f})"
+
+
+def run_command_line(csv, output_dir, *options, timeout: float = 1200) -> tuple[str, dict]:
+    """Run ``python -m ttt_helpers CSV --output-dir OUTPUT_DIR OPTIONS...`` in a subprocess, as a reader would type
+    it, and read back the ``report.json`` it wrote.
+
+    Returns
+    -------
+    stdout : str
+        What the command line printed (:func:`summary_lines`, then the files written).
+    report : dict
+        The parsed ``report.json``.
+
+    Raises
+    ------
+    RuntimeError
+        If the command exits with a non-zero status (its standard error is in the message).
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ttt_helpers", str(csv), "--output-dir", str(output_dir), *map(str, options)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"the command line exited with status {run.returncode}: {run.stderr.strip()}")
+    return run.stdout, json.loads((Path(output_dir) / "report.json").read_text())
+
+
 def summary_lines(report: dict) -> list[str]:
     """A short human-readable summary of a report (rounded numbers)."""
     c, r, k = report["curves"], report["reduction"], report["cost"]
@@ -254,22 +301,12 @@ def summary_lines(report: dict) -> list[str]:
         f"model: {report['model']['description']}",
         f"split: {p['ttt_rows']} TTT rows, {p['pool_rows']} context-pool rows, {p['test_rows_used']} test rows",
     ]
-    sel = rec.get("selected")
     if rec.get("recipe", {}).get("kind") == "search":
-        z, b = rec["zero_shot"], rec["best"]
-        if sel:
-            outcome = (f"chose lr {sel['lr']:g} after {sel['steps']} steps (validation accuracy {b['acc']:.3f}, "
-                       f"zero-shot {z['acc']:.3f})")
-        elif b is None:
-            outcome = (f"kept the pretrained weights (every TTT checkpoint fell more than "
-                       f"{rec['recipe']['tolerance']:g} below them at some validation context size)")
-        else:
-            outcome = f"kept the pretrained weights (best TTT {b['acc']:.3f} vs zero-shot {z['acc']:.3f})"
         lines.append(f"recipe search on {rec['n_validation']} held-out TTT rows: learning rates "
                      f"{', '.join(f'{v:g}' for v in rec['recipe']['lrs'])}, {k['steps_run']} steps in all; "
-                     + outcome)
+                     + search_outcome(rec))
     else:
-        lines.append(f"fixed recipe: {k['ttt_steps']} steps, lr {sel['lr']:g}")
+        lines.append(f"fixed recipe: {k['ttt_steps']} steps, lr {rec['selected']['lr']:g}")
     lines.append(f"time: TTT {k['ttt_seconds']:.1f} s in all ({k['optimizer_seconds']:.1f} s optimiser steps, "
                  f"{k['search_scoring_seconds']:.1f} s scoring the validation slice); whole run "
                  f"{report['runtime_seconds']:.0f} s")
