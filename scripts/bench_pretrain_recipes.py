@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_helpers.provenance import git_commit, machine_description
+from ttt_helpers.provenance import git_commit, machine_description, write_provenance
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--parallel", action="store_true",
                    help="train the recipes at the same time, one process each on the one GPU, the prior workers "
                         "split between them (each recipe's minutes are then minutes of a GPU it shares)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE:RECIPE[=ALIAS]",
+                   help="no training: one record of recipes taken from earlier results (each with its command, "
+                        "commit and date), time-to-quality against the first; written to --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                    help="override recipe fields in every recipe, e.g. prior='\"toy\"' nlayers=1 (smoke tests)")
     p.add_argument("--diagnose-bf16", nargs="*", default=None, metavar="NAME",
@@ -223,6 +226,33 @@ def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
     return records
 
 
+def time_to_quality(recipes: dict, reference: str) -> dict:
+    """Training minutes each recipe needs to reach the best development accuracy ``reference`` reaches."""
+    target = max(r[2] for r in recipes[reference]["curve"])
+    ttq = {name: pe.time_to_quality([(r[0], r[2]) for r in rec["curve"]], target) for name, rec in recipes.items()}
+    out = {"reference_recipe": reference, "target_dev_acc": target, "train_minutes": ttq}
+    if ttq[reference]:
+        out["speedup"] = {n: round(ttq[reference] / v, 2) for n, v in ttq.items() if v}
+    return out
+
+
+def merge(items: list, command: str) -> dict:
+    """One record of recipes from earlier results: ``FILE:RECIPE[=ALIAS]`` each; the first is the reference."""
+    result = {"command": command, "git_commit": git_commit(), "recipes": {}, "runs": {}}
+    for item in items:
+        path, _, rest = item.partition(":")
+        name, _, alias = rest.partition("=")
+        record = json.loads(Path(path).read_text())
+        alias = alias or name
+        result["recipes"][alias] = record["recipes"][name]
+        result["runs"][alias] = {k: record.get(k) for k in ("command", "git_commit", "machine", "date_utc",
+                                                               "gpu_shared_by")} | {"file": path}
+        if "reference" in record and "reference" not in result:
+            result["reference"] = record["reference"]
+    result["time_to_quality"] = time_to_quality(result["recipes"], next(iter(result["recipes"])))
+    return result
+
+
 def main(argv=None):
     t0 = time.time()
     args = parse_args(argv)
@@ -237,6 +267,24 @@ def main(argv=None):
               "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "muon_available": hasattr(torch.optim, "Muon")}
     path = out / "bench_pretrain_recipes.json"
+    if args.merge:  # e.g. --out data/results: pretrain_recipes.json and its provenance, from the runs' results
+        record = merge(args.merge, command)
+        path = out / "pretrain_recipes.json"
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        ttq = record["time_to_quality"]
+        runs = record["runs"]
+        write_provenance(
+            out / "pretrain_recipes.provenance.json", command=command, files=[path],
+            seeds={"seed": 0, "dev_split_seed": 0},
+            results={"dev_acc_best": {n: max(c[2] for c in r["curve"]) for n, r in record["recipes"].items()},
+                     "dev_acc_reference_fallback": record.get("reference", {}).get("dev_acc"),
+                     "data_wait_fraction": {n: r["data_wait_fraction"] for n, r in record["recipes"].items()},
+                     "time_to_quality": ttq},
+            extra={"machine": next(iter(runs.values()))["machine"], "runs": runs,
+                   "note": "merged here from the results of the runs listed (each with its own command, commit, "
+                           "machine and date); the machine above is the first run's"})
+        print("TTQ", json.dumps(ttq))
+        return 0
     if args.diagnose_bf16 is not None:  # added to the JSON of an earlier benchmark in --out, if any
         record = json.loads(path.read_text()) if path.exists() else result
         record["bf16_diagnosis"] = {"command": command, **diagnose_bf16(args.diagnose_bf16)}
@@ -260,12 +308,7 @@ def main(argv=None):
         result["recipes"][name] = run_recipe(name, args, dev, out, share if left > 1 else deadline, command)
         path.write_text(json.dumps(result, indent=1) + "\n")
     ref = args.recipes[0] if args.recipes[0] == "v1" else args.recipes[-1]
-    target = max(r[2] for r in result["recipes"][ref]["curve"])
-    ttq = {name: pe.time_to_quality([(r[0], r[2]) for r in rec["curve"]], target)
-           for name, rec in result["recipes"].items()}
-    result["time_to_quality"] = {"reference_recipe": ref, "target_dev_acc": target, "train_minutes": ttq}
-    if all(v for v in ttq.values()):
-        result["time_to_quality"]["speedup"] = {n: round(ttq[ref] / v, 2) for n, v in ttq.items() if v > 0}
+    result["time_to_quality"] = time_to_quality(result["recipes"], ref)
     result["seconds"] = round(time.time() - t0, 1)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print("BENCH", json.dumps({n: {k: r[k] for k in ("steps", "train_minutes", "tables_processed_per_s",

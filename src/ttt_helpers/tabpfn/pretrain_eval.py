@@ -404,8 +404,10 @@ def recipe_summary(record: dict):
 
     rows = {}
     for name, r in record["recipes"].items():
+        shared = (record.get("runs", {}).get(name) or {}).get("gpu_shared_by") or record.get("gpu_shared_by") or 1
         rows[name] = {
             "parameters": r["n_parameters"],
+            "runs on the GPU at once": shared,
             "training minutes": r["train_minutes"],
             "steps": r["steps"],
             "ms per step": r["step_ms"],
@@ -415,6 +417,20 @@ def recipe_summary(record: dict):
             "best dev accuracy": max(c[2] for c in r["curve"]),
         }
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
+def load_bench_run(name: str) -> dict:
+    """The record of one device call of ``scripts/bench_pretrain_recipes.py``: ``data/results/pretrain_bench/<name>.json``.
+
+    Each such record carries its own command, commit, machine and date; ``data/results/pretrain_recipes.json``
+    merges the runs the book compares (its provenance lists them).
+    """
+    from ..provenance import results_dir
+
+    path = results_dir() / "pretrain_bench" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark run {path}")
+    return json.loads(path.read_text())
 
 
 def plot_recipe_curves(record: dict, axes=None):
