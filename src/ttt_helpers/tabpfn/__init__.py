@@ -1,7 +1,8 @@
 """Test-time training of TabPFN on real tables: where each idea lives.
 
 - ``checkpoints``: which TabPFN v2 weights (official, or the book's fallback) and how to load them;
-- ``pretrain``, ``pretrain_eval``: how the fallback was pretrained and scored;
+- ``pretrain``, ``pretrain_eval``: how the fallback was pretrained and scored (``pretrain`` is a subpackage:
+  ``config`` and recipes, ``prior``, ``forward`` (task and loss), ``state``, ``distributed``, ``trainer``);
 - ``benchmark``: the offline benchmark tables (the paper's T4 stand-in);
 - ``episodes``: a context and query rows, preprocessed by ``tabpfn`` and scored (labels as ranks of the classes
   present);
