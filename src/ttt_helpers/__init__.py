@@ -29,7 +29,8 @@ Shared (top level)
 ``forward``, ``state``, ``distributed``, ``trainer``) and ``pretrain_eval`` (its evaluations),
 ``episodes``, ``finetune`` (the fine-tuning loop and the recipe search), ``protocol`` (the one protocol of the
 experiment, the cost measurement, the estimator and the CLI), ``analysis``, ``encoder``, ``classifier``
-(``TTTTabPFNClassifier``), ``report`` and ``cli`` (``python -m ttt_helpers``)
+(``TTTTabPFNClassifier``; its ``fit_plan`` and its saved file ``estimator_file``), ``report`` and ``cli``
+(``python -m ttt_helpers``)
 
 The four TTT entry points, side by side
 ---------------------------------------

@@ -12,6 +12,8 @@
 - ``analysis``: curves, reduction factors, break-even, warnings and the chapters' tables;
 - ``encoder``: tables (DataFrames) to float matrices and checked labels;
 - ``classifier``: ``TTTTabPFNClassifier``, the scikit-learn estimator;
+- ``fit_plan``, ``estimator_file``: what the estimator's ``fit`` decides before TTT (parameters checked, the
+  recipe, the row split) and its saved file (``save``/``load``);
 - ``report``: reading a CSV, writing ``report.json`` and the figures;
 - ``cli``: ``python -m ttt_helpers <csv> --target COLUMN``.
 """
