@@ -76,7 +76,7 @@ def plan_rows(params: dict, n: int, rng):
     -------
     ttt_rows, context_rows : ndarray of int
         Sorted row indices; disjoint unless ``reuse_ttt_rows``.
-    recipe : RecipeSearch or TTTConfig
+    recipe : ~ttt_helpers.tabpfn.finetune.RecipeSearch or ~ttt_helpers.tabpfn.finetune.TTTConfig
         :func:`ttt_recipe` (every parameter is checked here, the recipe's too).
     do_ttt : bool
         False when ``ttt_size`` or ``steps`` is 0 (then ``ttt_rows`` is empty).
