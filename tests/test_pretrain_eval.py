@@ -95,13 +95,13 @@ def test_prefetch_says_whether_the_next_batch_is_ready():
             time.sleep(0.3)
             yield i
 
-    it = pt._Prefetch(slow(), enabled=True)
+    it = pt.prior._Prefetch(slow(), enabled=True)
     assert not it.ready()
     assert next(it) == 0
     time.sleep(0.5)
     assert it.ready() and next(it) == 1
     it.close()
-    off = pt._Prefetch(iter([7]), enabled=False)
+    off = pt.prior._Prefetch(iter([7]), enabled=False)
     assert off.ready() and next(off) == 7
 
 

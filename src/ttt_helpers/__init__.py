@@ -25,10 +25,12 @@ Shared (top level)
 ``train`` (the loop behind the shipped model), ``ttt``, ``throughput``, ``figures``
 
 :mod:`ttt_helpers.tabpfn` -- TabPFN (chapters 10-11): ``checkpoints`` (official or our fallback), ``benchmark``
-(the offline tables), ``pretrain`` and ``pretrain_eval`` (the loop behind the fallback, single or multi-GPU),
+(the offline tables), ``pretrain`` (the loop behind the fallback, single or multi-GPU: ``config``, ``prior``,
+``forward``, ``state``, ``distributed``, ``trainer``) and ``pretrain_eval`` (its evaluations),
 ``episodes``, ``finetune`` (the fine-tuning loop and the recipe search), ``protocol`` (the one protocol of the
 experiment, the cost measurement, the estimator and the CLI), ``analysis``, ``encoder``, ``classifier``
-(``TTTTabPFNClassifier``), ``report`` and ``cli`` (``python -m ttt_helpers``)
+(``TTTTabPFNClassifier``; its ``fit_plan`` and its saved file ``estimator_file``), ``report`` and ``cli``
+(``python -m ttt_helpers``)
 
 The four TTT entry points, side by side
 ---------------------------------------

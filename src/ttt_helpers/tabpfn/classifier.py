@@ -25,7 +25,6 @@ rejected).
 
 from __future__ import annotations
 
-import numbers
 import time
 from pathlib import Path
 
@@ -34,12 +33,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .encoder import MAX_CLASSES, TableEncoder, check_target, class_count_error, frequency_order
-from .protocol import resolve_rows
+from .estimator_file import read_estimator, saved_state, write_estimator
+from .fit_plan import plan_rows
 
 __all__ = ["resolve_model", "TTTTabPFNClassifier"]
-
-_SAVE_KEY = "ttt_tabpfn_estimator"
-_SAVE_FORMAT = 2
 
 # ----------------------------------------------------------------------------------------------------------
 # Which checkpoint
@@ -86,10 +83,7 @@ def resolve_model(model="auto", *, verify: bool = True):
                          "no such file")
     desc = f"checkpoint file {path.name}"
     try:
-        import torch
-
-        record = torch.load(str(path), map_location="cpu", weights_only=True)
-        saved = record.get(_SAVE_KEY) if isinstance(record, dict) else None
+        saved = saved_state(path)
         if saved:
             desc = f"{saved['model_description']}, test-time trained and saved as {path.name}"
     except Exception:  # noqa: BLE001 - a description only; tabpfn reports unreadable files itself
@@ -226,86 +220,15 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = False
         return tags
 
-    def _recipe(self):
-        """The TTT recipe (a RecipeSearch, or a TTTConfig without early stopping) and the step count."""
-        from ..validation import check_nonnegative_int, check_positive_int
-        from .finetune import RecipeSearch, TTTConfig
-
-        steps = check_nonnegative_int(self.steps, "steps")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        lrs = self.lr if isinstance(self.lr, (list, tuple, np.ndarray)) else [self.lr]
-        for k, values in (("lr", lrs), ("weight_decay", [self.weight_decay]), ("momentum", [self.momentum]),
-                          ("grad_clip", [self.grad_clip])):
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
-                    raise ValueError(f"{k} must be a finite non-negative number (lr: or a sequence of them), got "
-                                     f"{getattr(self, k)!r}")
-        if not len(lrs) or min(lrs) <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
-        common = dict(optimizer=self.optimizer, n_query=self.n_query, max_context=self.max_context,
-                      weight_decay=self.weight_decay, momentum=self.momentum, grad_clip=self.grad_clip)
-        if not self.early_stopping:
-            if len(lrs) != 1:
-                raise ValueError(f"early_stopping=False runs one recipe and needs a single lr, got {self.lr!r}")
-            return TTTConfig(steps=max(steps, 1), lr=float(lrs[0]), **common), steps
-        every = check_positive_int(self.eval_every, "eval_every")
-        return RecipeSearch(lrs=tuple(float(v) for v in lrs), max_steps=max(steps, 1),
-                            eval_every=min(every, max(steps, 1)),
-                            patience=self.n_iter_no_change, validation_fraction=self.validation_fraction,
-                            **common), steps
-
-    def _check_params(self):
-        from ..validation import check_positive_int
-
-        check_positive_int(self.n_query, "n_query")
-        check_positive_int(self.n_estimators, "n_estimators")
-        check_positive_int(self.batch_size, "batch_size")
-        if not isinstance(self.reuse_ttt_rows, (bool, np.bool_)):
-            raise ValueError(f"reuse_ttt_rows must be True or False, got {self.reuse_ttt_rows!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
-        if isinstance(self.random_state, bool) or not isinstance(self.random_state, (numbers.Integral, type(None))):
-            raise ValueError(f"random_state must be an int (or None for 0), got {self.random_state!r}")
-        return self._recipe()
-
-    def _split(self, n: int, rng):
-        """Row indices of the TTT part and of the context (validated against ``n``)."""
-        n_ttt = resolve_rows(self.ttt_size, n, "ttt_size", allow_zero=True)
-        config, steps = self._check_params()
-        do_ttt = n_ttt > 0 and steps > 0
-        if not do_ttt:
-            n_ttt = 0
-        if do_ttt and n_ttt < 3:
-            raise ValueError(f"ttt_size={self.ttt_size!r} gives {n_ttt} TTT row(s); an episode needs at least 3 "
-                             "(2 context rows and 1 query), so use ttt_size >= 3 rows or 0 for no TTT")
-        if do_ttt and self.early_stopping:
-            n_val = int(round(config.validation_fraction * n_ttt))
-            if n_val < 1 or n_ttt - n_val < 3:
-                raise ValueError(f"ttt_size={self.ttt_size!r} gives {n_ttt} TTT rows, too few to hold out a "
-                                 f"validation slice ({self.validation_fraction!r} of them) and keep 3 for training; "
-                                 "use more TTT rows or early_stopping=False")
-        available = n if self.reuse_ttt_rows else n - n_ttt
-        if available < 2:
-            raise ValueError(f"too few rows: the table has {n} sample(s) (rows); ttt_size={self.ttt_size!r} spends "
-                             f"{n_ttt} on TTT and TabPFN needs at least 2 more for the context, so at least "
-                             f"{n_ttt + 2} rows are needed (or lower ttt_size, or set reuse_ttt_rows=True)")
-        if self.context_size is None:
-            n_ctx = available
-        else:
-            n_ctx = resolve_rows(self.context_size, available, "context_size", allow_zero=False)
-            if n_ctx > available:
-                raise ValueError(f"context_size={self.context_size!r} asks for {n_ctx} context rows, but only "
-                                 f"{available} are left after the {n_ttt} TTT rows (of {n} rows)")
-            if n_ctx < 2:
-                raise ValueError(f"context_size={self.context_size!r} gives {n_ctx} row(s); TabPFN needs >= 2")
-        perm = rng.permutation(n)
-        ttt_rows = np.sort(perm[:n_ttt])
-        pool = perm if self.reuse_ttt_rows else perm[n_ttt:]
-        context_rows = np.sort(rng.permutation(pool)[:n_ctx])
-        return ttt_rows, context_rows, config, do_ttt
+    def _set_encoder(self, encoder: TableEncoder) -> None:
+        """Store the fitted column encoder and what it knows of the columns."""
+        self.encoder_ = encoder
+        self.n_features_in_ = encoder.n_features_in_
+        if encoder.feature_names_in_ is not None:
+            self.feature_names_in_ = encoder.feature_names_in_
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.categorical_features_ = list(encoder.categorical_indices_)
 
     # -- fit / predict ------------------------------------------------------------------------------------
     def fit(self, X, y):
@@ -335,7 +258,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         y_enc = code[y_sorted]  # 0 = the most frequent class
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.default_rng(seed)
-        ttt_rows, context_rows, config, do_ttt = self._split(len(y_enc), rng)
+        ttt_rows, context_rows, config, do_ttt = plan_rows(self.get_params(deep=False), len(y_enc), rng)
         path, description = resolve_model(self.model)
         max_classes = self._max_classes(path)
         if len(classes) > max_classes:
@@ -352,13 +275,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
                             progress=bool(self.verbose), seed=seed)
             ttt_seconds = float(history["seconds"])
         # everything validated and computed: store the learned state
-        self.encoder_ = encoder
-        self.n_features_in_ = encoder.n_features_in_
-        if encoder.feature_names_in_ is not None:
-            self.feature_names_in_ = encoder.feature_names_in_
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        self.categorical_features_ = list(encoder.categorical_indices_)
+        self._set_encoder(encoder)
         self.classes_ = classes
         self.label_order_ = label_order
         self.model_path_ = path
@@ -422,82 +339,10 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         under the key ``"ttt_tabpfn_estimator"``; :meth:`load` reads it back. The file name must end in
         ``.ckpt`` and must not contain ``v2.5``, ``v2.6`` or ``v3`` (``tabpfn`` reads versions from names).
         """
-        import torch
-
-        from .checkpoints import build_checkpoint, read_checkpoint_config, read_checkpoint_inference_config
-        from .finetune import snapshot_state
-
         check_is_fitted(self, "tabpfn_")
-        path = Path(path)
-        if path.suffix != ".ckpt":
-            raise ValueError(f"save path must end in .ckpt, got {path.name!r}")
-        params = self.get_params()
-        params["model"] = str(params["model"])
-        if isinstance(params["lr"], (list, tuple, np.ndarray)):
-            params["lr"] = [float(v) for v in params["lr"]]
-        if not isinstance(params["categorical_features"], (str, type(None))):
-            params["categorical_features"] = list(params["categorical_features"])
-        state = {
-            "format": _SAVE_FORMAT,
-            "params": params,
-            "classes": self.classes_.tolist(),
-            "label_order": self.label_order_.tolist(),
-            "encoder": self.encoder_.to_state(),
-            "context_X": torch.from_numpy(np.ascontiguousarray(self.context_X_)),
-            "context_y": torch.from_numpy(np.ascontiguousarray(self.context_y_)),
-            "model_description": self.model_description_,
-            "base_model": str(self.model_path_),
-            "n_ttt_rows": self.n_ttt_rows_,
-            "ttt_seconds": self.ttt_seconds_,
-            "ttt_losses": [] if self.ttt_history_ is None else list(map(float, self.ttt_history_["losses"])),
-            "selected_recipe": self.selected_recipe_,
-        }
-        config = read_checkpoint_config(self.model_path_)
-        return build_checkpoint(config, snapshot_state(self.tabpfn_), path, extra={_SAVE_KEY: state},
-                                inference_config=read_checkpoint_inference_config(self.model_path_))
+        return write_estimator(self, path)
 
     @classmethod
     def load(cls, path, *, device: str | None = None) -> "TTTTabPFNClassifier":
         """Read an estimator written by :meth:`save` (ready to predict; no TTT is run again)."""
-        import torch
-
-        from .episodes import make_template, prepare_classifier
-
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"no saved estimator at {path}")
-        try:
-            record = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path} is not a checkpoint written by TTTTabPFNClassifier.save ({exc})") from None
-        state = record.get(_SAVE_KEY) if isinstance(record, dict) else None
-        if not state or state.get("format") != _SAVE_FORMAT:
-            raise ValueError(f"{path} holds no TTTTabPFNClassifier state (key {_SAVE_KEY!r}, format {_SAVE_FORMAT})")
-        params = dict(state["params"])
-        if device is not None:
-            params["device"] = device
-        est = cls(**params)
-        est.encoder_ = TableEncoder.from_state(state["encoder"])
-        est.n_features_in_ = est.encoder_.n_features_in_
-        if est.encoder_.feature_names_in_ is not None:
-            est.feature_names_in_ = est.encoder_.feature_names_in_
-        est.categorical_features_ = list(est.encoder_.categorical_indices_)
-        est.classes_ = np.asarray(state["classes"])
-        est.label_order_ = np.asarray(state["label_order"], dtype=np.int64)
-        est.model_path_ = path.resolve()
-        est.model_description_ = f"{state['model_description']}, test-time trained and saved as {path.name}" \
-            if state["n_ttt_rows"] else state["model_description"]
-        est.context_X_ = state["context_X"].numpy().astype(np.float64)
-        est.context_y_ = state["context_y"].numpy().astype(np.int64)
-        est.n_context_ = int(len(est.context_y_))
-        est.n_ttt_rows_ = int(state["n_ttt_rows"])
-        est.ttt_rows_ = est.context_rows_ = None
-        est.ttt_seconds_ = float(state["ttt_seconds"])
-        est.ttt_history_ = {"losses": list(state["ttt_losses"]), "selected": state["selected_recipe"]} \
-            if state["ttt_losses"] else None
-        est.selected_recipe_ = state["selected_recipe"]
-        seed = 0 if est.random_state is None else int(est.random_state)
-        est.tabpfn_ = prepare_classifier(make_template(path, est.device, est.categorical_features_),
-                                         n_estimators=est.n_estimators, seed=seed, device=est.device)
-        est.fit_seconds_ = 0.0
-        return est
+        return read_estimator(cls, path, device=device)

@@ -1,0 +1,231 @@
+"""What defines a pretraining run: :class:`PretrainConfig`, the named recipes and the curricula.
+
+* :data:`CURRICULUM`, :data:`TINY_CURRICULUM`, :data:`SPEEDRUN_CURRICULUM`: the task sizes (rows, features,
+  classes, batch, reuse) by training progress; :func:`stage_index` says which stage is in force;
+* :class:`PretrainConfig`: the model, the optimiser, the prior, the numerics and the clock of a run, checked
+  at construction;
+* :func:`recipe`: the named recipes (``"v1"``, ``"v2.6-muon"``, ``"v2-muon"``) and the measurements behind them;
+  :func:`tiny_config`: a CPU-sized configuration for smoke runs and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = [
+    "CURRICULUM",
+    "TINY_CURRICULUM",
+    "SPEEDRUN_CURRICULUM",
+    "PRIORS",
+    "PretrainConfig",
+    "recipe",
+    "tiny_config",
+    "stage_index",
+]
+
+# ----------------------------------------------------------------------------------------------------------
+# Curriculum: from this fraction of the training budget on, tasks are drawn with these sizes.
+# rows: (min, max) table length (context + test rows); the context is a random 30-90 % of it.
+# ----------------------------------------------------------------------------------------------------------
+CURRICULUM = [
+    dict(start=0.00, min_rows=64, max_rows=256, max_features=8, max_classes=10, batch=128, reuse=1),
+    dict(start=0.10, min_rows=128, max_rows=640, max_features=16, max_classes=10, batch=96, reuse=1),
+    dict(start=0.35, min_rows=256, max_rows=1100, max_features=24, max_classes=10, batch=48, reuse=2),
+    # (float32 training: 48 tasks x 1,400 rows x 40 features ran out of the H100's 80 GB)
+    dict(start=0.65, min_rows=512, max_rows=1350, max_features=32, max_classes=10, batch=32, reuse=2),
+]
+TINY_CURRICULUM = [
+    dict(start=0.00, min_rows=32, max_rows=96, max_features=4, max_classes=2, batch=8, reuse=1),
+    dict(start=0.50, min_rows=64, max_rows=160, max_features=8, max_classes=10, batch=8, reuse=2),
+]
+#: Prior types: tabicl's generators, and a toy prior of random linear tasks (tests, smoke runs).
+PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm", "toy")
+_STAGE_KEYS = ("start", "min_rows", "max_rows", "max_features", "max_classes", "batch", "reuse")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run (the model, the optimiser, the prior, the numerics, the clock).
+
+    The defaults are the recipe of the fallback shipped with the book until issue 11 (``tabpfn_v2``
+    architecture, AdamW, float32, tabicl's ``graph_scm`` prior with :data:`CURRICULUM`, seeded per call).
+
+    Attributes
+    ----------
+    architecture : {"v2", "v2.6"}
+        ``tabpfn.architectures.tabpfn_v2`` or ``tabpfn_v2_6`` (RMSNorm, thinking rows, column embeddings read
+        from a file that ships with ``tabpfn``, so CPU and GPU see the same numbers).
+    emsize, nlayers, nhead, features_per_group, max_num_classes, num_thinking_rows
+        The architecture's size (``num_thinking_rows``: v2.6 only).
+    optimizer : {"adamw", "muon"}
+        ``"muon"``: ``torch.optim.Muon`` on the 2-D weights inside the transformer blocks, AdamW on the rest.
+    lr, muon_lr, min_lr_frac, warmup_steps, weight_decay, grad_clip
+        Peak learning rates (AdamW, Muon), the cosine floor as a fraction of the peak, linear warm-up steps,
+        AdamW's weight decay on matrices (none on vectors), the gradient-norm clip.
+    prior : str
+        One of :data:`PRIORS`.
+    curriculum : list of dict
+        Stages (:data:`CURRICULUM`): ``start`` (fraction of the budget), ``min_rows``, ``max_rows``,
+        ``max_features``, ``max_classes``, ``batch`` (tables per step), ``reuse`` (steps per prior batch).
+    min_reuse : int
+        Train on every prior batch at least this many times (each time with a fresh context/test split and
+        label permutation); raises the stages' ``reuse`` when the CPU prior cannot keep up.
+    max_reuse : int
+        Adaptive reuse (0: off). After its required uses, a batch is used again while the next one is not
+        ready yet, up to this many uses in all: the accelerator never waits for the prior unless a batch has
+        been used ``max_reuse`` times. Needs ``workers`` > 0 (a thread keeps a queue of ready batches); which
+        batch a step sees then depends on timing.
+    lawa : int
+        At export, also consider the average of the last ``lawa`` evaluated weights (latest-weight averaging;
+        0: off); :meth:`Trainer.select` keeps whichever scores best on the development set.
+    workers : int
+        ``DataLoader`` worker processes generating prior batches (0: in this process).
+    seeding : {"per_call", "per_batch"}
+        ``"per_call"`` (the shipped fallback's scheme): each call and stage seeds its own prior stream, so a
+        resumed run draws other batches than an uninterrupted one. ``"per_batch"``: batch ``i`` of a stage is
+        generated from a seed derived from ``(seed, rank, stage, i)`` and step ``s`` draws its permutations
+        from ``(seed, rank, s)``, so stop + resume reproduces an uninterrupted run exactly.
+    autocast : bool
+        bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
+    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"}
+        How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`).
+    random_column_embeddings : bool
+        v2 only: draw tabpfn_v2's random column embeddings from a new seed at every step (tabpfn draws them at
+        inference from the config seed with a generator on the model's device; CUDA and CPU differ).
+    clock : {"time", "steps"}
+        What the budget of :meth:`Trainer.run` counts: training seconds or optimiser steps. Progress (which
+        drives the curriculum and the learning rate) is the spent fraction of it.
+    eval_every : float
+        Evaluate (and save the state) every so many wall-clock seconds (time clock) or steps (step clock).
+    val_tasks, eval_estimators
+        Held-out prior tasks for the validation loss; ``TabPFNClassifier(n_estimators=...)`` on real tables.
+    seed : int
+    device : str
+    """
+
+    architecture: str = "v2"
+    emsize: int = 128
+    nlayers: int = 6
+    nhead: int = 4
+    features_per_group: int = 2
+    max_num_classes: int = 10
+    num_thinking_rows: int = 16
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    muon_lr: float = 1e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    prior: str = "graph_scm"
+    curriculum: list = dataclasses.field(default_factory=lambda: [dict(s) for s in CURRICULUM])
+    min_reuse: int = 1
+    max_reuse: int = 0
+    lawa: int = 0
+    workers: int = 14
+    seeding: str = "per_call"
+    autocast: bool = False
+    sdpa: str = "no_gqa"
+    random_column_embeddings: bool = False
+    clock: str = "time"
+    eval_every: float = 120.0
+    val_tasks: int = 64
+    eval_estimators: int | str = 4
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        choices = {
+            "architecture": ("v2", "v2.6"),
+            "optimizer": ("adamw", "muon"),
+            "prior": PRIORS,
+            "seeding": ("per_call", "per_batch"),
+            "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"),
+            "clock": ("time", "steps"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.random_column_embeddings and self.architecture != "v2":
+            raise ValueError("random_column_embeddings applies to the v2 architecture only (v2.6 reads them from a file)")
+        if not self.curriculum or self.curriculum[0]["start"] != 0.0:
+            raise ValueError("the curriculum must be a non-empty list of stages, the first starting at 0.0")
+        for s in self.curriculum:
+            if set(s) != set(_STAGE_KEYS):
+                raise ValueError(f"a curriculum stage needs exactly the keys {_STAGE_KEYS}, got {sorted(s)}")
+        for key in ("min_reuse", "warmup_steps"):
+            if int(getattr(self, key)) < (1 if key == "min_reuse" else 0):
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of the architecture's config (``TabPFNV2Config`` or ``TabPFNV2p6Config``)."""
+        kw = dict(emsize=self.emsize, nlayers=self.nlayers, nhead=self.nhead,
+                  features_per_group=self.features_per_group, max_num_classes=self.max_num_classes)
+        if self.architecture == "v2.6":
+            kw["num_thinking_rows"] = self.num_thinking_rows
+        return kw
+
+
+#: Tables of about the size the model meets in the book (1,000 context rows): one stage, batches of 8 tables.
+SPEEDRUN_CURRICULUM = [
+    dict(start=0.00, min_rows=800, max_rows=1200, max_features=32, max_classes=10, batch=8, reuse=1),
+]
+
+
+def recipe(name: str, **overrides) -> PretrainConfig:
+    """A named pretraining recipe, with ``overrides`` applied.
+
+    ``"v1"``: the recipe of the fallback shipped before issue 11 as its last calls ran it (tabpfn_v2, emsize 128,
+    6 layers, AdamW with cosine decay, float32, :data:`CURRICULUM` from 256-row to 1,350-row tables, every prior
+    batch used 4 times, fresh column embeddings at every step).
+
+    ``"v2.6-muon"``: after the speedrun of modded-nanoTabPFN (arXiv 2606.03681): tabpfn_v2_6 (RMSNorm,
+    16 thinking rows, column embeddings from tabpfn's file; emsize 192, 6 layers, 3 heads, feature groups of
+    3), Muon on the blocks' matrices (learning rate 5e-3: with ``adjust_lr_fn="match_rms_adamw"`` its update
+    is 0.2 lr per entry, so its early steps are as large as AdamW's at 1e-3; at 1e-3 it learned nothing in 60
+    steps of the toy prior, at 5e-3 as fast as AdamW) and AdamW on the rest, bf16 autocast with tabpfn's
+    attention dispatch minus cuDNN's fused attention (FlashAttention), tables of 800 to 1,200 rows (:data:`SPEEDRUN_CURRICULUM`), adaptive reuse of prior
+    batches (the accelerator does not wait for the prior), per-batch seeding, and checkpoint selection on the
+    development set among the evaluated weights and their latest-weight average (LAWA, 5).
+
+    ``"v2-muon"``: ``"v2.6-muon"``'s optimiser, numerics, tables, reuse, seeding and selection on the v2
+    architecture (emsize 192, 6 layers, 6 heads, feature groups of 2: 3.7 M parameters; fresh column embeddings at
+    every step as in ``"v1"``) with learning rates 5e-4 (AdamW) and 2.5e-3 (Muon). Chosen by measurement
+    (``data/results/pretrain_recipes.json``): on CPU, 120 steps of 4 small graph_scm tables, v2 reached a
+    held-out loss of 1.37 (AdamW or Muon), v2.6 1.46 and 1.50. On the H200, ``"v2.6-muon"`` (1e-3/5e-3) and
+    this recipe at 1.5e-3/7.5e-3 collapsed to a constant prediction within 200 steps (held-out loss stuck at
+    1.70). A 3-minute ablation of four variants on one GPU put the cause in the learning rate, not in Muon or bf16:
+    training loss after 400 steps 1.67 with AdamW alone at 1.5e-3, 1.50 in float32 with Muon at 7.5e-3,
+    1.33 with AdamW alone at 5e-4, 1.26 with Muon at 5e-4/2.5e-3 in bf16.
+    """
+    base = {
+        "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
+        "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
+                          num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=5e-3, warmup_steps=100,
+                          autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
+                          min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
+        "v2-muon": dict(architecture="v2", emsize=192, nlayers=6, nhead=6, features_per_group=2,
+                        random_column_embeddings=True, optimizer="muon", lr=5e-4, muon_lr=2.5e-3, warmup_steps=100,
+                        autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
+                        min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
+    }
+    if name not in base:
+        raise ValueError(f"recipe must be one of {sorted(base)}, got {name!r}")
+    return PretrainConfig(**{**base[name], **overrides})
+
+
+def tiny_config(**overrides) -> PretrainConfig:
+    """A CPU-sized configuration (emsize 32, 2 layers, :data:`TINY_CURRICULUM`) for smoke runs and tests."""
+    kw = dict(emsize=32, nlayers=2, nhead=2, curriculum=[dict(s) for s in TINY_CURRICULUM], val_tasks=8,
+              eval_estimators=1)
+    kw.update(overrides)
+    return PretrainConfig(**kw)
+
+
+def stage_index(stages, progress: float) -> int:
+    """Index of the curriculum stage in force at ``progress`` (fraction of the budget spent)."""
+    idx = 0
+    for i, s in enumerate(stages):
+        if progress >= s["start"]:
+            idx = i
+    return idx

@@ -1,0 +1,114 @@
+"""The forward pass of a training step: a prior batch as a task, the attention kernels, the logits, the loss.
+
+* :func:`to_task`: a prior batch as the model's inputs ``x[T, B, C]``, ``y_train[N, B]``, with a random label
+  permutation per task (and, when a batch is reused, a fresh context/test split), and the targets of the test
+  rows as ranks among the context's classes (how ``tabpfn`` densifies labels);
+* :func:`configure_sdpa`: which torch attention kernels tabpfn's own dispatch may use in training;
+* :func:`masked_logits`, :func:`forward_loss`: logits masked to each task's classes, and the cross-entropy on
+  the test rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["to_task", "masked_logits", "configure_sdpa", "forward_loss"]
+
+
+def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: int):
+    """(X[B,T,H], y[B,T], d, seq_lens, train_sizes) -> x[T,B,C], y_train[N,B], target[T-N,B], n_cls[B].
+
+    The columns are trimmed to the widest task of the batch (tabicl pads with zero columns, which
+    ``tabpfn`` drops as constant anyway). Labels are randomly permuted per task; ``target`` is the
+    label's rank among the task's training labels (how ``tabpfn`` densifies labels internally),
+    or -100 (ignored) for a test label absent from the context.
+    """
+    X, y, d, _, train_sizes = batch
+    X = X[:, :, : max(1, int(d.max()))]
+    B, T, _ = X.shape
+    n_train = int(train_sizes[0])
+    X = X.float().contiguous().to(device)
+    y = y.long().contiguous().to(device)
+    if reshuffle:  # a fresh context/test split of the same tasks
+        perm = torch.argsort(torch.rand(B, T, generator=gen, device="cpu"), dim=1).to(device)
+        X = torch.gather(X, 1, perm[:, :, None].expand_as(X))
+        y = torch.gather(y, 1, perm)
+    # random label permutation per task (TabPFN's inference shuffles classes too)
+    lab_perm = torch.argsort(torch.rand(B, max_classes, generator=gen, device="cpu"), dim=1).to(device)
+    y = torch.gather(lab_perm, 1, y.clamp(0, max_classes - 1))
+    y_tr, y_te = y[:, :n_train], y[:, n_train:]
+    present = F.one_hot(y_tr, max_classes).amax(1).bool()  # [B, K]
+    rank = present.long().cumsum(1) - 1  # [B, K]
+    target = torch.gather(rank, 1, y_te)
+    ok = torch.gather(present, 1, y_te)
+    target = torch.where(ok, target, torch.full_like(target, -100))
+    n_cls = present.sum(1)  # [B]
+    x = X.transpose(0, 1).contiguous()  # [T, B, C]
+    return x, y_tr.transpose(0, 1).float().contiguous(), target.transpose(0, 1).contiguous(), n_cls
+
+
+def masked_logits(logits: torch.Tensor, n_cls: torch.Tensor) -> torch.Tensor:
+    """Logits [T, B, K] with the classes beyond each task's count masked (as TabPFN slices at inference)."""
+    K = logits.shape[-1]
+    mask = torch.arange(K, device=logits.device)[None, :] >= n_cls[:, None]  # [B, K]
+    return logits.float().masked_fill(mask[None], float("-inf"))
+
+
+_SDPA_DEFAULTS: dict = {}
+
+
+def configure_sdpa(mode: str) -> None:
+    """Choose torch SDPA kernels inside tabpfn's own attention dispatch (no re-implementation).
+
+    ``"no_gqa"`` expands the single key/value head of the test rows instead of torch's ``enable_gqa``;
+    ``"no_flash"`` keeps the GQA call but drops the FlashAttention kernel; ``"row_math"`` is ``"no_gqa"`` plus
+    torch's reference (math) kernel for the short between-feature attention; ``"math"``: the reference kernel
+    everywhere; ``"no_cudnn"``: tabpfn's dispatch without cuDNN's fused attention, whose bf16 backward failed on
+    the H200 (torch 2.11) with ``mha_graph.execute(...).is_good()`` after about 190 steps of tables of varying
+    length, after NaN losses and 0.5 s steps (a known defect: pytorch issues 122695, 134001);
+    ``"default"``: tabpfn's own dispatch. Each call first restores tabpfn's dispatch, so modes do not pile up.
+    """
+    from torch.nn.attention import SDPBackend
+
+    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
+
+    if not _SDPA_DEFAULTS:
+        _SDPA_DEFAULTS.update(gqa=sdpa.gqa_is_supported, torch_sdpa=sdpa._torch_sdpa, backends=list(sdpa._SDPA_BACKENDS))
+    sdpa.gqa_is_supported = _SDPA_DEFAULTS["gqa"]
+    sdpa._torch_sdpa = _SDPA_DEFAULTS["torch_sdpa"]
+    sdpa._SDPA_BACKENDS[:] = _SDPA_DEFAULTS["backends"]
+    if mode == "no_gqa":
+        sdpa.gqa_is_supported = lambda: False
+    elif mode == "no_flash":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    elif mode == "row_math":
+        sdpa.gqa_is_supported = lambda: False
+        original = _SDPA_DEFAULTS["torch_sdpa"]
+
+        def short_sequences_on_math(q_BSHD, k_BSJD, v_BSJD, _backends_override=None):
+            # (batch, seq, heads, dim): the attention between the few feature groups of a row
+            if _backends_override is None and q_BSHD.shape[1] <= 64 and k_BSJD.shape[1] <= 64:
+                _backends_override = [SDPBackend.MATH]
+            return original(q_BSHD, k_BSJD, v_BSJD, _backends_override)
+
+        sdpa._torch_sdpa = short_sequences_on_math
+    elif mode == "math":
+        sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
+    elif mode == "no_cudnn":
+        sdpa._SDPA_BACKENDS[:] = [b for b in _SDPA_DEFAULTS["backends"] if b != SDPBackend.CUDNN_ATTENTION]
+    elif mode != "default":
+        raise ValueError("sdpa mode must be 'default', 'no_gqa', 'no_flash', 'row_math', 'math' or 'no_cudnn', "
+                         f"got {mode!r}")
+
+
+def forward_loss(model, task, autocast: bool):
+    """Cross-entropy on the test rows of a task batch; also the number of correct and of scored test labels."""
+    x, y_tr, target, n_cls = task
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(x, y_tr)
+    logits = masked_logits(logits, n_cls)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    valid = target >= 0
+    correct = ((logits.argmax(-1) == target) & valid).sum()
+    return loss, correct, valid.sum()

@@ -1,0 +1,223 @@
+"""The prior: synthetic classification tables, generated on the CPU while the accelerator trains.
+
+* :func:`make_prior`: the generator of one curriculum stage, ``tabicl.prior.PriorDataset`` or, for tests and
+  smoke runs, :class:`ToyPrior`;
+* :func:`prior_stream`: an endless iterator over its batches, from ``torch.utils.data.DataLoader`` workers,
+  seeded per call and stage (as the shipped fallback was trained) or per batch (``_PerBatchSeeded``: batch
+  ``i`` comes from a seed derived from ``(seed, rank, stage, i)``, so a resumed run draws exactly the batches an
+  uninterrupted run draws);
+* ``_Prefetch``: a thread that keeps a queue of ready batches and says whether the next one is ready (adaptive
+  reuse in :meth:`.trainer.Trainer.run`).
+
+tabicl's priors draw from the global NumPy, ``random`` and torch generators; these are seeded here
+(``_seed_all``), in each worker or before each batch.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["ToyPrior", "make_prior", "prior_stream"]
+
+
+class ToyPrior(torch.utils.data.IterableDataset):
+    """Random linear classification tasks in the batch format of ``tabicl.prior.PriorDataset``.
+
+    Per table: ``d`` features drawn uniformly from ``1..max_features``, ``c`` classes from ``2..max_classes``,
+    ``X ~ N(0, 1)``, labels ``argmax(X W + b + 0.3 noise)`` with ``W ~ N(0, 1)`` and a class offset
+    ``b ~ N(0, 1.5^2)`` (so the classes are unbalanced, and a model that reads the context's labels gains
+    quickly). Columns beyond ``d`` are zero.
+    Draws from torch's global generator (seeded by the caller, as tabicl's priors are).
+    """
+
+    def __init__(self, *, batch_size, min_features=1, max_features, max_classes, min_seq_len, max_seq_len,
+                 min_train_size=0.3, max_train_size=0.9):
+        self.batch_size, self.max_features, self.max_classes = batch_size, max_features, max_classes
+        self.min_features = min_features
+        self.min_seq_len, self.max_seq_len = min_seq_len, max_seq_len
+        self.min_train_size, self.max_train_size = min_train_size, max_train_size
+
+    def get_batch(self):
+        B, H = self.batch_size, self.max_features
+        T = int(torch.randint(self.min_seq_len, self.max_seq_len + 1, ()))
+        frac = self.min_train_size + (self.max_train_size - self.min_train_size) * float(torch.rand(()))
+        n_train = max(2, min(T - 1, int(T * frac)))
+        X = torch.zeros(B, T, H)
+        y = torch.zeros(B, T)
+        d = torch.randint(self.min_features, H + 1, (B,))
+        for b in range(B):
+            db = int(d[b])
+            c = int(torch.randint(2, self.max_classes + 1, ()))
+            xb = torch.randn(T, db)
+            X[b, :, :db] = xb
+            y[b] = (xb @ torch.randn(db, c) + 1.5 * torch.randn(1, c) + 0.3 * torch.randn(T, c)).argmax(1).float()
+        return X, y, d, torch.full((B,), T), torch.full((B,), n_train)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get_batch()
+
+
+def make_prior(stage: dict, prior_type: str):
+    """The generator of one curriculum stage: ``tabicl.prior.PriorDataset`` (tabicl's defaults) or :class:`ToyPrior`."""
+    common = dict(
+        batch_size=stage["batch"],
+        min_features=1,
+        max_features=stage["max_features"],
+        max_classes=stage["max_classes"],
+        min_seq_len=stage["min_rows"],
+        max_seq_len=stage["max_rows"],
+        min_train_size=0.3,
+        max_train_size=0.9,
+    )
+    if prior_type == "toy":
+        return ToyPrior(**common)
+    from tabicl.prior import PriorDataset
+    from tabicl.prior.graph_lib._config import PriorConfig
+
+    return PriorDataset(
+        **common,
+        prior_type=prior_type,
+        config=PriorConfig() if prior_type == "graph_scm" else None,  # tabicl's defaults
+        n_jobs=1,  # n_jobs > 1 cannot be pickled into DataLoader workers
+        device="cpu",
+    )
+
+
+def _seed_all(seed: int) -> None:
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _mix(*parts: int) -> int:
+    """A 31-bit seed derived from integers (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+class _WorkerSeeder:
+    def __init__(self, base: int):
+        self.base = base
+
+    def __call__(self, worker_id: int):
+        _seed_all((self.base * 1009 + worker_id) % (2**31 - 1))
+        torch.set_num_threads(1)
+        warnings.filterwarnings("ignore")
+
+
+def _quiet_worker(worker_id: int):
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+
+
+class _PerBatchSeeded(torch.utils.data.IterableDataset):
+    """Batch ``i`` (``i = start, start + 1, ...``) generated right after seeding with ``_mix(*key, i)``.
+
+    With ``W`` DataLoader workers, worker ``w`` makes batches ``start + w, start + w + W, ...`` and the loader
+    hands them out in that round-robin order, so the stream is the same for any number of workers.
+    """
+
+    def __init__(self, stage: dict, prior_type: str, key: tuple, start: int):
+        self.stage, self.prior_type, self.key, self.start = stage, prior_type, key, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        prior = make_prior(self.stage, self.prior_type)
+        i = self.start + w
+        while True:
+            _seed_all(_mix(*self.key, i))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                batch = prior.get_batch()
+            yield batch
+            i += n
+
+
+def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int | None = None,
+                 key: tuple | None = None, start: int = 0):
+    """An endless iterator over prior batches ``(X[B,T,H], y[B,T], d, seq_lens, train_sizes)`` of one stage.
+
+    Give either ``seed_base`` (the per-call scheme: the DataLoader's workers are seeded from it, or, with no
+    workers, this process's global generators) or ``key`` (per-batch seeding, see :class:`_PerBatchSeeded`;
+    ``start`` is the index of the first batch).
+    """
+    if (seed_base is None) == (key is None):
+        raise ValueError("give exactly one of seed_base (per-call seeding) and key (per-batch seeding)")
+    if key is not None:
+        dataset = _PerBatchSeeded(stage, prior_type, tuple(key), int(start))
+        init = _quiet_worker
+    else:
+        dataset = make_prior(stage, prior_type)
+        init = _WorkerSeeder(seed_base)
+    if workers == 0 and key is not None:
+        return iter(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=init,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=False,
+        persistent_workers=False,
+    )
+    if workers == 0:
+        init(0)  # seeds this process's global generators, as a worker would be
+    return iter(loader)  # (its iterator draws one number from torch's global generator)
+
+
+class _Prefetch:
+    """An iterator over prior batches that can say whether the next batch is ready (a thread fills a queue).
+
+    Disabled, it passes ``next`` through and always answers ``ready() == True``.
+    """
+
+    def __init__(self, it, *, enabled: bool, depth: int = 4):
+        import queue
+        import threading
+
+        self.it, self.enabled = it, enabled
+        if enabled:
+            self.q = queue.Queue(maxsize=depth)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._fill, daemon=True)
+            self.thread.start()
+
+    def _fill(self):
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                item = next(self.it)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                item = exc
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def ready(self) -> bool:
+        return not self.enabled or not self.q.empty()
+
+    def __next__(self):
+        if not self.enabled:
+            return next(self.it)
+        item = self.q.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self):
+        if self.enabled:
+            self.stop.set()
+            self.thread.join(timeout=5)

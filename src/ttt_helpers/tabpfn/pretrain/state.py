@@ -1,0 +1,148 @@
+"""The model, its optimisers and learning-rate schedule, and the resumable training state on disk.
+
+* :func:`make_model`: the configured architecture (``tabpfn``'s own, built by :mod:`..checkpoints`), seeded;
+* :func:`make_optimizers`, :func:`lr_at`: AdamW (or Muon on the transformer blocks' matrices plus AdamW on the
+  rest), linear warm-up then cosine decay in *training progress*;
+* :func:`save_state`, :func:`load_state`: weights, optimiser moments and the run's ``meta`` in files of a few
+  parameter-sizes each (:data:`STATE_FILES`), so that a later call resumes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .. import checkpoints as tm
+from .config import PretrainConfig
+
+__all__ = ["make_model", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
+
+STATE_FILES = ("state_model.pt", "state_opt_avg.pt", "state_opt_avg_sq.pt", "state_meta.json")
+_MOMENTUM_FILE = "state_opt_momentum.pt"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model, optimisers and the learning-rate schedule
+# ----------------------------------------------------------------------------------------------------------
+def make_model(cfg: PretrainConfig):
+    """(model config, freshly initialised model seeded by ``cfg.seed``) of the configured architecture."""
+    model_config = tm.make_config(architecture=cfg.architecture, **cfg.model_kwargs())
+    return model_config, tm.new_model(model_config, seed=cfg.seed)
+
+
+def _is_muon_param(name: str, p: torch.Tensor) -> bool:
+    return p.ndim == 2 and name.startswith("blocks.")
+
+
+def make_optimizers(model, cfg: PretrainConfig, *, fused: bool = False):
+    """The optimisers and, per parameter group, its peak learning rate: ``[(optimizer, [base_lr per group])]``.
+
+    ``"adamw"``: AdamW (betas 0.9, 0.95) with weight decay on the matrices and none on vectors.
+    ``"muon"``: ``torch.optim.Muon`` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, learning rate scaled to
+    match AdamW's update size, no weight decay) on the 2-D weights inside the transformer blocks; AdamW as above
+    on everything else (embeddings, thinking rows, norms, decoder).
+    """
+    named = list(model.named_parameters())
+    muon = [p for n, p in named if cfg.optimizer == "muon" and _is_muon_param(n, p)]
+    muon_ids = {id(p) for p in muon}
+    decay = [p for n, p in named if p.ndim >= 2 and id(p) not in muon_ids]
+    no_decay = [p for n, p in named if p.ndim < 2]
+    adamw = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=fused,
+    )
+    out = [(adamw, [cfg.lr, cfg.lr])]
+    if muon:
+        out.append((torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=0.0, momentum=0.95,
+                                     adjust_lr_fn="match_rms_adamw"), [cfg.muon_lr]))
+    return out
+
+
+def lr_at(base_lr: float, step: int, progress: float, *, warmup_steps: int, min_lr_frac: float) -> float:
+    """Linear warm-up over ``warmup_steps`` steps, then cosine decay in ``progress`` to ``min_lr_frac * base_lr``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    floor = base_lr * min_lr_frac
+    return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training state
+# ----------------------------------------------------------------------------------------------------------
+def _param_state(model, optimizers):
+    names = {id(p): n for n, p in model.named_parameters()}
+    for opt, _ in optimizers:
+        for p, st in opt.state.items():
+            if st:
+                yield names[id(p)], p, st
+
+
+def save_state(out_dir, model, optimizers, meta: dict) -> None:
+    """Write a resumable training state (weights, optimiser moments, ``meta``) into ``out_dir``.
+
+    Files of at most a few parameter-sizes each (the device tool returns files of at most 16 MiB):
+    ``state_model.pt``; AdamW's ``exp_avg`` in ``state_opt_avg.pt``, ``exp_avg_sq`` and ``step`` in
+    ``state_opt_avg_sq.pt``; Muon's momentum in ``state_opt_momentum.pt``; ``state_meta.json``. Each file is
+    written to a temporary name first and then renamed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"state_model.pt": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    avg, avg_sq, steps, momentum = {}, {}, {}, {}
+    for n, _, st in _param_state(model, optimizers):
+        if "exp_avg" in st:
+            avg[n] = st["exp_avg"].detach().cpu()
+            avg_sq[n] = st["exp_avg_sq"].detach().cpu()
+            steps[n] = float(st["step"])
+        if "momentum_buffer" in st:
+            momentum[n] = st["momentum_buffer"].detach().cpu()
+    files["state_opt_avg.pt"] = avg
+    files["state_opt_avg_sq.pt"] = {"exp_avg_sq": avg_sq, "step": steps}
+    if momentum:
+        files[_MOMENTUM_FILE] = momentum
+    for name, obj in files.items():
+        torch.save(obj, out_dir / (name + ".tmp"))
+    (out_dir / "state_meta.json.tmp").write_text(json.dumps(meta, indent=1))
+    written = [*files, "state_meta.json"]
+    for f in written:
+        os.replace(out_dir / (f + ".tmp"), out_dir / f)
+    if not momentum:
+        (out_dir / _MOMENTUM_FILE).unlink(missing_ok=True)
+
+
+def load_state(folder, model, optimizers, device) -> dict:
+    """Load a state written by :func:`save_state` into ``model`` and ``optimizers``; returns its ``meta``."""
+    folder = Path(folder)
+    model.load_state_dict(torch.load(folder / "state_model.pt", map_location=device))
+    avg = torch.load(folder / "state_opt_avg.pt", map_location=device)
+    rest = torch.load(folder / "state_opt_avg_sq.pt", map_location=device)
+    momentum = torch.load(folder / _MOMENTUM_FILE, map_location=device) if (folder / _MOMENTUM_FILE).exists() else {}
+    owner = {id(p): opt for opt, _ in optimizers for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        opt = owner[id(p)]
+        if n in avg:
+            opt.state[p] = {
+                "step": torch.tensor(rest["step"][n], dtype=torch.float32, device=device),  # fused AdamW: on device
+                "exp_avg": avg[n].to(device),
+                "exp_avg_sq": rest["exp_avg_sq"][n].to(device),
+            }
+        elif n in momentum:
+            opt.state[p] = {"momentum_buffer": momentum[n].to(device)}
+    return json.loads((folder / "state_meta.json").read_text())
+
+
+def _fresh_meta() -> dict:
+    return {
+        "step": 0,
+        "train_seconds": 0.0,
+        "calls": [],
+        "loss_curve": [],  # [step, train_minutes, stage, mean train loss, mean train acc] per log interval
+        "evals": [],
+        "tasks_seen": 0,
+    }
