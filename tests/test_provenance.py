@@ -51,6 +51,9 @@ def test_provenance_table(tmp_path):
 def test_git_commit_env_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("TTT_GIT_COMMIT", "deadbeef")
     assert pv.git_commit(cwd=tmp_path) == "deadbeef"
+    assert pv.git_commit() == "deadbeef"  # also inside a git checkout: the variable names the commit sent
+    monkeypatch.delenv("TTT_GIT_COMMIT")
+    assert pv.git_commit(cwd=tmp_path) == "unknown"
 
 
 def _shipped_tree(tmp_path, monkeypatch):

@@ -73,7 +73,14 @@ def sha256_file(path) -> str:
 
 
 def git_commit(cwd=None) -> str:
-    """The current git commit (with ``+dirty`` if the tree has changes), or ``"unknown"``."""
+    """The current git commit (with ``+dirty`` if the tree has changes), or ``"unknown"``.
+
+    The environment variable ``TTT_GIT_COMMIT``, when set, is returned instead: the GPU machine receives the
+    working tree of a commit but keeps the ``.git`` of the session's first commit, so a run there names the
+    commit it was sent from in its command (``TTT_GIT_COMMIT=<sha> python scripts/...``).
+    """
+    if os.environ.get("TTT_GIT_COMMIT"):
+        return os.environ["TTT_GIT_COMMIT"]
     cwd = cwd or repo_root()
     try:
         sha = subprocess.run(
