@@ -47,7 +47,7 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", default=["v1", "v2.6-muon"],
-                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME")
+                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME (values without commas)")
     p.add_argument("--budget-min", type=float, default=3.0, help="training minutes per recipe")
     p.add_argument("--eval-every-s", type=float, default=20.0)
     p.add_argument("--deadline-min", type=float, default=9.4, help="wall minutes for the whole command")
@@ -263,18 +263,13 @@ def main(argv=None):
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"command": command, "git_commit": git_commit(), "machine": machine_description(),
-              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "muon_available": hasattr(torch.optim, "Muon")}
-    path = out / "bench_pretrain_recipes.json"
     if args.merge:  # e.g. --out data/results: pretrain_recipes.json and its provenance, from the runs' results
-        record = merge(args.merge, command)
-        path = out / "pretrain_recipes.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        record, merged = merge(args.merge, command), out / "pretrain_recipes.json"
+        merged.write_text(json.dumps(record, indent=1) + "\n")
         ttq = record["time_to_quality"]
         runs = record["runs"]
         write_provenance(
-            out / "pretrain_recipes.provenance.json", command=command, files=[path],
+            out / "pretrain_recipes.provenance.json", command=command, files=[merged],
             seeds={"seed": 0, "dev_split_seed": 0},
             results={"dev_acc_best": {n: max(c[2] for c in r["curve"]) for n, r in record["recipes"].items()},
                      "dev_acc_reference_fallback": record.get("reference", {}).get("dev_acc"),
@@ -285,6 +280,10 @@ def main(argv=None):
                            "machine and date); the machine above is the first run's"})
         print("TTQ", json.dumps(ttq))
         return 0
+    result = {"command": command, "git_commit": git_commit(), "machine": machine_description(),
+              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "muon_available": hasattr(torch.optim, "Muon")}
+    path = out / "bench_pretrain_recipes.json"
     if args.diagnose_bf16 is not None:  # added to the JSON of an earlier benchmark in --out, if any
         record = json.loads(path.read_text()) if path.exists() else result
         record["bf16_diagnosis"] = {"command": command, **diagnose_bf16(args.diagnose_bf16)}

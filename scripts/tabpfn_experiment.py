@@ -282,7 +282,7 @@ def main(argv=None):
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     write_provenance(out.with_name(out.stem + ".provenance.json"), command=cmd,
                      seeds={"seed": args.seed, "per_table": "numpy default_rng([seed, crc32(name)])"},
-                     results=headline, files=[out], commit=os.environ.get("TTT_GIT_COMMIT"),
+                     results=headline, files=[out],
                      extra={"model": description, "wall_seconds": record["wall_seconds"]})
     print(json.dumps(headline, indent=1), flush=True)
     print(f"wrote {out} in {time.time() - t0:.0f} s", flush=True)

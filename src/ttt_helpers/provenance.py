@@ -91,7 +91,7 @@ def git_commit(cwd=None) -> str:
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("TTT_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def machine_description() -> dict:
