@@ -50,8 +50,8 @@ def _configs(args):
     if not args.no_search:
         out["selected"] = RecipeSearch(lrs=tuple(args.lrs), max_steps=args.search_steps, eval_every=args.eval_every,
                                        patience=args.patience, validation_sizes=tuple(args.val_sizes),
-                                       validation_repeats=args.val_reps, n_query=args.n_query,
-                                       max_context=args.max_context)
+                                       validation_repeats=args.val_reps, tolerance=args.tolerance,
+                                       noise_z=args.noise_z, n_query=args.n_query, max_context=args.max_context)
     for opt in args.fixed:
         lr = args.lr_adamw if opt == "adamw" else args.lr_sgd
         out[opt] = TTTConfig(optimizer=opt, steps=args.steps, lr=lr, n_query=args.n_query,
@@ -110,6 +110,10 @@ def main(argv=None):
     p.add_argument("--val-sizes", nargs="*", type=int, default=[2, 8, 32, 128, 512],
                    help="context sizes of the validation episodes")
     p.add_argument("--val-reps", type=int, default=1, help="validation contexts per size")
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="a checkpoint may lose at most this much at any validation size (see --noise-z)")
+    p.add_argument("--noise-z", type=float, default=1.28,
+                   help="standard errors of the paired per-query differences added to --tolerance (0: bare margin)")
     p.add_argument("--no-search", action="store_true", help="no recipe search (only the --fixed recipes)")
     p.add_argument("--fixed", nargs="*", default=[], choices=["adamw", "sgd"],
                    help="fixed recipes to run besides the search (--steps steps at --lr-adamw / --lr-sgd)")

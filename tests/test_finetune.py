@@ -1,5 +1,7 @@
 """Tests for ttt_helpers.tabpfn.finetune (the TTT loop and the recipe search), on a tiny random checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,8 @@ def test_recipe_search_validates_its_settings():
         ft.RecipeSearch(validation_fraction=1.0)
     with pytest.raises(ValueError, match="validation_sizes"):
         ft.RecipeSearch(validation_sizes=(1, 8))
+    with pytest.raises(ValueError, match="noise_z"):
+        ft.RecipeSearch(noise_z=-1.0)
     s = ft.RecipeSearch(lrs=3e-4, max_steps=30)
     assert s.lrs == (3e-4,) and s.config(3e-4).steps == 30 and s.to_dict()["lrs"] == [3e-4]
 
@@ -90,6 +94,13 @@ def test_select_recipe_learns_where_ttt_helps(template):
     assert info["best"]["acc"] >= info["zero_shot"]["acc"] + search.min_improvement
     assert info["n_validation"] == 80 and info["n_train"] == 320
     assert [r["lr"] for r in info["runs"]] == [1e-3, 3e-3] and all(r["trace"] for r in info["runs"])
+    # every trace row: step, acc, loss, admissible, and the paired gain and its standard error per validation size
+    for r in info["runs"]:
+        for step, acc, loss, ok, gains, ses in r["trace"]:
+            assert len(gains) == len(ses) == 2 and all(se >= 0 for se in ses)
+            assert ok == all(g >= -(search.tolerance + search.noise_z * se) - 1e-12 for g, se in zip(gains, ses))
+    assert "correct" not in info["zero_shot"] and "correct" not in info["best"]
+    json.dumps({k: info[k] for k in ("zero_shot", "best", "runs")})  # the per-query arrays stay inside
     assert info["seconds"] >= info["ttt_seconds"] > 0 and info["validation_seconds"] > 0
     w1 = ft.snapshot_state(clf)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # the chosen TTT weights are loaded
@@ -116,6 +127,55 @@ def test_a_checkpoint_below_the_zero_shot_weights_at_one_size_is_not_admissible(
     better = {"acc": 0.65, "loss": 0.9, "sizes": [2, 512], "acc_by_size": [0.5, 0.79]}
     assert not ft._admissible(collapse, zero, 0.02) and ft._admissible(better, zero, 0.02)
     assert ft._better(collapse, better) and ft._better(better, None)
+
+
+def _score(correct_by_episode, requested):
+    """A score of score_episodes(..., per_query=True) built from per-query correctness."""
+    c = [np.asarray(a, dtype=bool) for a in correct_by_episode]
+    req = np.asarray(requested)
+    sizes = sorted(set(requested))
+    acc = np.array([a.mean() for a in c])
+    return {"acc": float(acc.mean()), "loss": 1.0, "sizes": sizes,
+            "acc_by_size": [float(acc[req == s].mean()) for s in sizes], "correct": c, "requested": list(requested)}
+
+
+def test_paired_gains_average_the_repeats_per_query():
+    zero = _score([[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0]], [2, 2, 8])
+    ttt = _score([[1, 1, 0, 1], [1, 1, 1, 0], [1, 1, 1, 0]], [2, 2, 8])
+    gains, ses = ft.paired_gains(ttt, zero)
+    # size 2: per-query differences averaged over the two repeats: (0, 0.5, 0.5, 0); size 8: (1, 1, 1, 0)
+    assert gains == pytest.approx([0.25, 0.75])
+    assert ses == pytest.approx([np.std([0, 0.5, 0.5, 0], ddof=1) / 2, np.std([1, 1, 1, 0], ddof=1) / 2])
+    # without per-query data: differences of acc_by_size, no standard error
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("correct", "requested")}  # noqa: E731
+    assert ft.paired_gains(strip(ttt), strip(zero)) == (pytest.approx([0.25, 0.75]), [0.0, 0.0])
+
+
+def test_admissibility_is_a_test_against_the_noise_of_the_validation_slice():
+    """A checkpoint exactly as good as the zero-shot weights, scored on 200 validation queries at 5 sizes (the
+    search's slice): the bare 0.02 margin rejects it most of the time (the paired standard error per size is about
+    0.05 here), which is why the search kept the zero-shot weights on tables where TTT gains 0.1 to 0.3 at most
+    sizes; the noise-aware test (noise_z 1.28) rarely does, and it still rejects a real drop."""
+    rng = np.random.default_rng(0)
+    sizes, q = [2, 8, 32, 128, 512], 200
+    req = sizes
+    old = new = 0
+    for _ in range(300):
+        zero = _score(rng.uniform(size=(5, q)) < 0.5, req)
+        same = _score(rng.uniform(size=(5, q)) < 0.5, req)
+        old += not ft._admissible(same, zero, 0.02, 0.0)
+        new += not ft._admissible(same, zero, 0.02, 1.28)
+    assert old / 300 > 0.7 and new / 300 < 0.3
+    # a drop of 0.25 at the largest size (a quarter of the queries flip from right to wrong) is rejected
+    z = np.ones((5, q), dtype=bool)
+    drop = z.copy()
+    drop[4, : q // 4] = False
+    assert not ft._admissible(_score(drop, req), _score(z, req), 0.02, 1.28)
+    # a fixed margin with no per-query data is the old rule
+    plain = lambda s: {k: v for k, v in s.items() if k not in ("correct", "requested")}  # noqa: E731
+    a, b = _score(drop, req), _score(z, req)
+    a["acc_by_size"][4] = b["acc_by_size"][4] - 0.03
+    assert not ft._admissible(plain(a), plain(b), 0.02, 1.28) and ft._admissible(plain(a), plain(b), 0.04, 0.0)
 
 
 def test_early_stopping_stops_after_patience(template):

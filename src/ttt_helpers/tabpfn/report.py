@@ -259,8 +259,10 @@ def search_outcome(record: dict) -> str:
         return (f"chose lr {sel['lr']:g} after {sel['steps']} steps (validation accuracy {b['acc']:.3f}, "
                 f"zero-shot {z['acc']:.3f})")
     if b is None:
-        return (f"kept the pretrained weights (every TTT checkpoint fell more than "
-                f"{record['recipe']['tolerance']:g} below them at some validation context size)")
+        r = record["recipe"]
+        noise = f" + {r['noise_z']:g} standard errors" if r.get("noise_z") else ""
+        return (f"kept the pretrained weights (every TTT checkpoint fell more than {r['tolerance']:g}{noise} "
+                "below them at some validation context size)")
     return f"kept the pretrained weights (best TTT {b['acc']:.3f} vs zero-shot {z['acc']:.3f})"
 
 
