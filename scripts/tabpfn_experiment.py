@@ -104,9 +104,9 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="*", type=int, default=None, help="context sizes (default CONTEXT_SIZES)")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--lrs", nargs="*", type=float, default=[3e-4, 1e-3], help="learning rates of the recipe search")
-    p.add_argument("--search-steps", type=int, default=120, help="most steps per learning rate in the search")
+    p.add_argument("--search-steps", type=int, default=200, help="most steps per learning rate in the search")
     p.add_argument("--eval-every", type=int, default=20, help="steps between validation scores")
-    p.add_argument("--patience", type=int, default=2, help="scores without improvement before stopping")
+    p.add_argument("--patience", type=int, default=3, help="scores without improvement before stopping")
     p.add_argument("--val-sizes", nargs="*", type=int, default=[2, 8, 32, 128, 512],
                    help="context sizes of the validation episodes")
     p.add_argument("--val-reps", type=int, default=1, help="validation contexts per size")

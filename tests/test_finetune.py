@@ -187,3 +187,20 @@ def test_early_stopping_stops_after_patience(template):
     info = ft.select_recipe(clf, X[:200], y[:200], 2, search, 0)
     # lr 1e-9 changes nothing: the first score is the best, two more without improvement stop the run
     assert info["runs"][0]["steps_run"] == 6 and [t[0] for t in info["runs"][0]["trace"]] == [2, 4, 6]
+
+
+def test_the_estimator_and_the_command_line_share_the_search_defaults():
+    """One recipe search behind every entry point: the estimator's and the command line's defaults are
+    RecipeSearch's (200 steps, patience 3, the noise-aware admissibility test)."""
+    from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier
+    from ttt_helpers.tabpfn.cli import _recipe, build_parser
+    from ttt_helpers.tabpfn.fit_plan import ttt_recipe
+
+    d = ft.RecipeSearch()
+    assert (d.max_steps, d.patience, d.noise_z) == (200, 3, 1.28)
+    est = ttt_recipe(TTTTabPFNClassifier().get_params())[0]
+    cli = _recipe(build_parser().parse_args(["t.csv", "--target", "y"]))
+    for r in (est, cli):
+        assert isinstance(r, ft.RecipeSearch)
+        assert (r.lrs, r.max_steps, r.eval_every, r.patience, r.noise_z, r.tolerance, r.max_context) == (
+            d.lrs, d.max_steps, d.eval_every, d.patience, d.noise_z, d.tolerance, d.max_context)

@@ -121,7 +121,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     reuse_ttt_rows : bool, default False
         Let the context include the TTT rows too. ``False`` is the paper's protocol (TTT rows and context are
         disjoint); ``True`` uses every labelled row twice, which is legitimate when no test rows are involved.
-    steps : int, default 100
+    steps : int, default 200
         Most TTT optimiser steps per learning rate, one episode each (with ``early_stopping=False``: the steps);
         ``0`` switches TTT off.
     lr : float or sequence of float, default (3e-4, 1e-3)
@@ -135,7 +135,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         Share of the TTT rows held out as the validation slice.
     eval_every : int, default 20
         Steps between two validation scores.
-    n_iter_no_change : int, default 2
+    n_iter_no_change : int, default 3
         Validation scores without improvement after which a learning rate's run stops.
     optimizer : {"adamw", "sgd"}, default "adamw"
         AdamW (``weight_decay``) or SGD with heavy-ball ``momentum`` (the paper found them about equal).
@@ -183,9 +183,9 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     tabpfn_ : tabpfn.TabPFNClassifier — the adapted classifier (fine-tuning set-up of ``prepare_classifier``)
     """
 
-    def __init__(self, model="auto", *, ttt_size=0.5, context_size=None, reuse_ttt_rows=False, steps=100,
+    def __init__(self, model="auto", *, ttt_size=0.5, context_size=None, reuse_ttt_rows=False, steps=200,
                  lr=(3e-4, 1e-3), early_stopping=True, validation_fraction=0.2, eval_every=20,
-                 n_iter_no_change=2, optimizer="adamw", n_query=128, max_context=256, weight_decay=0.01,
+                 n_iter_no_change=3, optimizer="adamw", n_query=128, max_context=256, weight_decay=0.01,
                  momentum=0.9, grad_clip=1.0, n_estimators=1, categorical_features="auto", batch_size=1024,
                  device="cpu", random_state=0, verbose=False):
         self.model = model
