@@ -141,7 +141,8 @@ def test_recipe_numbers_and_line():
     rs[1]["ttt"]["ttt"] = {**rs[1]["ttt"]["ttt"], "selected": None}
     rs[2]["ttt"]["ttt"] = {**rs[2]["ttt"]["ttt"], "selected": {"lr": 1e-3, "steps": 20}}
     recipes = an.recipe_table(rs, "ttt")
-    assert an.recipe_numbers(recipes) == {"kept": 1, "n": 3, "steps-range": "20 to 40"}
+    assert an.recipe_numbers(recipes) == {"kept": 1, "n": 3, "steps-range": "20 to 40",
+                                          "median-steps": "30"}
     assert an.recipe_line(recipes) == ("zero-shot weights kept on 1 of 3 tables; chosen learning rates: "
                                        "{0.0003: 1, 0.001: 1} | median chosen steps 30")
 
@@ -156,7 +157,8 @@ def test_gain_numbers_and_mean_curves():
     c = an.mean_curves(S)
     assert set(c) == {"none", "ttt", "logistic_regression"} and np.allclose(c["ttt"], [0.5, 0.7, 0.75, 0.79])
     assert an.gain_numbers(S, "ttt", between=(4, 8)) == {"gain-peak": "+0.100", "gain-peak-n": 4,
-                                                         "gain-last": "-0.010", "gap": "0.020"}
+                                                         "gain-first": "+0.000", "gain-last": "-0.010",
+                                                         "gap": "0.020", "lr-margin": "-0.010"}
     with pytest.raises(ValueError, match="no context size"):
         an.gain_numbers(S, "ttt", between=(100, 200))
 

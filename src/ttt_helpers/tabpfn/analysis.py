@@ -562,11 +562,12 @@ def run_numbers(run: dict, label: str = "selected") -> dict:
 
 
 def recipe_numbers(recipes) -> dict:
-    """From :func:`recipe_table`: ``kept`` (tables where the zero-shot weights were kept), ``n`` (tables) and
-    ``steps-range`` (``"a to b"``, the fewest and most steps chosen elsewhere)."""
+    """From :func:`recipe_table`: ``kept`` (tables where the zero-shot weights were kept), ``n`` (tables),
+    ``steps-range`` (``"a to b"``, the fewest and most steps chosen elsewhere) and ``median-steps`` (their
+    median)."""
     chosen = recipes.loc[recipes["steps"] > 0, "steps"]
     return {"kept": int((recipes["steps"] == 0).sum()), "n": len(recipes),
-            "steps-range": f"{chosen.min()} to {chosen.max()}"}
+            "steps-range": f"{chosen.min()} to {chosen.max()}", "median-steps": f"{chosen.median():.0f}"}
 
 
 def recipe_line(recipes) -> str:
@@ -574,9 +575,8 @@ def recipe_line(recipes) -> str:
     median number of steps chosen."""
     n = recipe_numbers(recipes)
     lrs = recipes["lr"].value_counts(dropna=True).sort_index().to_dict()
-    median = recipes.loc[recipes["steps"] > 0, "steps"].median()
     return (f"zero-shot weights kept on {n['kept']} of {n['n']} tables; chosen learning rates: {lrs} "
-            f"| median chosen steps {median:.0f}")
+            f"| median chosen steps {n['median-steps']}")
 
 
 def gain_numbers(summary: dict, label: str, *, base: str = "none", reference: str = "logistic_regression",
@@ -586,16 +586,19 @@ def gain_numbers(summary: dict, label: str, *, base: str = "none", reference: st
     Returns
     -------
     dict with ``gain-peak`` (largest mean gain, ``"+0.049"``), ``gain-peak-n`` (the context size where it
-    peaks), ``gain-last`` (the gain at the largest size) and ``gap`` (the largest ``|label - reference|`` at the
-    sizes from ``between[0]`` to ``between[1]``, ``"0.012"``).
+    peaks), ``gain-first`` and ``gain-last`` (the gain at the smallest and the largest size), ``gap`` (the
+    largest ``|label - reference|`` at the sizes from ``between[0]`` to ``between[1]``, ``"0.012"``) and
+    ``lr-margin`` (the smallest ``label - reference`` there, signed, ``"+0.018"``).
     """
     c, sizes = mean_curves(summary), np.asarray(summary["sizes"])
     gain = c[label] - c[base]
     mid = (sizes >= between[0]) & (sizes <= between[1])
     if not mid.any():
         raise ValueError(f"no context size between {between[0]} and {between[1]} in {summary['sizes']}")
+    diff = (c[label] - c[reference])[mid]
     return {"gain-peak": f"{gain.max():+.3f}", "gain-peak-n": int(sizes[gain.argmax()]),
-            "gain-last": f"{gain[-1]:+.3f}", "gap": f"{np.abs(c[label] - c[reference])[mid].max():.3f}"}
+            "gain-first": f"{gain[0]:+.3f}", "gain-last": f"{gain[-1]:+.3f}", "gap": f"{np.abs(diff).max():.3f}",
+            "lr-margin": f"{diff.min():+.3f}"}
 
 
 def headline_lines(summary: dict, *, names=None, paper: str | None = None) -> list[str]:
