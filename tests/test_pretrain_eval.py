@@ -117,3 +117,24 @@ def test_recipes(name):
         assert cfg.random_column_embeddings == (cfg.architecture == "v2")
     with pytest.raises(ValueError, match="recipe"):
         pt.recipe("v9")
+
+
+def test_export_record_reads_a_resumed_run():
+    """export_record turns an export's provenance into a one-recipe bench record: totals over the calls, the
+    dev curve, and per call the max_reuse from its command line or, absent there, from the named recipe."""
+    calls = [{"command": "python scripts/bench_pretrain_recipes.py --recipes v2-muon --budget-min 1", "started_utc": "a",
+              "steps": 100, "data_wait_s": 6.0, "wall_s": 70.0},
+             {"command": "python scripts/pretrain_tabpfn.py --recipe v2-muon --max-reuse 8", "started_utc": "b",
+              "steps": 300, "data_wait_s": 3.0, "wall_s": 90.0}]
+    export = {"results": {"n_parameters": 10, "train_minutes": 2.0, "steps": 400, "tasks_seen": 3600},
+              "calls": calls, "prior_tables": 2400, "selection": {"chosen": "last"},
+              "evals": [{"train_minutes": 0.0, "step": 0, "dev_acc": 0.3, "val_loss": 2.0, "val_acc": 0.2},
+                        {"train_minutes": 2.0, "step": 400, "dev_acc": 0.6, "val_loss": 1.2, "val_acc": 0.5}]}
+    rec = pe.export_record(export, "resumed")
+    r = rec["recipes"]["resumed"]
+    assert r["step_ms"] == 300.0 and r["tables_processed_per_s"] == 30.0 and r["prior_tables_per_s"] == 20.0
+    assert r["data_wait_s"] == 9.0 and r["data_wait_fraction"] == 0.075
+    assert r["curve"] == [[0.0, 0, 0.3, 2.0, 0.2], [2.0, 400, 0.6, 1.2, 0.5]]
+    assert [c["max_reuse"] for c in rec["calls"]] == [pt.recipe("v2-muon").max_reuse, 8] and rec["calls"][0]["max_reuse"] != 8
+    summary = pe.recipe_summary(rec)
+    assert summary.loc["resumed", "best dev accuracy"] == 0.6 and summary.loc["resumed", "steps"] == 400

@@ -419,6 +419,40 @@ def recipe_summary(record: dict):
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 
+def export_record(export: dict, name: str) -> dict:
+    """A resumed run, read from the provenance its export wrote (``tabpfn_fallback.json`` of ``--export-dir``,
+    with ``prior_tables`` from the state's meta), as a one-recipe record of ``scripts/bench_pretrain_recipes.py``,
+    so that :func:`recipe_summary` and :func:`plot_recipe_curves` show it; ``calls`` lists each device call's
+    steps, data wait, wall time and ``max_reuse`` (from its command line: ``--max-reuse``, else the value of the
+    recipe that ``--recipe``/``--recipes`` names).
+    """
+    from .pretrain import recipe
+
+    res, calls = export["results"], export["calls"]
+    train_s = 60.0 * res["train_minutes"]
+    wait = sum(c["data_wait_s"] for c in calls)
+    rows = []
+    for c in calls:
+        words = c["command"].split()
+
+        def value(*flags, words=words):
+            return next((words[i + 1] for i, w in enumerate(words[:-1]) if w in flags), None)
+
+        reuse = value("--max-reuse")
+        reuse = int(reuse) if reuse is not None else recipe(value("--recipe", "--recipes")).max_reuse
+        rows.append({"started_utc": c["started_utc"], "steps": c["steps"], "data_wait_s": c["data_wait_s"],
+                     "wall_s": c["wall_s"], "max_reuse": reuse})
+    rec = {"n_parameters": res["n_parameters"], "train_minutes": res["train_minutes"], "steps": res["steps"],
+           "step_ms": round(1000 * train_s / max(res["steps"], 1), 1),
+           "tables_processed_per_s": round(res["tasks_seen"] / train_s, 1),
+           "prior_tables_per_s": round(export["prior_tables"] / train_s, 1),
+           "data_wait_s": round(wait, 1), "data_wait_fraction": round(wait / train_s, 4),
+           "curve_columns": ["train_minutes", "step", "dev_acc", "val_loss", "val_acc"],
+           "curve": [[e["train_minutes"], e["step"], e["dev_acc"], e["val_loss"], e["val_acc"]]
+                     for e in export["evals"]]}
+    return {"recipes": {name: rec}, "calls": rows, "selection": export.get("selection")}
+
+
 def load_bench_run(name: str) -> dict:
     """The record of one device call of ``scripts/bench_pretrain_recipes.py``: ``data/results/pretrain_bench/<name>.json``.
 
