@@ -76,6 +76,9 @@ def parse_args(argv=None):
     add("--prior", default=d.prior, choices=list(pt.PRIORS), help="graph_scm: tabicl's structural causal models "
         "(mix_scm tasks carry almost no learnable signal); toy: random linear tasks (tests)")
     add("--seeding", default=d.seeding, choices=["per_call", "per_batch"])
+    add("--in-order", action=argparse.BooleanOptionalAction, default=d.in_order, help="per-batch seeding with "
+        "workers: hand out prior batches in index order (--in-order) or each as soon as it is ready "
+        "(--no-in-order; resume still draws exactly the batches not drawn yet)")
     add("--clock", default=d.clock, choices=["time", "steps"])
     add("--time-budget-min", type=float, default=15.0, help="total training minutes over all calls (time clock)")
     add("--step-budget", type=int, default=1000, help="total steps over all calls (step clock)")
@@ -114,8 +117,8 @@ def parse_args(argv=None):
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
              "num_thinking_rows", "optimizer", "lr", "muon_lr", "min_lr_frac", "warmup_steps", "weight_decay",
-             "grad_clip", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "sdpa", "random_column_embeddings", "clock",
-             "val_tasks", "eval_estimators", "seed", "device")
+             "grad_clip", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
+             "random_column_embeddings", "clock", "val_tasks", "eval_estimators", "seed", "device")
     kw = {n: getattr(args, n) for n in names}
     kw["autocast"] = args.bf16 and not args.no_autocast
     kw["eval_every"] = args.eval_every_min * 60 if args.clock == "time" else args.eval_every_steps

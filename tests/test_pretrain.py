@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -109,10 +110,73 @@ def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, architecture,
 
 def test_per_batch_stream_is_the_same_for_any_number_of_workers():
     stage = dict(TOY_STAGES[0], batch=2)
-    streams = [pt.prior_stream(stage, "toy", workers=w, key=(0, 0, 0), start=3) for w in (0, 2)]
-    for _ in range(4):
-        a, b = (next(s) for s in streams)
+    streams = [pt.prior_stream(stage, "toy", workers=w, key=(0, 0, 0), start=3, skip=[5]) for w in (0, 2)]
+    for i in (3, 4, 6, 7):
+        (ia, a), (ib, b) = (next(s) for s in streams)
+        assert ia == ib == i
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert all(torch.equal(x, y) for x, y in zip(a, pt.prior_batch(stage, "toy", (0, 0, 0), i)))
+
+
+def slow_prior_batches(monkeypatch, slow_seeds, seconds):
+    """Make ToyPrior take ``seconds`` for the batches generated right after seeding with one of ``slow_seeds``
+    (0.01 s for the others); DataLoader workers, forked, inherit the patch."""
+    get_batch = pt.ToyPrior.get_batch
+
+    def slow(self):
+        time.sleep(seconds if torch.initial_seed() in slow_seeds else 0.01)
+        return get_batch(self)
+
+    monkeypatch.setattr(pt.ToyPrior, "get_batch", slow)
+
+
+def test_out_of_order_stream_hands_out_ready_batches_first(monkeypatch):
+    stage, key = dict(TOY_STAGES[0], batch=2), (0, 0, 0)
+    slow_prior_batches(monkeypatch, {pt.prior._mix(*key, 3)}, 0.5)  # the first batch of the stream is slow
+    it = pt.prior_stream(stage, "toy", workers=2, key=key, start=3, skip=[5], in_order=False)
+    seen = []
+    while 3 not in seen:
+        i, batch = next(it)
+        assert all(torch.equal(x, y) for x, y in zip(batch, pt.prior_batch(stage, "toy", key, i)))
+        seen.append(i)
+        assert len(seen) < 200
+    # the other worker's batches came first; every batch once, none skipped by the cursor
+    assert seen[0] != 3 and len(seen) == len(set(seen)) and not {0, 1, 2, 5} & set(seen), seen
+    ordered = pt.prior_stream(stage, "toy", workers=2, key=key, start=3, skip=[5])
+    assert [next(ordered)[0] for _ in range(4)] == [3, 4, 6, 7]
+
+
+def test_out_of_order_stop_and_resume_draws_exactly_the_batches_not_drawn(tmp_path, monkeypatch):
+    # stage 0 (steps 0-4): each batch used twice; batch 1 takes 3 s, the others 0.01 s, so the first call
+    # (3 steps) draws batches 0 and 2 and stops in the middle of batch 2's uses
+    slow_prior_batches(monkeypatch, {pt.prior._mix(0, 0, 0, 1)}, 3.0)
+    cfg = toy_config(workers=2, in_order=False, min_reuse=2)
+    used = []  # (call, stage, batch index) per step
+
+    def hook(tr, task):
+        used.append((tr.call_index, tr.meta["prior_cursor"]["stage"], tr.batch_index))
+
+    first = pt.Trainer(cfg, out_dir=tmp_path, log=lambda s: None)
+    first.step_hook = hook
+    assert not first.run(9, max_steps=3)
+    assert [u[2] for u in used] == [0, 0, 2], used  # batch 2 overtook the slow batch 1
+    assert first.meta["prior_cursor"] == {"stage": 0, "next_batch": 1, "drawn_above": [2], "in_use": 2,
+                                          "reuse_left": 1}
+    assert first.meta["calls"][-1]["prior_in_order"] is False
+    first.save()
+    second = pt.Trainer(cfg, out_dir=tmp_path, resume=tmp_path, log=lambda s: None)
+    second.step_hook = hook
+    assert second.run(9) and second.meta["step"] == 9
+    # the second call finishes the uses of batch 2, then draws batch 3 (1 is still being made) until stage 1
+    # starts at step 5; no batch is drawn twice (each one's uses are consecutive), each is used twice but the
+    # last of stage 0, cut short by the change of stage
+    assert [u[1:] for u in used[:5]] == [(0, 0), (0, 0), (0, 2), (0, 2), (0, 3)] and used[3][0] == 1, used
+    runs = [u[1:] for k, u in enumerate(used) if k == 0 or used[k - 1][1:] != u[1:]]
+    assert len(runs) == len(set(runs)) and [s for s, _ in runs] == [0, 0, 0, 1, 1], used
+    assert [sum(u[1:] == r for u in used) for r in runs] == [2, 2, 1, 2, 2], used
+    # the resumed stream enumerates exactly the indexes the first call had not drawn
+    resumed = pt.prior_stream(TOY_STAGES[0], "toy", workers=0, key=(0, 0, 0), start=1, skip=[2])
+    assert [next(resumed)[0] for _ in range(4)] == [1, 3, 4, 5]
 
 
 @pytest.mark.parametrize("architecture", ["v2", "v2.6"])
@@ -168,5 +232,7 @@ def test_config_rejects_bad_values():
         pt.PretrainConfig(architecture="v2.6", random_column_embeddings=True)
     with pytest.raises(ValueError, match="curriculum"):
         pt.PretrainConfig(curriculum=[dict(TOY_STAGES[1])])
+    with pytest.raises(ValueError, match="in_order=False needs seeding='per_batch'"):
+        pt.PretrainConfig(in_order=False)
     with pytest.raises(ValueError, match="budget"):
         pt.Trainer(toy_config(), out_dir="/tmp/unused", log=lambda s: None).run(0)

@@ -111,8 +111,10 @@ def test_recipes(name):
     assert cfg.workers == 2
     if name == "v1":
         assert cfg.architecture == "v2" and cfg.optimizer == "adamw" and not cfg.autocast and cfg.min_reuse == 4
+        assert cfg.seeding == "per_call" and cfg.in_order  # the shipped fallback's prior stream
     else:
         assert cfg.architecture == name.split("-")[0] and cfg.emsize == 192 and cfg.optimizer == "muon"
+        assert cfg.seeding == "per_batch" and not cfg.in_order
         assert cfg.autocast and cfg.sdpa == "no_cudnn" and cfg.curriculum == pt.SPEEDRUN_CURRICULUM
         assert cfg.random_column_embeddings == (cfg.architecture == "v2")
     with pytest.raises(ValueError, match="recipe"):

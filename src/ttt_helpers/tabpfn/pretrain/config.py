@@ -85,6 +85,12 @@ class PretrainConfig:
         resumed run draws other batches than an uninterrupted one. ``"per_batch"``: batch ``i`` of a stage is
         generated from a seed derived from ``(seed, rank, stage, i)`` and step ``s`` draws its permutations
         from ``(seed, rank, s)``, so stop + resume reproduces an uninterrupted run exactly.
+    in_order : bool
+        Per-batch seeding with ``workers`` > 0: ``False`` hands each prior batch to the loop as soon as a worker
+        has made it (``DataLoader(in_order=False)``); ``True`` (the default, and the only choice with per-call
+        seeding) in index order, where one slow batch holds back every finished one behind it. Out of order,
+        which batch a step sees depends on timing, but a resumed run still draws exactly the batches not yet
+        drawn (the state records the lowest index not drawn and the drawn ones above it).
     autocast : bool
         bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
     sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"}
@@ -124,6 +130,7 @@ class PretrainConfig:
     lawa: int = 0
     workers: int = 14
     seeding: str = "per_call"
+    in_order: bool = True
     autocast: bool = False
     sdpa: str = "no_gqa"
     random_column_embeddings: bool = False
@@ -146,6 +153,8 @@ class PretrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not self.in_order and self.seeding != "per_batch":
+            raise ValueError("in_order=False needs seeding='per_batch' (only then do the batches carry their index)")
         if self.random_column_embeddings and self.architecture != "v2":
             raise ValueError("random_column_embeddings applies to the v2 architecture only (v2.6 reads them from a file)")
         if not self.curriculum or self.curriculum[0]["start"] != 0.0:
@@ -185,7 +194,8 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     is 0.2 lr per entry, so its early steps are as large as AdamW's at 1e-3; at 1e-3 it learned nothing in 60
     steps of the toy prior, at 5e-3 as fast as AdamW) and AdamW on the rest, bf16 autocast with tabpfn's
     attention dispatch minus cuDNN's fused attention (FlashAttention), tables of 800 to 1,200 rows (:data:`SPEEDRUN_CURRICULUM`), adaptive reuse of prior
-    batches (the accelerator does not wait for the prior), per-batch seeding, and checkpoint selection on the
+    batches (the accelerator does not wait for the prior), per-batch seeding with batches delivered as they are
+    ready (``in_order=False``), and checkpoint selection on the
     development set among the evaluated weights and their latest-weight average (LAWA, 5).
 
     ``"v2-muon"``: ``"v2.6-muon"``'s optimiser, numerics, tables, reuse, seeding and selection on the v2
@@ -203,11 +213,11 @@ def recipe(name: str, **overrides) -> PretrainConfig:
         "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
                           num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=5e-3, warmup_steps=100,
                           autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
-                          min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
+                          min_reuse=1, max_reuse=4, seeding="per_batch", in_order=False, workers=15, lawa=5),
         "v2-muon": dict(architecture="v2", emsize=192, nlayers=6, nhead=6, features_per_group=2,
                         random_column_embeddings=True, optimizer="muon", lr=5e-4, muon_lr=2.5e-3, warmup_steps=100,
                         autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
-                        min_reuse=1, max_reuse=4, seeding="per_batch", workers=15, lawa=5),
+                        min_reuse=1, max_reuse=4, seeding="per_batch", in_order=False, workers=15, lawa=5),
     }
     if name not in base:
         raise ValueError(f"recipe must be one of {sorted(base)}, got {name!r}")

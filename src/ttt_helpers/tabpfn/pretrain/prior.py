@@ -4,8 +4,10 @@
   smoke runs, :class:`ToyPrior`;
 * :func:`prior_stream`: an endless iterator over its batches, from ``torch.utils.data.DataLoader`` workers,
   seeded per call and stage (as the shipped fallback was trained) or per batch (``_PerBatchSeeded``: batch
-  ``i`` comes from a seed derived from ``(seed, rank, stage, i)``, so a resumed run draws exactly the batches an
-  uninterrupted run draws);
+  ``i`` comes from a seed derived from ``(seed, rank, stage, i)`` and is delivered as ``(i, batch)``, so a
+  resumed run draws exactly the batches not drawn yet); per-batch streams can deliver each batch as soon as it
+  is ready (``in_order=False``) instead of in index order, where one slow table holds back the batches behind it;
+  :func:`prior_batch`: batch ``i`` of such a stream, generated in this process;
 * ``_Prefetch``: a thread that keeps a queue of ready batches and says whether the next one is ready (adaptive
   reuse in :meth:`.trainer.Trainer.run`).
 
@@ -21,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["ToyPrior", "make_prior", "prior_stream"]
+__all__ = ["ToyPrior", "make_prior", "prior_stream", "prior_batch"]
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -117,41 +119,60 @@ def _quiet_worker(worker_id: int):
 
 
 class _PerBatchSeeded(torch.utils.data.IterableDataset):
-    """Batch ``i`` (``i = start, start + 1, ...``) generated right after seeding with ``_mix(*key, i)``.
+    """Pairs ``(i, batch i)`` for the batch indexes ``i = start, start + 1, ...`` not in ``skip``; batch ``i`` is
+    generated right after seeding with ``_mix(*key, i)``.
 
-    With ``W`` DataLoader workers, worker ``w`` makes batches ``start + w, start + w + W, ...`` and the loader
-    hands them out in that round-robin order, so the stream is the same for any number of workers.
+    With ``W`` DataLoader workers, worker ``w`` makes the ``j``-th of these indexes for ``j = w, w + W, ...``; in
+    order, the loader hands them out round-robin, so the stream is the same for any number of workers.
     """
 
-    def __init__(self, stage: dict, prior_type: str, key: tuple, start: int):
+    def __init__(self, stage: dict, prior_type: str, key: tuple, start: int, skip=()):
         self.stage, self.prior_type, self.key, self.start = stage, prior_type, key, start
+        self.skip = frozenset(int(i) for i in skip)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         prior = make_prior(self.stage, self.prior_type)
-        i = self.start + w
+        j, i = 0, self.start
         while True:
-            _seed_all(_mix(*self.key, i))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                batch = prior.get_batch()
-            yield batch
-            i += n
+            if i not in self.skip:
+                if j % n == w:
+                    yield i, _seeded_batch(prior, self.key, i)
+                j += 1
+            i += 1
+
+
+def _seeded_batch(prior, key: tuple, i: int):
+    _seed_all(_mix(*key, i))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prior.get_batch()
+
+
+def prior_batch(stage: dict, prior_type: str, key: tuple, i: int):
+    """Batch ``i`` of the per-batch-seeded stream of ``key``, generated in this process (whose global generators
+    it seeds, as a worker's)."""
+    return _seeded_batch(make_prior(stage, prior_type), tuple(key), int(i))
 
 
 def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int | None = None,
-                 key: tuple | None = None, start: int = 0):
+                 key: tuple | None = None, start: int = 0, skip=(), in_order: bool = True):
     """An endless iterator over prior batches ``(X[B,T,H], y[B,T], d, seq_lens, train_sizes)`` of one stage.
 
     Give either ``seed_base`` (the per-call scheme: the DataLoader's workers are seeded from it, or, with no
-    workers, this process's global generators) or ``key`` (per-batch seeding, see :class:`_PerBatchSeeded`;
-    ``start`` is the index of the first batch).
+    workers, this process's global generators) or ``key`` (per-batch seeding, see :class:`_PerBatchSeeded`:
+    the iterator yields ``(i, batch)`` for the batch indexes ``i >= start`` not in ``skip``).
+    ``in_order=False`` (per-batch seeding with workers): each batch is handed out as soon as a worker has made
+    it, not in index order (``DataLoader(in_order=False)``), so one slow batch does not hold back the finished
+    ones behind it; the indexes say which batches were drawn.
     """
     if (seed_base is None) == (key is None):
         raise ValueError("give exactly one of seed_base (per-call seeding) and key (per-batch seeding)")
+    if not in_order and key is None:
+        raise ValueError("in_order=False needs per-batch seeding (key): only then do the batches carry their index")
     if key is not None:
-        dataset = _PerBatchSeeded(stage, prior_type, tuple(key), int(start))
+        dataset = _PerBatchSeeded(stage, prior_type, tuple(key), int(start), skip)
         init = _quiet_worker
     else:
         dataset = make_prior(stage, prior_type)
@@ -166,6 +187,7 @@ def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int |
         prefetch_factor=4 if workers > 0 else None,
         pin_memory=False,
         persistent_workers=False,
+        **({} if in_order else {"in_order": False}),
     )
     if workers == 0:
         init(0)  # seeds this process's global generators, as a worker would be
@@ -176,6 +198,8 @@ class _Prefetch:
     """An iterator over prior batches that can say whether the next batch is ready (a thread fills a queue).
 
     Disabled, it passes ``next`` through and always answers ``ready() == True``.
+    Its ``depth`` of 4 ready batches is not what limits the supply: behind it, the DataLoader lets every worker
+    run up to ``prefetch_factor`` (4) batches ahead, and when the queue is full the prior is ahead of the loop.
     """
 
     def __init__(self, it, *, enabled: bool, depth: int = 4):

@@ -22,7 +22,7 @@ from .. import checkpoints as tm
 from .config import PretrainConfig, stage_index
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
-from .prior import _mix, _Prefetch, _seed_all, prior_stream
+from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
 from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, save_state
 
 __all__ = ["Trainer"]
@@ -39,6 +39,7 @@ class _CallLoop:
     stage: int | None = None  # the curriculum stage of the open prior stream
     it: _Prefetch | None = None  # that stream
     batch: tuple | None = None  # the prior batch in use
+    index: int | None = None  # its index in the stage's stream (per-batch seeding)
     reuse_left: int = 0  # its required uses left
     uses: int = 0  # its uses so far
     log_loss: float = 0.0  # the logging window's sums and count
@@ -119,6 +120,7 @@ class Trainer:
         self.budget = None
         self.data_wait = 0.0
         self.steps_this_call = 0
+        self.batch_index = None  # the index of the last step's prior batch (per-batch seeding)
         self.ckpt_eval = self.out_dir / "tabpfn_fallback_eval.ckpt"
         device_name = torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu"
         log(f"model: TabPFN {cfg.architecture} architecture, {self.n_params:,} parameters, config "
@@ -215,6 +217,7 @@ class Trainer:
             if cfg.seeding == "per_batch":
                 loop.gen = torch.Generator().manual_seed(_mix(cfg.seed, self.rank, meta["step"]))
             batch, fresh = self._next_batch(loop, cfg.curriculum[s_idx])
+            self.batch_index = loop.index
             task = to_task(batch, self.device, loop.gen, reshuffle=not fresh, max_classes=cfg.max_num_classes)
             loss, correct, n = self._train_step(task, loop.gen)
             meta["step"] += 1
@@ -272,7 +275,7 @@ class Trainer:
             loop.stage = s_idx
             if loop.it is not None:
                 loop.it.close()
-            it, loop.batch, loop.reuse_left = self._open_stream(s_idx)
+            it, (loop.index, loop.batch), loop.reuse_left = self._open_stream(s_idx)
             loop.it = _Prefetch(it, enabled=bool(cfg.max_reuse) and cfg.workers > 0)
             self.log(f"stage {s_idx}: {cfg.curriculum[s_idx]} at step {meta['step']} "
                      f"(data wait so far {self.data_wait:.1f}s of {meta['train_seconds']:.0f}s)")
@@ -283,6 +286,9 @@ class Trainer:
 
         A batch is used ``max(stage["reuse"], cfg.min_reuse)`` times; with ``cfg.max_reuse`` once more (up to
         ``max_reuse`` uses in all) whenever the next batch is not ready yet, instead of waiting for it.
+        With per-batch seeding, ``meta["prior_cursor"]`` records which batches have been drawn
+        (:func:`_mark_drawn`), the uses left of the batch in use and, when it is not the highest-numbered
+        batch below ``next_batch``, its index (``in_use``).
         """
         cfg, meta = self.cfg, self.meta
         if (loop.reuse_left == 0 and cfg.max_reuse and loop.batch is not None and loop.uses < cfg.max_reuse
@@ -291,17 +297,22 @@ class Trainer:
         fresh = loop.reuse_left == 0
         if fresh:
             t0 = time.time()
-            loop.batch = next(loop.it)
+            item = next(loop.it)
+            loop.index, loop.batch = item if cfg.seeding == "per_batch" else (None, item)
             loop.uses = 0
             meta["prior_tables"] = meta.get("prior_tables", 0) + int(loop.batch[0].shape[0]) * self.world
             self.data_wait += time.time() - t0
             loop.reuse_left = max(stage["reuse"], cfg.min_reuse)
             if cfg.seeding == "per_batch":
-                meta["prior_cursor"]["next_batch"] += 1
+                _mark_drawn(meta["prior_cursor"], loop.index)
         loop.reuse_left -= 1
         loop.uses += 1
         if cfg.seeding == "per_batch":
-            meta["prior_cursor"]["reuse_left"] = loop.reuse_left
+            cursor = meta["prior_cursor"]
+            cursor["reuse_left"] = loop.reuse_left
+            cursor.pop("in_use", None)
+            if loop.index != cursor["next_batch"] - 1:
+                cursor["in_use"] = loop.index
         return loop.batch, fresh
 
     def _log_window(self, loop: _CallLoop, s_idx: int, loss, correct, n) -> None:
@@ -340,6 +351,8 @@ class Trainer:
         meta = self.meta
         meta["calls"][-1].update({"steps": self.steps_this_call, "data_wait_s": round(self.data_wait, 1),
                                   "wall_s": round(time.time() - t_start, 1)})
+        if not self.cfg.in_order:
+            meta["calls"][-1]["prior_in_order"] = False  # batches delivered as they were ready
         if self.world > 1:
             waits = all_gather(round(self.data_wait, 1), self.dist)
             meta["calls"][-1].update(world_size=self.world, data_wait_s_per_rank=waits)
@@ -356,26 +369,32 @@ class Trainer:
         return done
 
     def _open_stream(self, s_idx: int):
-        """(prior stream of stage ``s_idx``, batch in use, its uses left) at a stage change or a call's start."""
+        """(prior stream of stage ``s_idx``, (index, batch) in use, its uses left) at a stage change or a call's start.
+
+        With per-batch seeding the stream draws exactly the batches of the stage not drawn yet (by the cursor
+        in ``meta["prior_cursor"]``), and a batch left with uses at the end of the last call is generated again.
+        """
         cfg = self.cfg
         stage = cfg.curriculum[s_idx]
         if cfg.seeding == "per_call":
             it = prior_stream(stage, cfg.prior, workers=cfg.workers,
                               seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx + 1_000_003 * self.rank)
-            return it, None, 0
+            return it, (None, None), 0
         cursor = self.meta.setdefault("prior_cursor", {"stage": s_idx, "next_batch": 0, "reuse_left": 0})
         if cursor["stage"] != s_idx:
+            cursor.clear()
             cursor.update(stage=s_idx, next_batch=0, reuse_left=0)
+        key = (cfg.seed, self.rank, s_idx)
+        it = prior_stream(stage, cfg.prior, workers=cfg.workers, key=key, start=cursor["next_batch"],
+                          skip=cursor.get("drawn_above", ()), in_order=cfg.in_order)
         if cursor["reuse_left"] == 0:
-            return prior_stream(stage, cfg.prior, workers=cfg.workers, key=(cfg.seed, self.rank, s_idx),
-                                start=cursor["next_batch"]), None, 0
-        # resumed while a batch was being reused: generate it again and use it for the uses it had left
-        it = prior_stream(stage, cfg.prior, workers=cfg.workers, key=(cfg.seed, self.rank, s_idx),
-                          start=cursor["next_batch"] - 1)
+            return it, (None, None), 0
+        # resumed while a batch was being reused: generate it again (here) and use it for the uses it had left
+        index = cursor.get("in_use", cursor["next_batch"] - 1)
         t0 = time.time()
-        batch = next(it)
+        batch = prior_batch(stage, cfg.prior, key, index)
         self.data_wait += time.time() - t0
-        return it, batch, cursor["reuse_left"]
+        return it, (index, batch), cursor["reuse_left"]
 
     def _train_step(self, task, gen):
         cfg, meta = self.cfg, self.meta
@@ -489,6 +508,24 @@ class Trainer:
             "inference_overrides": tm.FALLBACK_INFERENCE_OVERRIDES,
             budget_key: round(self.budget / 60, 3) if cfg.clock == "time" else self.budget,
         }
+
+
+def _mark_drawn(cursor: dict, index: int) -> None:
+    """Record in a per-batch ``cursor`` that batch ``index`` has been drawn.
+
+    ``cursor["next_batch"]`` is the lowest index not drawn yet and ``cursor["drawn_above"]`` the sorted indexes
+    above it that have been drawn (absent when none: always so when batches come in index order).
+    """
+    above = set(cursor.get("drawn_above", ()))
+    if index < cursor["next_batch"] or index in above:
+        raise RuntimeError(f"prior batch {index} drawn twice (cursor {cursor})")
+    above.add(index)
+    while cursor["next_batch"] in above:
+        above.remove(cursor["next_batch"])
+        cursor["next_batch"] += 1
+    cursor.pop("drawn_above", None)
+    if above:
+        cursor["drawn_above"] = sorted(above)
 
 
 def _versions() -> dict:
