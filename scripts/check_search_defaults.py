@@ -7,17 +7,21 @@ script compares the two searches on tables of :data:`ttt_helpers.tabpfn.pretrain
 
 * OLD = ``RecipeSearch(max_steps=100, patience=2, noise_z=0.0)``,
 * NEW = ``RecipeSearch(max_steps=200, patience=3, noise_z=1.28)``,
+* NEW_Z0 = ``RecipeSearch(max_steps=200, patience=3, noise_z=0.0)`` (the longer search with the old bare margin,
+  to tell the two changes apart),
 
 both otherwise as in the Figure-3a run (lrs 3e-4 and 1e-3, ``eval_every`` 20, validation sizes 2..512, tolerance
 0.02), with a smaller ``n_query``/``max_context`` (64/128 by default) so that it runs on a 2-core CPU. Both are
 passed to one :func:`ttt_helpers.tabpfn.protocol.run_protocol` call per table, so they are scored on the same
 episodes (and the zero-shot model, ``none``, too). The tables are small: ``n_ttt = min(500, 40 % of the rows)``.
-Model: the shipped fallback checkpoint on the CPU. Seeds: ``[seed, crc32(table name)]`` as in ``run_dataset``.
+Model: the shipped fallback checkpoint on the CPU. Seeds: ``[seed, crc32(table name)]`` as in ``run_dataset``, for
+each seed of ``--seeds`` (a seed is a new split, new episodes and new TTT draws).
 
     PYTHONPATH=src python scripts/check_search_defaults.py --out /tmp/check_search_defaults.json
 
-Prints, per table and context size, the accuracy none / OLD / NEW and the (lr, steps) each search kept, then the
-mean over tables per size and the mean paired gain NEW - OLD with its standard error over tables.
+Prints, per table and context size, the accuracy none / OLD / NEW / NEW_Z0 (mean over seeds) and the (lr, steps)
+each search kept per seed, then the mean over tables per size and the mean paired gain NEW - OLD (and NEW_Z0 - OLD)
+with its standard error over tables (each table's gain averaged over seeds first).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def _recipes(n_query: int, max_context: int) -> dict:
     common = dict(lrs=(3e-4, 1e-3), eval_every=20, validation_sizes=(2, 8, 32, 128, 512), validation_repeats=1,
                   tolerance=0.02, n_query=n_query, max_context=max_context)
     return {"old": RecipeSearch(max_steps=100, patience=2, noise_z=0.0, **common),
-            "new": RecipeSearch(max_steps=200, patience=3, noise_z=1.28, **common)}
+            "new": RecipeSearch(max_steps=200, patience=3, noise_z=1.28, **common),
+            "new_z0": RecipeSearch(max_steps=200, patience=3, noise_z=0.0, **common)}
 
 
 def _chosen(rec: dict) -> str:
@@ -47,26 +52,31 @@ def _chosen(rec: dict) -> str:
 
 
 def summarise(results: dict, sizes) -> str:
-    """The printed table: per table and size none/old/new, then the means and the paired gain new - old."""
-    lines = [f"{'table':18s} {'n':>4s} {'none':>6s} {'old':>6s} {'new':>6s}"]
-    for name, r in results.items():
+    """The printed table: ``results[table][seed]`` -> per table and size none/old/new/new_z0 (mean over seeds),
+    then the means over tables and the paired gains against old (se over tables)."""
+    labs = ("none", "old", "new", "new_z0")
+    acc = {t: {lab: np.mean([r["acc"][lab] for r in rs.values()], axis=0) for lab in labs} for t, rs in results.items()}
+    lines = [f"{'table':18s} {'n':>4s} " + " ".join(f"{lab:>6s}" for lab in labs)]
+    for t, rs in results.items():
         for i, s in enumerate(sizes):
-            a = r["acc"]
-            lines.append(f"{name:18s} {s:4d} {a['none'][i]:6.3f} {a['old'][i]:6.3f} {a['new'][i]:6.3f}")
-        lines.append(f"{'':18s} old: {_chosen(r['ttt']['old'])} ({r['ttt']['old']['steps_run']} steps run); "
-                     f"new: {_chosen(r['ttt']['new'])} ({r['ttt']['new']['steps_run']} steps run); "
-                     f"{r['seconds_total']:.0f} s")
+            lines.append(f"{t:18s} {s:4d} " + " ".join(f"{acc[t][lab][i]:6.3f}" for lab in labs))
+        for sd, r in rs.items():
+            lines.append(f"{'':6s}seed {sd}: " + "; ".join(
+                f"{lab} {_chosen(r['ttt'][lab])} ({r['ttt'][lab]['steps_run']} run)" for lab in labs[1:])
+                + f"; {r['seconds_total']:.0f} s")
     k = len(results)
-    lines.append(f"mean over {k} tables; gain = new - old (se over tables)")
-    for i, s in enumerate(sizes):
-        acc = {lab: np.array([r["acc"][lab][i] for r in results.values()]) for lab in ("none", "old", "new")}
-        d = acc["new"] - acc["old"]
+
+    def gain(lab, i=None):
+        d = np.array([(a[lab] - a["old"]).mean() if i is None else a[lab][i] - a["old"][i] for a in acc.values()])
         se = d.std(ddof=1) / np.sqrt(k) if k > 1 else float("nan")
-        lines.append(f"{'mean':18s} {s:4d} {acc['none'].mean():6.3f} {acc['old'].mean():6.3f} "
-                     f"{acc['new'].mean():6.3f}   gain {d.mean():+.3f} +- {se:.3f}")
-    d = np.array([np.mean(np.array(r["acc"]["new"]) - np.array(r["acc"]["old"])) for r in results.values()])
-    se = d.std(ddof=1) / np.sqrt(k) if k > 1 else float("nan")
-    lines.append(f"{'mean over sizes':23s} gain {d.mean():+.3f} +- {se:.3f}")
+        return f"{d.mean():+.3f} +- {se:.3f}"
+
+    lines.append(f"mean over {k} tables; gain vs old (se over tables)")
+    for i, s in enumerate(sizes):
+        lines.append(f"{'mean':18s} {s:4d} " + " ".join(f"{np.mean([a[lab][i] for a in acc.values()]):6.3f}"
+                                                        for lab in labs)
+                     + f"   new-old {gain('new', i)}   new_z0-old {gain('new_z0', i)}")
+    lines.append(f"{'mean over sizes':23s} new-old {gain('new')}   new_z0-old {gain('new_z0')}")
     return "\n".join(lines)
 
 
@@ -78,7 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--n-query", type=int, default=64)
     p.add_argument("--max-context", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new table is started")
     p.add_argument("--out", default="/tmp/check_search_defaults.json")
     args = p.parse_args(argv)
@@ -89,7 +99,7 @@ def main(argv=None) -> None:
     from ttt_helpers.tabpfn.pretrain_eval import DEV_SPECS, load_dev_table
     from ttt_helpers.tabpfn.protocol import name_seed, run_protocol
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seeds[0])
     template, desc = load_classifier(prefer="fallback", device="cpu")
     specs = {s.name: s for s in DEV_SPECS}
     recipes = _recipes(args.n_query, args.max_context)
@@ -100,11 +110,13 @@ def main(argv=None) -> None:
             break
         X, y = load_dev_table(specs[name])
         n_ttt = min(500, int(0.4 * len(y)))
-        r = run_protocol(template, X, y, recipes, n_ttt=n_ttt, context_sizes=args.sizes, n_repeats=args.reps,
-                         max_test=args.max_test, seed=args.seed, rng_key=[args.seed, name_seed(name)],
-                         device="cpu")
-        results[name] = {"n_rows": int(len(y)), "n_ttt": n_ttt, **r}
-        print(f"{name}: {len(y)} rows, n_ttt {n_ttt}, {r['seconds_total']:.0f} s", flush=True)
+        results[name] = {}
+        for seed in args.seeds:
+            r = run_protocol(template, X, y, recipes, n_ttt=n_ttt, context_sizes=args.sizes, n_repeats=args.reps,
+                             max_test=args.max_test, seed=seed, rng_key=[seed, name_seed(name)], device="cpu")
+            results[name][seed] = {"n_rows": int(len(y)), "n_ttt": n_ttt, **r}
+            print(f"{name} seed {seed}: {len(y)} rows, n_ttt {n_ttt}, test {r['n_query']}, "
+                  f"{r['seconds_total']:.0f} s", flush=True)
         with open(args.out, "w") as f:
             json.dump({"model": desc, "args": vars(args),
                        "recipes": {k: v.to_dict() for k, v in recipes.items()}, "results": results}, f, indent=1)
