@@ -64,19 +64,11 @@ def summarise(results: dict, sizes) -> str:
             lines.append(f"{'':6s}seed {sd}: " + "; ".join(
                 f"{lab} {_chosen(r['ttt'][lab])} ({r['ttt'][lab]['steps_run']} run)" for lab in labs[1:])
                 + f"; {r['seconds_total']:.0f} s")
-    k = len(results)
+    from ttt_helpers.tabpfn.analysis import search_comparison
 
-    def gain(lab, i=None):
-        d = np.array([(a[lab] - a["old"]).mean() if i is None else a[lab][i] - a["old"][i] for a in acc.values()])
-        se = d.std(ddof=1) / np.sqrt(k) if k > 1 else float("nan")
-        return f"{d.mean():+.3f} +- {se:.3f}"
-
-    lines.append(f"mean over {k} tables; gain vs old (se over tables)")
-    for i, s in enumerate(sizes):
-        lines.append(f"{'mean':18s} {s:4d} " + " ".join(f"{np.mean([a[lab][i] for a in acc.values()]):6.3f}"
-                                                        for lab in labs)
-                     + f"   new-old {gain('new', i)}   new_z0-old {gain('new_z0', i)}")
-    lines.append(f"{'mean over sizes':23s} new-old {gain('new')}   new_z0-old {gain('new_z0')}")
+    table = search_comparison(results, sizes, labels=labs, reference="old")
+    lines.append(f"mean over {len(results)} tables; gains against old, with their standard errors over tables")
+    lines.append(table.round(3).to_string())
     return "\n".join(lines)
 
 

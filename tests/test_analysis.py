@@ -190,3 +190,19 @@ def test_break_even_lines():
     assert an.break_even_lines(pd.DataFrame(rows)) == [
         "cuda, ttt: to match the no-TTT accuracy 0.556 (reached at n=1000) TTT needs n=469.0; TTT (15.6 s) pays for "
         "itself after 4,967,071 queries"]
+
+
+def test_search_comparison_means_and_paired_gains():
+    """Per size: means over tables of the seed-averaged accuracies; paired gains against the reference with their
+    standard error over tables; the "all" row averages over sizes."""
+    def res(old, new):
+        return {"acc": {"none": [0.1, 0.2], "old": old, "new": new}}
+
+    results = {"a": {0: res([0.2, 0.4], [0.3, 0.4]), 1: res([0.4, 0.4], [0.5, 0.4])},
+               "b": {0: res([0.2, 0.6], [0.2, 0.5])}}
+    t = an.search_comparison(results, [2, 8])
+    assert list(t.index) == [2, 8, "all"]
+    assert np.isclose(t.loc[2, "old"], (0.3 + 0.2) / 2) and np.isclose(t.loc[2, "new"], (0.4 + 0.2) / 2)
+    assert np.isclose(t.loc[2, "new - old"], 0.05) and np.isclose(t.loc[2, "se (new)"], np.std([0.1, 0.0], ddof=1) / np.sqrt(2))
+    assert np.isclose(t.loc[8, "new - old"], -0.05) and np.isclose(t.loc["all", "new - old"], 0.0)
+    assert "none - old" not in t.columns and np.isclose(t.loc[2, "none"], 0.1)

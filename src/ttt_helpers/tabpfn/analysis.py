@@ -59,6 +59,7 @@ __all__ = [
     "recipe_line",
     "recipe_numbers",
     "gain_numbers",
+    "search_comparison",
     "headline_lines",
     "paired_gain_lines",
     "break_even_lines",
@@ -650,3 +651,37 @@ def break_even_lines(break_even) -> list[str]:
                      f"n={top['n without TTT']:.0f}) TTT needs n={top['n with TTT']:.1f}; TTT "
                      f"({top['TTT seconds']:.1f} s) pays for itself after {top['break-even queries']:,.0f} queries")
     return lines
+
+
+def search_comparison(results: dict, sizes, labels=("none", "old", "new"), reference: str = "old"):
+    """Two or more TTT labels compared on the same episodes over several seeds (``scripts/check_search_defaults.py``).
+
+    Parameters
+    ----------
+    results : dict table -> seed -> a :func:`~ttt_helpers.tabpfn.protocol.run_protocol` result
+    sizes : the context sizes of those results, in order
+    labels : the labels to show; ``reference`` is the one the paired gains are taken against
+
+    Returns
+    -------
+    pandas.DataFrame indexed by context size (and a last row ``"all"``, the mean over sizes): the mean accuracy of
+    each label over the tables (each table's accuracy averaged over seeds first), and for each other TTT label
+    ``"<label> - <reference>"`` and its standard error over tables.
+    """
+    import pandas as pd
+
+    acc = {t: {lab: np.mean([r["acc"][lab] for r in rs.values()], axis=0) for lab in labels}
+           for t, rs in results.items()}
+    k, rows = len(acc), {}
+    for i, size in enumerate([*sizes, "all"]):
+        row = {lab: float(np.mean([a[lab].mean() if size == "all" else a[lab][i] for a in acc.values()]))
+               for lab in labels}
+        for lab in labels:
+            if lab in ("none", reference):
+                continue
+            d = np.array([(a[lab] - a[reference]).mean() if size == "all" else a[lab][i] - a[reference][i]
+                          for a in acc.values()])
+            row[f"{lab} - {reference}"] = float(d.mean())
+            row[f"se ({lab})"] = float(d.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
+        rows[size] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("context size")
