@@ -43,8 +43,9 @@ def main(argv=None):
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further command-line options")
     args = p.parse_args(argv)
 
-    from ttt_helpers.provenance import results_dir, write_provenance
+    from ttt_helpers.provenance import git_commit, results_dir, write_provenance
 
+    commit = git_commit()  # before this run writes its own outputs into the tree
     work = Path(tempfile.mkdtemp(prefix="bench_cli_"))
     csv = work / "table.csv"
     synthetic_table(csv, args.rows)
@@ -72,7 +73,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else results_dir() / "bench_cli.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     write_provenance(out.with_name(out.stem + ".provenance.json"), command="python scripts/bench_cli.py",
-                     seeds={"table": 0, "cli": 0}, files=[out],
+                     seeds={"table": 0, "cli": 0}, files=[out], commit=commit,
                      results={k_: record[k_] for k_ in ("wall_seconds", "ttt_seconds", "steps_run",
                                                          "within_3_minutes")})
     print("\n".join(record["summary"]))
