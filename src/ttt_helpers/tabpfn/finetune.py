@@ -110,8 +110,8 @@ class RecipeSearch:
     """A TTT recipe chosen on a validation slice of the TTT rows (:func:`select_recipe`).
 
     The defaults are the estimator's and the command line's: sized so that a 2,000-row table finishes within
-    minutes on a 2-core CPU (``scripts/bench_cli.py``: 51 s with early stopping after 240 steps, about 90 s when
-    all 400 steps run); the Figure-3 experiment passes its own values. 200 steps with patience 3 (at most 100
+    minutes on a 2-core CPU (``scripts/bench_cli.py``, whose measured time is in ``data/results/bench_cli.json``;
+    about 90 s when all 400 steps run); the Figure-3 experiment passes its own values. 200 steps with patience 3 (at most 100
     before, patience 2): on ``diamonds_price`` (10 classes, fallback model, CPU) the validation gain at lr 3e-4
     kept rising to step 160 (+0.12 at step 60, +0.19 at step 160, mean over sizes), and the test accuracy at 2
     context rows with it (0.07 zero-shot, 0.14 with the step-60 weights, 0.28 with the step-160 weights).
@@ -404,7 +404,11 @@ def _better(a: dict, b: dict | None) -> bool:
 def _admissible(score: dict, zero: dict, tolerance: float, noise_z: float = 0.0) -> bool:
     """Whether a checkpoint is at no validation size significantly more than ``tolerance`` below the zero-shot
     weights: every paired gain is at least ``-(tolerance + noise_z * se)`` (:func:`paired_gains`)."""
-    gains, ses = paired_gains(score, zero)
+    return _within(*paired_gains(score, zero), tolerance, noise_z)
+
+
+def _within(gains, ses, tolerance: float, noise_z: float) -> bool:
+    """The test of :func:`_admissible` on paired gains and their standard errors already computed."""
     return all(g >= -(tolerance + noise_z * se) - 1e-12 for g, se in zip(gains, ses))
 
 
@@ -463,8 +467,8 @@ def select_recipe(clf, X_ttt, y_ttt, n_classes: int, search: RecipeSearch, rng, 
             if step % search.eval_every and step != search.max_steps:
                 return False
             score = score_episodes(clf, val_eps, n_classes, per_query=True)
-            ok = _admissible(score, zero, search.tolerance, search.noise_z)
             gains, ses = paired_gains(score, zero)
+            ok = _within(gains, ses, search.tolerance, search.noise_z)
             run["trace"].append([step, score["acc"], score["loss"], ok, gains, ses])
             if ok and (run["best"] is None or _better(score, run["best"]["score"])):
                 run["best"] = {"score": _public(score), "lr": run["lr"], "steps": step, "state": snapshot_state(clf),
