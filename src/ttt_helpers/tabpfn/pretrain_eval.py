@@ -419,6 +419,21 @@ def recipe_summary(record: dict):
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 
+CURVE_COLUMNS = ["train_minutes", "step", "dev_acc", "val_loss", "val_acc"]
+
+
+def run_fields(*, train_s: float, steps: int, tables: int, prior_tables: int, data_wait_s: float,
+               evals: list) -> dict:
+    """The speed, data-wait and curve fields of a recipe's record (``scripts/bench_pretrain_recipes.py``,
+    :func:`export_record`): ms per step, tables per second trained on and drawn from the prior, data wait (seconds
+    and fraction of training time) and the development curve (one row of :data:`CURVE_COLUMNS` per evaluation)."""
+    return {"step_ms": round(1000 * train_s / max(steps, 1), 1),
+            "tables_processed_per_s": round(tables / train_s, 1),
+            "prior_tables_per_s": round(prior_tables / train_s, 1),
+            "data_wait_s": round(data_wait_s, 1), "data_wait_fraction": round(data_wait_s / train_s, 4),
+            "curve_columns": list(CURVE_COLUMNS), "curve": [[e[k] for k in CURVE_COLUMNS] for e in evals]}
+
+
 def export_record(export: dict, name: str) -> dict:
     """A resumed run, read from the provenance its export wrote (``tabpfn_fallback.json`` of ``--export-dir``,
     with ``prior_tables`` from the state's meta), as a one-recipe record of ``scripts/bench_pretrain_recipes.py``,
@@ -443,13 +458,8 @@ def export_record(export: dict, name: str) -> dict:
         rows.append({"started_utc": c["started_utc"], "steps": c["steps"], "data_wait_s": c["data_wait_s"],
                      "wall_s": c["wall_s"], "max_reuse": reuse})
     rec = {"n_parameters": res["n_parameters"], "train_minutes": res["train_minutes"], "steps": res["steps"],
-           "step_ms": round(1000 * train_s / max(res["steps"], 1), 1),
-           "tables_processed_per_s": round(res["tasks_seen"] / train_s, 1),
-           "prior_tables_per_s": round(export["prior_tables"] / train_s, 1),
-           "data_wait_s": round(wait, 1), "data_wait_fraction": round(wait / train_s, 4),
-           "curve_columns": ["train_minutes", "step", "dev_acc", "val_loss", "val_acc"],
-           "curve": [[e["train_minutes"], e["step"], e["dev_acc"], e["val_loss"], e["val_acc"]]
-                     for e in export["evals"]]}
+           **run_fields(train_s=train_s, steps=res["steps"], tables=res["tasks_seen"],
+                        prior_tables=export["prior_tables"], data_wait_s=wait, evals=export["evals"])}
     return {"recipes": {name: rec}, "calls": rows, "selection": export.get("selection")}
 
 
