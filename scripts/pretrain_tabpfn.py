@@ -56,6 +56,9 @@ from ttt_helpers.provenance import models_dir
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
+#: Curricula that ``--curriculum`` names.
+CURRICULA = {"default": pt.CURRICULUM, "speedrun": pt.SPEEDRUN_CURRICULUM}
+
 
 def parse_args(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
@@ -111,6 +114,9 @@ def parse_args(argv=None):
     add("--record-weights", default=None, metavar="DIR", help="after every step, each process appends the sha256 "
         "of its weights and of its batch to DIR/rank<r>.jsonl (to check that data-parallel processes agree)")
     add("--no-progress", action="store_true")
+    add("--curriculum", default=None, choices=sorted(CURRICULA), help="the task sizes by progress: 'default' "
+        "(pretrain.CURRICULUM: 64- to 1,350-row tables, as recipe v1), 'speedrun' (SPEEDRUN_CURRICULUM: 800 to "
+        "1,200 rows, as v2-muon); default: the recipe's")
     return p.parse_args(argv)
 
 
@@ -126,6 +132,8 @@ def config_from_args(args) -> pt.PretrainConfig:
         return pt.tiny_config(**{k: v for k, v in kw.items() if k not in ("emsize", "nlayers", "nhead", "val_tasks",
                                                                           "eval_estimators")},
                               val_tasks=min(args.val_tasks, 8))
+    if args.curriculum:
+        kw["curriculum"] = [dict(stage) for stage in CURRICULA[args.curriculum]]
     base = pt.recipe(args.recipe) if args.recipe else pt.PretrainConfig()
     return dataclasses.replace(base, **kw)
 

@@ -140,3 +140,22 @@ def test_export_record_reads_a_resumed_run():
     assert [c["max_reuse"] for c in rec["calls"]] == [pt.recipe("v2-muon").max_reuse, 8] and rec["calls"][0]["max_reuse"] != 8
     summary = pe.recipe_summary(rec)
     assert summary.loc["resumed", "best dev accuracy"] == 0.6 and summary.loc["resumed", "steps"] == 400
+
+
+def test_pretrain_script_curriculum_flag_overrides_the_recipe():
+    import importlib.util
+
+    from ttt_helpers.provenance import repo_root
+    from ttt_helpers.tabpfn import pretrain as pt
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", repo_root() / "scripts" / "pretrain_tabpfn.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    kept = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--device", "cpu"]))
+    assert kept.curriculum == pt.SPEEDRUN_CURRICULUM and kept.optimizer == "muon"
+    swapped = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--curriculum", "default",
+                                                         "--device", "cpu"]))
+    assert swapped.curriculum == pt.CURRICULUM and swapped.curriculum is not pt.CURRICULUM
+    assert swapped.optimizer == "muon" and swapped.emsize == 192
+    with pytest.raises(SystemExit):
+        script.parse_args(["--curriculum", "nonsense"])
