@@ -204,3 +204,56 @@ def test_the_estimator_and_the_command_line_share_the_search_defaults():
         assert isinstance(r, ft.RecipeSearch)
         assert (r.lrs, r.max_steps, r.eval_every, r.patience, r.noise_z, r.tolerance, r.max_context) == (
             d.lrs, d.max_steps, d.eval_every, d.patience, d.noise_z, d.tolerance, d.max_context)
+
+
+def test_the_cap_bounds_the_noise_allowance_on_small_slices_only():
+    """max_allowance caps tolerance + noise_z * se: with the se of a 40-row slice (0.08) the uncapped test lets
+    a checkpoint lose 0.12, the capped one at most 0.04; with the se of a 200-row slice (0.01 here, below the cap)
+    the two tests agree."""
+    big_se, small_se = [0.08, 0.08], [0.01, 0.01]
+    assert ft._allowance(0.08, 0.02, 1.28) == pytest.approx(0.1224)
+    assert ft._allowance(0.08, 0.02, 1.28, 0.04) == pytest.approx(0.04)
+    assert ft._allowance(0.01, 0.02, 1.28, 0.04) == pytest.approx(0.0328)
+    loss_010 = [0.05, -0.10]
+    assert ft._within(loss_010, big_se, 0.02, 1.28) and not ft._within(loss_010, big_se, 0.02, 1.28, 0.04)
+    loss_003 = [0.05, -0.03]
+    assert ft._within(loss_003, small_se, 0.02, 1.28) and ft._within(loss_003, small_se, 0.02, 1.28, 0.04)
+    assert not ft._within([0.05, -0.035], small_se, 0.02, 1.28, 0.04)  # beyond 0.0328 at se 0.01
+    assert ft._within([0.05, -0.039], big_se, 0.02, 1.28, 0.04)  # just inside the cap
+    s = ft.RecipeSearch(tolerance=0.02, noise_z=1.28, max_allowance=0.04)
+    assert s.admits(loss_003, small_se) and not s.admits(loss_010, big_se)
+    assert s.to_dict()["max_allowance"] == 0.04
+    with pytest.raises(ValueError, match="max_allowance"):
+        ft.RecipeSearch(max_allowance=-0.1)
+    with pytest.raises(ValueError, match="at least tolerance"):
+        ft.RecipeSearch(tolerance=0.05, max_allowance=0.03)
+    assert ft.RecipeSearch(max_allowance=None).max_allowance is None
+
+
+def test_searches_that_differ_only_in_stopping_share_their_runs_and_give_the_same_results(template):
+    """select_recipes on several searches gives, for each, what select_recipe gives for it alone (traces,
+    steps run, chosen checkpoint and its weights), from one set of training runs."""
+    X, y = _toy()
+    common = dict(lrs=(1e-3, 3e-3), eval_every=4, validation_sizes=(4, 16), validation_repeats=1, n_query=64,
+                  max_context=64)
+    searches = {"short": ft.RecipeSearch(max_steps=8, patience=1, noise_z=0.0, **common),
+                "long": ft.RecipeSearch(max_steps=16, patience=2, noise_z=1.28, **common),
+                "capped": ft.RecipeSearch(max_steps=16, patience=2, noise_z=1.28, max_allowance=0.02, **common)}
+    clf = prepare_classifier(template)
+    w0 = ft.snapshot_state(clf)
+    chosen = {}
+    together = ft.select_recipes(clf, X[:400], y[:400], 4, searches, 0, states=chosen)
+    for lab, srch in searches.items():
+        ft.load_state(clf, w0)
+        alone = ft.select_recipe(clf, X[:400], y[:400], 4, srch, 0)
+        t = together[lab]
+        assert t["shared_with"] == list(searches)
+        assert t["selected"] == alone["selected"] and t["best"] == alone["best"]
+        assert [r["steps_run"] for r in t["runs"]] == [r["steps_run"] for r in alone["runs"]]
+        assert [r["trace"] for r in t["runs"]] == [r["trace"] for r in alone["runs"]]
+        w = ft.snapshot_state(clf)
+        assert all(torch.equal(w[k], chosen[lab][k]) for k in w)
+    assert max(r["steps_run"] for r in together["short"]["runs"]) <= 8
+    with pytest.raises(ValueError, match="differ in"):
+        ft.select_recipes(clf, X[:400], y[:400], 4, {"a": searches["short"],
+                                                    "b": ft.RecipeSearch(lrs=(1e-3,), **{k: v for k, v in common.items() if k != "lrs"})}, 0)
