@@ -200,10 +200,30 @@ def test_the_estimator_and_the_command_line_share_the_search_defaults():
     assert (d.max_steps, d.patience, d.noise_z) == (200, 3, 1.28)
     est = ttt_recipe(TTTTabPFNClassifier().get_params())[0]
     cli = _recipe(build_parser().parse_args(["t.csv", "--target", "y"]))
+    fields = ("lrs", "max_steps", "eval_every", "patience", "noise_z", "tolerance", "max_allowance", "max_context")
     for r in (est, cli):
         assert isinstance(r, ft.RecipeSearch)
-        assert (r.lrs, r.max_steps, r.eval_every, r.patience, r.noise_z, r.tolerance, r.max_context) == (
-            d.lrs, d.max_steps, d.eval_every, d.patience, d.noise_z, d.tolerance, d.max_context)
+        assert [getattr(r, k) for k in fields] == [getattr(d, k) for k in fields]
+    # the Figure-3 experiment's search flags default to the same values (its max_context is its own)
+    exp = _experiment_script()
+    args = exp.build_parser().parse_args([])
+    r = exp._configs(args)["selected"]
+    same = [k for k in fields if k != "max_context"] + ["validation_sizes", "validation_repeats"]
+    assert [getattr(r, k) for k in same] == [getattr(d, k) for k in same]
+    assert exp.build_parser().parse_args(["--max-allowance", "none"]).max_allowance is None
+    assert exp.build_parser().parse_args(["--max-allowance", "0.07"]).max_allowance == 0.07
+
+
+def _experiment_script():
+    """scripts/tabpfn_experiment.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tabpfn_experiment.py"
+    spec = importlib.util.spec_from_file_location("tabpfn_experiment", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_the_cap_bounds_the_noise_allowance_on_small_slices_only():
