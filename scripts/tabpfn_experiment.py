@@ -51,7 +51,8 @@ def _configs(args):
         out["selected"] = RecipeSearch(lrs=tuple(args.lrs), max_steps=args.search_steps, eval_every=args.eval_every,
                                        patience=args.patience, validation_sizes=tuple(args.val_sizes),
                                        validation_repeats=args.val_reps, tolerance=args.tolerance,
-                                       noise_z=args.noise_z, n_query=args.n_query, max_context=args.max_context)
+                                       noise_z=args.noise_z, max_allowance=args.max_allowance, n_query=args.n_query,
+                                       max_context=args.max_context)
     for opt in args.fixed:
         lr = args.lr_adamw if opt == "adamw" else args.lr_sgd
         out[opt] = TTTConfig(optimizer=opt, steps=args.steps, lr=lr, n_query=args.n_query,
@@ -96,24 +97,37 @@ def _worker(name, args):
                        max_test=args.max_test, seed=args.seed, device=args.device, baselines=args.baselines)
 
 
-def main(argv=None):
+def _allowance(value: str):
+    """``--max-allowance``: a number, or ``none`` for no cap."""
+    return None if value.lower() == "none" else float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the search's defaults are :class:`~ttt_helpers.tabpfn.finetune.RecipeSearch`'s (the
+    estimator's and the ``ttt-helpers`` command's)."""
+    from ttt_helpers.tabpfn.finetune import RecipeSearch
+
+    d = RecipeSearch()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="*", default=None, help="table names (default: all of list_datasets())")
     p.add_argument("--priority", nargs="*", default=["slid_wages", "turnout_vote", "nlschools_lang"],
                    help="tables to start first")
     p.add_argument("--sizes", nargs="*", type=int, default=None, help="context sizes (default CONTEXT_SIZES)")
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--lrs", nargs="*", type=float, default=[3e-4, 1e-3], help="learning rates of the recipe search")
-    p.add_argument("--search-steps", type=int, default=200, help="most steps per learning rate in the search")
-    p.add_argument("--eval-every", type=int, default=20, help="steps between validation scores")
-    p.add_argument("--patience", type=int, default=3, help="scores without improvement before stopping")
-    p.add_argument("--val-sizes", nargs="*", type=int, default=[2, 8, 32, 128, 512],
+    p.add_argument("--lrs", nargs="*", type=float, default=list(d.lrs), help="learning rates of the recipe search")
+    p.add_argument("--search-steps", type=int, default=d.max_steps, help="most steps per learning rate in the search")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation scores")
+    p.add_argument("--patience", type=int, default=d.patience, help="scores without improvement before stopping")
+    p.add_argument("--val-sizes", nargs="*", type=int, default=list(d.validation_sizes),
                    help="context sizes of the validation episodes")
-    p.add_argument("--val-reps", type=int, default=1, help="validation contexts per size")
-    p.add_argument("--tolerance", type=float, default=0.02,
+    p.add_argument("--val-reps", type=int, default=d.validation_repeats, help="validation contexts per size")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="a checkpoint may lose at most this much at any validation size (see --noise-z)")
-    p.add_argument("--noise-z", type=float, default=1.28,
+    p.add_argument("--noise-z", type=float, default=d.noise_z,
                    help="standard errors of the paired per-query differences added to --tolerance (0: bare margin)")
+    p.add_argument("--max-allowance", type=_allowance, default=d.max_allowance,
+                   help="cap on --tolerance plus the noise allowance: the most a checkpoint may lose at any "
+                        "validation size ('none': no cap)")
     p.add_argument("--no-search", action="store_true", help="no recipe search (only the --fixed recipes)")
     p.add_argument("--fixed", nargs="*", default=[], choices=["adamw", "sgd"],
                    help="fixed recipes to run besides the search (--steps steps at --lr-adamw / --lr-sgd)")
@@ -142,7 +156,11 @@ def main(argv=None):
     p.add_argument("--sdpa", default="default", choices=["default", "no_gqa", "no_flash", "math"])
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.baselines_only:
         args.no_search, args.fixed, args.baselines = True, [], True
 

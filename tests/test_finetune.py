@@ -98,7 +98,8 @@ def test_select_recipe_learns_where_ttt_helps(template):
     for r in info["runs"]:
         for step, acc, loss, ok, gains, ses in r["trace"]:
             assert len(gains) == len(ses) == 2 and all(se >= 0 for se in ses)
-            assert ok == all(g >= -(search.tolerance + search.noise_z * se) - 1e-12 for g, se in zip(gains, ses))
+            allow = [min(search.tolerance + search.noise_z * se, search.max_allowance) for se in ses]
+            assert ok == all(g >= -a - 1e-12 for g, a in zip(gains, allow))
     assert "correct" not in info["zero_shot"] and "correct" not in info["best"]
     json.dumps({k: info[k] for k in ("zero_shot", "best", "runs")})  # the per-query arrays stay inside
     assert info["seconds"] >= info["ttt_seconds"] > 0 and info["validation_seconds"] > 0
@@ -190,17 +191,91 @@ def test_early_stopping_stops_after_patience(template):
 
 
 def test_the_estimator_and_the_command_line_share_the_search_defaults():
-    """One recipe search behind every entry point: the estimator's and the command line's defaults are
-    RecipeSearch's (200 steps, patience 3, the noise-aware admissibility test)."""
+    """One recipe search behind every entry point: the estimator's, the command line's and the Figure-3
+    experiment's defaults are RecipeSearch's (200 steps, patience 3, the noise-aware admissibility test with its
+    allowance capped at 0.05)."""
     from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier
     from ttt_helpers.tabpfn.cli import _recipe, build_parser
     from ttt_helpers.tabpfn.fit_plan import ttt_recipe
 
     d = ft.RecipeSearch()
-    assert (d.max_steps, d.patience, d.noise_z) == (200, 3, 1.28)
+    assert (d.max_steps, d.patience, d.noise_z, d.max_allowance) == (200, 3, 1.28, 0.05)
     est = ttt_recipe(TTTTabPFNClassifier().get_params())[0]
     cli = _recipe(build_parser().parse_args(["t.csv", "--target", "y"]))
+    fields = ("lrs", "max_steps", "eval_every", "patience", "noise_z", "tolerance", "max_allowance", "max_context")
     for r in (est, cli):
         assert isinstance(r, ft.RecipeSearch)
-        assert (r.lrs, r.max_steps, r.eval_every, r.patience, r.noise_z, r.tolerance, r.max_context) == (
-            d.lrs, d.max_steps, d.eval_every, d.patience, d.noise_z, d.tolerance, d.max_context)
+        assert [getattr(r, k) for k in fields] == [getattr(d, k) for k in fields]
+    # the Figure-3 experiment's search flags default to the same values (its max_context is its own)
+    exp = _experiment_script()
+    args = exp.build_parser().parse_args([])
+    r = exp._configs(args)["selected"]
+    same = [k for k in fields if k != "max_context"] + ["validation_sizes", "validation_repeats"]
+    assert [getattr(r, k) for k in same] == [getattr(d, k) for k in same]
+    assert exp.build_parser().parse_args(["--max-allowance", "none"]).max_allowance is None
+    assert exp.build_parser().parse_args(["--max-allowance", "0.07"]).max_allowance == 0.07
+
+
+def _experiment_script():
+    """scripts/tabpfn_experiment.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tabpfn_experiment.py"
+    spec = importlib.util.spec_from_file_location("tabpfn_experiment", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_cap_bounds_the_noise_allowance_on_small_slices_only():
+    """max_allowance caps tolerance + noise_z * se: with the se of a 40-row slice (0.08) the uncapped test lets
+    a checkpoint lose 0.12, the capped one at most 0.04; with the se of a 200-row slice (0.01 here, below the cap)
+    the two tests agree."""
+    big_se, small_se = [0.08, 0.08], [0.01, 0.01]
+    assert ft._allowance(0.08, 0.02, 1.28) == pytest.approx(0.1224)
+    assert ft._allowance(0.08, 0.02, 1.28, 0.04) == pytest.approx(0.04)
+    assert ft._allowance(0.01, 0.02, 1.28, 0.04) == pytest.approx(0.0328)
+    loss_010 = [0.05, -0.10]
+    assert ft._within(loss_010, big_se, 0.02, 1.28) and not ft._within(loss_010, big_se, 0.02, 1.28, 0.04)
+    loss_003 = [0.05, -0.03]
+    assert ft._within(loss_003, small_se, 0.02, 1.28) and ft._within(loss_003, small_se, 0.02, 1.28, 0.04)
+    assert not ft._within([0.05, -0.035], small_se, 0.02, 1.28, 0.04)  # beyond 0.0328 at se 0.01
+    assert ft._within([0.05, -0.039], big_se, 0.02, 1.28, 0.04)  # just inside the cap
+    s = ft.RecipeSearch(tolerance=0.02, noise_z=1.28, max_allowance=0.04)
+    assert s.admits(loss_003, small_se) and not s.admits(loss_010, big_se)
+    assert s.to_dict()["max_allowance"] == 0.04
+    with pytest.raises(ValueError, match="max_allowance"):
+        ft.RecipeSearch(max_allowance=-0.1)
+    with pytest.raises(ValueError, match="at least tolerance"):
+        ft.RecipeSearch(tolerance=0.05, max_allowance=0.03)
+    assert ft.RecipeSearch(max_allowance=None).max_allowance is None
+
+
+def test_searches_that_differ_only_in_stopping_share_their_runs_and_give_the_same_results(template):
+    """select_recipes on several searches gives, for each, what select_recipe gives for it alone (traces,
+    steps run, chosen checkpoint and its weights), from one set of training runs."""
+    X, y = _toy()
+    common = dict(lrs=(1e-3, 3e-3), eval_every=4, validation_sizes=(4, 16), validation_repeats=1, n_query=64,
+                  max_context=64)
+    searches = {"short": ft.RecipeSearch(max_steps=8, patience=1, noise_z=0.0, **common),
+                "long": ft.RecipeSearch(max_steps=16, patience=2, noise_z=1.28, **common),
+                "capped": ft.RecipeSearch(max_steps=16, patience=2, noise_z=1.28, max_allowance=0.02, **common)}
+    clf = prepare_classifier(template)
+    w0 = ft.snapshot_state(clf)
+    chosen = {}
+    together = ft.select_recipes(clf, X[:400], y[:400], 4, searches, 0, states=chosen)
+    for lab, srch in searches.items():
+        ft.load_state(clf, w0)
+        alone = ft.select_recipe(clf, X[:400], y[:400], 4, srch, 0)
+        t = together[lab]
+        assert t["shared_with"] == list(searches)
+        assert t["selected"] == alone["selected"] and t["best"] == alone["best"]
+        assert [r["steps_run"] for r in t["runs"]] == [r["steps_run"] for r in alone["runs"]]
+        assert [r["trace"] for r in t["runs"]] == [r["trace"] for r in alone["runs"]]
+        w = ft.snapshot_state(clf)
+        assert all(torch.equal(w[k], chosen[lab][k]) for k in w)
+    assert max(r["steps_run"] for r in together["short"]["runs"]) <= 8
+    with pytest.raises(ValueError, match="differ in"):
+        ft.select_recipes(clf, X[:400], y[:400], 4, {"a": searches["short"],
+                                                    "b": ft.RecipeSearch(lrs=(1e-3,), **{k: v for k, v in common.items() if k != "lrs"})}, 0)

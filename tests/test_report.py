@@ -26,6 +26,10 @@ def test_search_outcome_in_each_case():
     assert search_outcome({"selected": None, "zero_shot": z, "best": None, "recipe": {**RECIPE, "noise_z": 1.28}}) == (
         "kept the pretrained weights (every TTT checkpoint fell more than 0.02 + 1.28 standard errors below them at "
         "some validation context size)")
+    capped = {**RECIPE, "noise_z": 1.28, "max_allowance": 0.05}
+    assert search_outcome({"selected": None, "zero_shot": z, "best": None, "recipe": capped}) == (
+        "kept the pretrained weights (every TTT checkpoint fell more than 0.02 + 1.28 standard errors, at most 0.05, "
+        "below them at some validation context size)")
 
 
 def test_run_command_line_returns_the_summary_and_the_report(tmp_path):

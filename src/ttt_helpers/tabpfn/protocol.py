@@ -33,7 +33,8 @@ import numpy as np
 
 from ..validation import check_positive_int
 from .episodes import CONTEXT_SIZES, make_eval_episodes, prepare_classifier
-from .finetune import RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe, snapshot_state
+from .finetune import STOPPING_FIELDS, RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe
+from .finetune import select_recipes, snapshot_state
 from .finetune import ttt_finetune
 
 __all__ = ["split_rows", "resolve_rows", "name_seed", "adapt", "run_protocol", "run_dataset", "measure_cost",
@@ -138,7 +139,7 @@ def _baseline_accuracies(X, y, ctx, test, seed) -> dict:
 def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None, n_ttt: int = 1000,
                  context_sizes=CONTEXT_SIZES, n_repeats: int = 3, max_test: int = 512, n_estimators: int = 1,
                  seed: int = 0, rng_key=None, device=None, baselines: bool = False, timing: bool = False,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, share_searches: bool = False) -> dict:
     """The whole protocol on one table (float features ``X``, labels ``y`` in ``0..C-1``).
 
     Parameters
@@ -159,6 +160,10 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
         Also score LogisticRegression and HistGradientBoosting fitted on each episode's context.
     timing : bool
         Warm up once before scoring, so that the first timed episode is not inflated (cost measurement).
+    share_searches : bool
+        Searches that differ only in when they stop and what they admit (:data:`~ttt_helpers.tabpfn.finetune.
+        STOPPING_FIELDS`) share their training runs (:func:`~ttt_helpers.tabpfn.finetune.select_recipes`): the
+        same results as separate runs for less CPU, but their ``seconds`` are those of the shared runs.
 
     Returns
     -------
@@ -185,7 +190,26 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
                                   max_test=max_test, seed=seed)
     base = snapshot_state(clf)
     states, ttt_info = {"none": base}, {}
+    groups = {}
+    if share_searches:
+        for label, recipe in recipes.items():
+            if isinstance(recipe, RecipeSearch):
+                key_ = repr({k: v for k, v in recipe.to_dict().items() if k not in STOPPING_FIELDS})
+                groups.setdefault(key_, []).append(label)
+    shared = {lab for g in groups.values() if len(g) > 1 for lab in g}
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        load_state(clf, base)
+        chosen = {}
+        infos = select_recipes(clf, X[split["ttt"]], y[split["ttt"]], C, {lab: recipes[lab] for lab in g},
+                               [*key, 1], progress=progress, seed=seed, states=chosen)
+        for lab, info in infos.items():
+            info["recipe"] = {"kind": "search", **info.pop("search")}
+            states[lab], ttt_info[lab] = chosen[lab], _summary_of(info)
     for label, recipe in recipes.items():
+        if label in shared:
+            continue
         load_state(clf, base)
         info = adapt(clf, X[split["ttt"]], y[split["ttt"]], C, recipe, [*key, 1], progress=progress, seed=seed)
         states[label] = snapshot_state(clf)

@@ -261,6 +261,8 @@ def search_outcome(record: dict) -> str:
     if b is None:
         r = record["recipe"]
         noise = f" + {r['noise_z']:g} standard errors" if r.get("noise_z") else ""
+        if noise and r.get("max_allowance") is not None:
+            noise += f", at most {r['max_allowance']:g},"
         return (f"kept the pretrained weights (every TTT checkpoint fell more than {r['tolerance']:g}{noise} "
                 "below them at some validation context size)")
     return f"kept the pretrained weights (best TTT {b['acc']:.3f} vs zero-shot {z['acc']:.3f})"
