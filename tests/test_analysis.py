@@ -206,3 +206,28 @@ def test_search_comparison_means_and_paired_gains():
     assert np.isclose(t.loc[2, "new - old"], 0.05) and np.isclose(t.loc[2, "se (new)"], np.std([0.1, 0.0], ddof=1) / np.sqrt(2))
     assert np.isclose(t.loc[8, "new - old"], -0.05) and np.isclose(t.loc["all", "new - old"], 0.0)
     assert "none - old" not in t.columns and np.isclose(t.loc[2, "none"], 0.1)
+
+
+def _with_search(r, zero, runs, selected):
+    r = dict(r)
+    r["ttt"] = {"ttt": {"selected": selected, "validation_sizes": [2, 8],
+                        "zero_shot": {"acc_by_size": list(zero)},
+                        "runs": [{"lr": lr, "trace": [[step, 0.0, 0.0, True, list(g), [0.01, 0.01]] for step, g in rows]}
+                                 for lr, rows in runs]}}
+    return r
+
+
+def test_validation_ceiling_takes_the_best_checkpoint_per_size_and_the_chosen_one():
+    runs = [(3e-4, [(20, (0.05, -0.02)), (40, (0.01, 0.10))]), (1e-3, [(20, (0.08, -0.30))])]
+    many = _with_search(_result(classes=10), (0.10, 0.20), runs, {"lr": 3e-4, "steps": 40})
+    kept = _with_search(_result(classes=10), (0.30, 0.40), runs[:1], None)  # zero-shot kept: gains of 0
+    few = _with_search(_result(classes=2), (0.5, 0.5), runs, {"lr": 1e-3, "steps": 20})  # not counted
+    t = an.validation_ceiling([many, kept, few], "ttt")
+    assert t.attrs["n_tables"] == 2 and list(t.index) == [2, 8]
+    np.testing.assert_allclose(t["zero-shot"], [0.20, 0.30])
+    np.testing.assert_allclose(t["chosen"], [(0.11 + 0.30) / 2, (0.30 + 0.40) / 2])
+    # best per size: 2 rows -> +0.08 (lr 1e-3) on the first table, +0.05 on the second; 8 rows -> +0.10 and +0.10
+    np.testing.assert_allclose(t["best per size (ceiling)"], [(0.18 + 0.35) / 2, (0.30 + 0.50) / 2])
+    np.testing.assert_allclose(t["ceiling / zero-shot"], t["best per size (ceiling)"] / t["zero-shot"])
+    with pytest.raises(ValueError, match="at least 12 classes"):
+        an.validation_ceiling([many], "ttt", min_classes=12)

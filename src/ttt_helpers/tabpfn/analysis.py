@@ -50,6 +50,7 @@ __all__ = [
     "break_even_table",
     "cost_table",
     "goal_table",
+    "validation_ceiling",
     "recipe_table",
     "prediction_table",
     "merge_labels",
@@ -485,6 +486,47 @@ def goal_table(results: list, label: str, *, min_classes: int = 8, small: int = 
          "met": bool(np.all(g["hi"] >= 0))},
     ]
     return pd.DataFrame(rows).set_index("goal")
+
+
+def validation_ceiling(results: list, label: str = "selected", *, min_classes: int = 8):
+    """How far per-size checkpoint choice could go, read from the search's validation traces.
+
+    For each table with at least ``min_classes`` classes, the validation accuracy at each validation context size
+    of the zero-shot weights, of the checkpoint the search chose, and of the best checkpoint *for that size alone*
+    among all that the search scored (every learning rate and step, admissible or not). The last is an optimistic
+    ceiling: it is chosen on the same slice it is scored on, and separately per size. Returns a DataFrame indexed by
+    validation size with the means over those tables and the ratios chosen / zero-shot and ceiling / zero-shot
+    (trace rows are ``[step, acc, loss, admissible, gains, ses]``, the gains paired against the zero-shot weights).
+    """
+    import pandas as pd
+
+    zero, chosen, ceiling, sizes = [], [], [], None
+    for r in results:
+        if r["meta"]["classes"] < min_classes:
+            continue
+        t = r["ttt"][label]
+        sizes = list(t["validation_sizes"])
+        z = np.asarray(t["zero_shot"]["acc_by_size"], dtype=float)
+        sel = t.get("selected") or {}
+        best = np.zeros(len(sizes))
+        pick = np.zeros(len(sizes))
+        for run in t["runs"]:
+            for step, _acc, _loss, _ok, gains, _ses in run["trace"]:
+                best = np.maximum(best, np.asarray(gains, dtype=float))
+                if run["lr"] == sel.get("lr") and step == sel.get("steps"):
+                    pick = np.asarray(gains, dtype=float)
+        zero.append(z)
+        chosen.append(z + pick)
+        ceiling.append(z + best)
+    if not zero:
+        raise ValueError(f"no table with at least {min_classes} classes")
+    out = pd.DataFrame({"zero-shot": np.mean(zero, 0), "chosen": np.mean(chosen, 0),
+                        "best per size (ceiling)": np.mean(ceiling, 0)},
+                       index=pd.Index(sizes, name="validation context size"))
+    out["chosen / zero-shot"] = out["chosen"] / out["zero-shot"]
+    out["ceiling / zero-shot"] = out["best per size (ceiling)"] / out["zero-shot"]
+    out.attrs["n_tables"] = len(zero)
+    return out
 
 
 def recipe_table(results: list, label: str = "selected"):
