@@ -231,3 +231,20 @@ def test_validation_ceiling_takes_the_best_checkpoint_per_size_and_the_chosen_on
     np.testing.assert_allclose(t["ceiling / zero-shot"], t["best per size (ceiling)"] / t["zero-shot"])
     with pytest.raises(ValueError, match="at least 12 classes"):
         an.validation_ceiling([many], "ttt", min_classes=12)
+
+
+def test_fallback_quality_bar_checks_each_criterion():
+    bench = {"n_estimators=1": {"mean_accuracy": {"tabpfn_fallback": 0.60, "hist_gradient_boosting": 0.58}},
+             "n_estimators=auto": {"mean_accuracy": {"tabpfn_fallback": 0.60, "hist_gradient_boosting": 0.58}}}
+    good = [_result(name=f"t{i}", none=(0.5, 0.6, 0.7, 0.8), majority=0.5) for i in range(3)]
+    bar = an.fallback_quality_bar(bench, good)
+    assert bar["met"].tolist() == [True, False, True, True]  # the ensemble is 2, not 3, points above HGB
+    # one table far below its majority rate at n = 8 (100 queries: se 0.05 at 0.5, so -6 se)
+    bad = good + [_result(name="imbalanced", none=(0.9, 0.9, 0.5, 0.9), majority=0.8)]
+    bar = an.fallback_quality_bar(bench, bad)
+    assert not bar["met"].iloc[2] and "imbalanced at n = 8" in bar["measured"].iloc[2]
+    assert an.fallback_quality_bar(bench, bad, small=16)["met"].iloc[2]  # n >= 16 only
+    # a mean curve that falls from n = 4 to 8 on every table fails the monotonicity criterion
+    falling = [_result(name=f"f{i}", none=(0.6, 0.7, 0.5 + 0.01 * i, 0.8), majority=0.4) for i in range(3)]
+    bar = an.fallback_quality_bar(bench, falling)
+    assert not bar["met"].iloc[3] and "from n = 4 to 8" in bar["measured"].iloc[3]
