@@ -248,3 +248,13 @@ def test_fallback_quality_bar_checks_each_criterion():
     falling = [_result(name=f"f{i}", none=(0.6, 0.7, 0.5 + 0.01 * i, 0.8), majority=0.4) for i in range(3)]
     bar = an.fallback_quality_bar(bench, falling)
     assert not bar["met"].iloc[3] and "from n = 4 to 8" in bar["measured"].iloc[3]
+
+
+def test_fallback_quality_bar_counts_the_spread_over_context_draws():
+    bench = {k: {"mean_accuracy": {"tabpfn_fallback": 0.6, "hist_gradient_boosting": 0.58}}
+             for k in ("n_estimators=1", "n_estimators=auto")}
+    r = _result(name="noisy", none=(0.5, 0.5, 0.7, 0.8), majority=0.8)
+    r["acc_reps"]["none"][2] = [0.5, 0.9]  # mean 0.7; the two context draws disagree
+    # binomial se alone: sqrt(0.21 / 100) = 0.046 -> -2.2 se (fails); with the draws' spread: se 0.205 -> -0.5 se
+    assert "(-0.5 se)" in an.fallback_quality_bar(bench, [r])["measured"].iloc[2]
+    assert an.fallback_quality_bar(bench, [r])["met"].iloc[2]

@@ -498,8 +498,10 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
 
     1. one member at or above HistGradientBoosting;
     2. the default ensemble at least 3 points above HistGradientBoosting;
-    3. no table below its majority rate (on the same test rows) by more than ``z`` binomial standard errors
-       (``sqrt(p (1 - p) / n_query)``) at any context size ``>= small``;
+    3. no table below its majority rate (on the same test rows) by more than ``z`` standard errors at any context
+       size ``>= small``; the standard error combines the test rows' binomial noise, ``p (1 - p) / n_query``, and
+       the spread over the repetitions' context draws, ``var(reps) / reps`` (from ``acc_reps``, when there are two
+       or more);
     4. mean accuracy non-decreasing in context size within noise: no step from one size to the next whose mean
        paired difference over tables is below zero by more than ``z`` standard errors.
     """
@@ -509,15 +511,20 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
     sizes = results[0]["context_sizes"]
     worst, worst_at = np.inf, None
     for r in results:
-        for n, a in zip(sizes, r["acc"][label]):
+        reps = r.get("acc_reps", {}).get(label)
+        for i, (n, a) in enumerate(zip(sizes, r["acc"][label])):
             if n < small:
                 continue
-            margin = (a - r["majority"]) / np.sqrt(max(a * (1 - a), 1e-12) / r["n_query"])
+            var = max(a * (1 - a), 1e-12) / r["n_query"]
+            if reps is not None and len(reps[i]) >= 2:
+                var += float(np.var(reps[i], ddof=1)) / len(reps[i])
+            margin = (a - r["majority"]) / np.sqrt(var)
             if margin < worst:
                 worst, worst_at = margin, (r["name"], n, a, r["majority"])
     acc = np.array([r["acc"][label] for r in results], dtype=float)
     steps = np.diff(acc, axis=1)
-    lows = steps.mean(0) + z * steps.std(0, ddof=1) / np.sqrt(len(results))
+    spread = steps.std(0, ddof=1) / np.sqrt(len(results)) if len(results) > 1 else np.zeros(steps.shape[1])
+    lows = steps.mean(0) + z * spread
     drop = int(np.argmin(lows))
     rows = [
         {"criterion": "one member >= HistGradientBoosting (1,000 rows)",
