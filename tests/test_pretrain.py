@@ -236,3 +236,21 @@ def test_config_rejects_bad_values():
         pt.PretrainConfig(in_order=False)
     with pytest.raises(ValueError, match="budget"):
         pt.Trainer(toy_config(), out_dir="/tmp/unused", log=lambda s: None).run(0)
+
+
+def test_a_fresh_final_call_plans_its_budget_on_a_timed_start_evaluation(tmp_path):
+    calls = []
+
+    def evaluator(model, model_config, ckpt_path):
+        calls.append(1)
+        return {"val_loss": 1.0}
+
+    cfg = toy_config(clock="time", eval_every=10.0)
+    trainer = pt.Trainer(cfg, out_dir=tmp_path, evaluator=evaluator, log=lambda s: None)
+    assert trainer.run(600.0, wall_limit_s=61.0, reserve_s=1.0, final_call=True, max_steps=2)
+    start = trainer.meta["evals"][0]
+    assert start["tag"] == "start" and start["step"] == 0 and 0 <= start["seconds"] < 5
+    # 60 s of wall left: with the measured cost (< 8 s with its margin) at least 3 evaluations fit and the budget
+    # exceeds the 60 - 1 x 20 - 5 = 35 s that the blind 20-second guess would leave
+    assert 38.0 < trainer.budget <= 60.0
+    assert (tmp_path / "state_meta.json").is_file() and len(calls) == 2  # the start and the end of the call

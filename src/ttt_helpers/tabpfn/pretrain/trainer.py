@@ -195,7 +195,8 @@ class Trainer:
             Stop this call after so many steps (0: no limit).
         final_call : bool
             End training in this call (time clock): the budget is reset to what the wall limit leaves after
-            the periodic evaluations (their cost measured in earlier calls).
+            the periodic evaluations, at the cost measured in earlier calls or, in a run's first call (one
+            process), by an evaluation at its start.
         t_start : float, optional
             ``time.time()`` at the start of the call (default: now).
         reserve_s : float
@@ -208,6 +209,8 @@ class Trainer:
         """
         cfg, meta = self.cfg, self.meta
         t_start = time.time() if t_start is None else t_start
+        if final_call and cfg.clock == "time" and self.evaluator is not None and self.world == 1 and not meta["evals"]:
+            self._timed_evaluation("start")  # what a periodic evaluation costs, before the budget is planned on it
         self._set_budget(budget, final_call=final_call, wall_left_s=wall_limit_s - (time.time() - t_start) - reserve_s)
         loop = _CallLoop(gen=torch.Generator().manual_seed(cfg.seed * 7919 + self.call_index + 1_000_003 * self.rank),
                          bar=self._progress_bar(), last_eval_time=time.time(), last_eval_step=meta["step"])
@@ -242,7 +245,7 @@ class Trainer:
         if final_call:
             if cfg.clock != "time":
                 raise ValueError("final_call needs the time clock")
-            eval_cost = max([e.get("eval_seconds", 0) + 3 for e in meta["evals"]] or [20.0])
+            eval_cost = max([e.get("seconds", e.get("eval_seconds", 0)) + 3 for e in meta["evals"]] or [20.0])
             n_evals = int(wall_left_s // (cfg.eval_every + eval_cost))
             self.budget = meta["train_seconds"] + max(0.0, wall_left_s - n_evals * eval_cost - 5.0)
             self.log(f"final call: time budget reset to {self.budget / 60:.2f} training minutes")
@@ -341,10 +344,16 @@ class Trainer:
             else meta["step"] - loop.last_eval_step >= cfg.eval_every)
         if from_rank0(float(due), self.dist, self.device):
             if self.rank == 0:
-                self.evaluate("periodic")
-                self.save()
+                self._timed_evaluation("periodic")
             barrier(self.dist)
             loop.last_eval_time, loop.last_eval_step = time.time(), meta["step"]
+
+    def _timed_evaluation(self, tag: str) -> None:
+        """Evaluate and save the state; the seconds both took go into the evaluation's record (``seconds``)."""
+        t0 = time.time()
+        ev = self.evaluate(tag)
+        self.save()
+        ev["seconds"] = round(time.time() - t0, 2)
 
     def _end_call(self, t_start: float, final_call: bool) -> bool:
         """Record the call (steps, data wait, wall time), evaluate and save at its end; whether the run is done."""
