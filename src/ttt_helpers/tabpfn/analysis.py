@@ -518,13 +518,10 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
             var = max(a * (1 - a), 1e-12) / r["n_query"]
             if reps is not None and len(reps[i]) >= 2:
                 var += float(np.var(reps[i], ddof=1)) / len(reps[i])
-            margin = (a - r["majority"]) / np.sqrt(var)
+            margin = (a - _majority(r)) / np.sqrt(var)
             if margin < worst:
-                worst, worst_at = margin, (r["name"], n, a, r["majority"])
-    acc = np.array([r["acc"][label] for r in results], dtype=float)
-    steps = np.diff(acc, axis=1)
-    spread = steps.std(0, ddof=1) / np.sqrt(len(results)) if len(results) > 1 else np.zeros(steps.shape[1])
-    lows = steps.mean(0) + z * spread
+                worst, worst_at = margin, (r["name"], n, a, _majority(r))
+    step_mean, _, lows = mean_curve_with_band(np.diff([r["acc"][label] for r in results], axis=1), z=z)
     drop = int(np.argmin(lows))
     rows = [
         {"criterion": "one member >= HistGradientBoosting (1,000 rows)",
@@ -538,7 +535,7 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
                      f"({worst:+.1f} se)",
          "met": bool(worst >= -z)},
         {"criterion": f"mean accuracy non-decreasing in n within noise ({z:g} se)",
-         "measured": f"weakest step {steps.mean(0)[drop]:+.3f} from n = {sizes[drop]} to {sizes[drop + 1]} "
+         "measured": f"weakest step {step_mean[drop]:+.3f} from n = {sizes[drop]} to {sizes[drop + 1]} "
                      f"(upper end {lows[drop]:+.3f})",
          "met": bool(np.all(lows >= 0))},
     ]
