@@ -122,11 +122,17 @@ def test_select_recipe_keeps_the_zero_shot_weights_when_ttt_does_not_help(templa
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
+def admissible(score, zero, tolerance, noise_z=0.0):
+    """The search's admissibility test (no cap) of a checkpoint's score against the zero-shot weights'."""
+    search = ft.RecipeSearch(tolerance=tolerance, noise_z=noise_z, max_allowance=None)
+    return search.admits(*ft.paired_gains(score, zero))
+
+
 def test_a_checkpoint_below_the_zero_shot_weights_at_one_size_is_not_admissible():
     zero = {"acc": 0.6, "loss": 1.0, "sizes": [2, 512], "acc_by_size": [0.4, 0.8]}
     collapse = {"acc": 0.75, "loss": 0.6, "sizes": [2, 512], "acc_by_size": [0.75, 0.75]}  # majority voting
     better = {"acc": 0.65, "loss": 0.9, "sizes": [2, 512], "acc_by_size": [0.5, 0.79]}
-    assert not ft._admissible(collapse, zero, 0.02) and ft._admissible(better, zero, 0.02)
+    assert not admissible(collapse, zero, 0.02) and admissible(better, zero, 0.02)
     assert ft._better(collapse, better) and ft._better(better, None)
 
 
@@ -164,19 +170,19 @@ def test_admissibility_is_a_test_against_the_noise_of_the_validation_slice():
     for _ in range(300):
         zero = _score(rng.uniform(size=(5, q)) < 0.5, req)
         same = _score(rng.uniform(size=(5, q)) < 0.5, req)
-        old += not ft._admissible(same, zero, 0.02, 0.0)
-        new += not ft._admissible(same, zero, 0.02, 1.28)
+        old += not admissible(same, zero, 0.02, 0.0)
+        new += not admissible(same, zero, 0.02, 1.28)
     assert old / 300 > 0.7 and new / 300 < 0.3
     # a drop of 0.25 at the largest size (a quarter of the queries flip from right to wrong) is rejected
     z = np.ones((5, q), dtype=bool)
     drop = z.copy()
     drop[4, : q // 4] = False
-    assert not ft._admissible(_score(drop, req), _score(z, req), 0.02, 1.28)
+    assert not admissible(_score(drop, req), _score(z, req), 0.02, 1.28)
     # a fixed margin with no per-query data is the old rule
     plain = lambda s: {k: v for k, v in s.items() if k not in ("correct", "requested")}  # noqa: E731
     a, b = _score(drop, req), _score(z, req)
     a["acc_by_size"][4] = b["acc_by_size"][4] - 0.03
-    assert not ft._admissible(plain(a), plain(b), 0.02, 1.28) and ft._admissible(plain(a), plain(b), 0.04, 0.0)
+    assert not admissible(plain(a), plain(b), 0.02, 1.28) and admissible(plain(a), plain(b), 0.04, 0.0)
 
 
 def test_early_stopping_stops_after_patience(template):

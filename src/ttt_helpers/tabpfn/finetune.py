@@ -217,6 +217,11 @@ class RecipeSearch:
         d["lrs"], d["validation_sizes"] = list(self.lrs), list(self.validation_sizes)
         return d
 
+    def training_fields(self) -> dict:
+        """The fields that decide the training runs and their scoring (all but :data:`STOPPING_FIELDS`): searches
+        that agree on them can share their runs (:func:`select_recipes`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in STOPPING_FIELDS}
+
 
 def _torch():
     import torch
@@ -428,14 +433,6 @@ def _better(a: dict, b: dict | None) -> bool:
     return b is None or a["acc"] > b["acc"] + 1e-12 or (abs(a["acc"] - b["acc"]) <= 1e-12 and a["loss"] < b["loss"])
 
 
-def _admissible(score: dict, zero: dict, tolerance: float, noise_z: float = 0.0,
-                max_allowance: float | None = None) -> bool:
-    """Whether a checkpoint is at no validation size significantly more than ``tolerance`` below the zero-shot
-    weights: every paired gain is at least ``-min(tolerance + noise_z * se, max_allowance)`` (:func:`paired_gains`;
-    ``max_allowance`` None: no cap)."""
-    return _within(*paired_gains(score, zero), tolerance, noise_z, max_allowance)
-
-
 def _allowance(se: float, tolerance: float, noise_z: float, max_allowance: float | None = None) -> float:
     """How much a checkpoint may lose at a validation size whose paired gain has standard error ``se``."""
     a = tolerance + noise_z * se
@@ -443,7 +440,8 @@ def _allowance(se: float, tolerance: float, noise_z: float, max_allowance: float
 
 
 def _within(gains, ses, tolerance: float, noise_z: float, max_allowance: float | None = None) -> bool:
-    """The test of :func:`_admissible` on paired gains and their standard errors already computed."""
+    """Whether no paired gain (over the zero-shot weights, with its standard error; :func:`paired_gains`) is below
+    ``-min(tolerance + noise_z * se, max_allowance)`` (``max_allowance`` None: no cap): :meth:`RecipeSearch.admits`."""
     return all(g >= -_allowance(se, tolerance, noise_z, max_allowance) - 1e-12 for g, se in zip(gains, ses))
 
 
@@ -504,13 +502,10 @@ def select_recipes(clf, X_ttt, y_ttt, n_classes: int, searches: dict, rng, *, pr
         raise ValueError("searches must be a non-empty dict label -> RecipeSearch")
     labels = list(searches)
     first = searches[labels[0]]
-
-    def shared(srch):
-        return {k: v for k, v in srch.to_dict().items() if k not in STOPPING_FIELDS}
-
     for lab in labels[1:]:
-        if shared(searches[lab]) != shared(first):
-            diff = sorted(k for k, v in shared(searches[lab]).items() if shared(first)[k] != v)
+        mine, theirs = searches[lab].training_fields(), first.training_fields()
+        if mine != theirs:
+            diff = sorted(k for k, v in mine.items() if theirs[k] != v)
             raise ValueError(f"searches {labels[0]!r} and {lab!r} differ in {diff}: only {STOPPING_FIELDS} may "
                              "differ between searches that share their training runs")
     X_ttt, y_ttt, n_classes = _check_rows(X_ttt, y_ttt, n_classes)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..validation import check_positive_int
 from .episodes import CONTEXT_SIZES, make_eval_episodes, prepare_classifier
-from .finetune import STOPPING_FIELDS, RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe
+from .finetune import RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe
 from .finetune import select_recipes, snapshot_state
 from .finetune import ttt_finetune
 
@@ -194,7 +194,7 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     if share_searches:
         for label, recipe in recipes.items():
             if isinstance(recipe, RecipeSearch):
-                key_ = repr({k: v for k, v in recipe.to_dict().items() if k not in STOPPING_FIELDS})
+                key_ = repr(recipe.training_fields())
                 groups.setdefault(key_, []).append(label)
     shared = {lab for g in groups.values() if len(g) > 1 for lab in g}
     for g in groups.values():
