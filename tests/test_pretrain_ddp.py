@@ -49,3 +49,29 @@ def test_two_processes_hold_identical_weights_after_every_step(tmp_path):
     state = torch.load(tmp_path / "state" / "state_model.pt", map_location="cpu")
     record = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert all(torch.equal(state[k], record["state_dict"][k]) for k in state)
+
+
+def test_a_final_call_on_the_clock_is_planned_by_process_0_and_kept_by_both(tmp_path):
+    """Time clock, --final-call, a fresh run: process 0 alone evaluates at the start (to measure what an evaluation
+    costs) and plans the budget; both processes train to that budget and stop at the same step. (With one warm-up
+    step the learning rate follows the budget from the second step on, so processes with different budgets would
+    hold different weights.)"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ttt_helpers.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+           "--tiny", "--prior", "toy", "--clock", "time", "--seeding", "per_batch", "--final-call", "--warmup-steps", "1",
+           "--time-budget-min", "5", "--wall-limit-min", "0.4", "--eval-every-min", "0.1",
+           "--device", "cpu", "--workers", "0", "--no-real-eval", "--no-progress",
+           "--record-weights", str(tmp_path / "weights"), "--out-dir", str(tmp_path / "state"),
+           "--export-dir", str(tmp_path / "export")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / "weights" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) >= 1
+    assert [a["weights"] for a in ranks[0]] == [b["weights"] for b in ranks[1]]
+    prov = json.loads((tmp_path / "export" / "tabpfn_fallback.json").read_text())
+    start = prov["evals"][0]
+    assert start["tag"] == "start" and start["step"] == 0 and start["seconds"] >= 0
+    assert prov["evals"][-1]["tag"] == "final" and prov["results"]["steps"] == len(ranks[0])

@@ -195,8 +195,8 @@ class Trainer:
             Stop this call after so many steps (0: no limit).
         final_call : bool
             End training in this call (time clock): the budget is reset to what the wall limit leaves after
-            the periodic evaluations, at the cost measured in earlier calls or, in a run's first call (one
-            process), by an evaluation at its start.
+            the periodic evaluations, at the cost measured in earlier calls or, in a run's first call, by an
+            evaluation at its start (process 0 plans; every process trains to its budget).
         t_start : float, optional
             ``time.time()`` at the start of the call (default: now).
         reserve_s : float
@@ -209,7 +209,7 @@ class Trainer:
         """
         cfg, meta = self.cfg, self.meta
         t_start = time.time() if t_start is None else t_start
-        if final_call and cfg.clock == "time" and self.evaluator is not None and self.world == 1 and not meta["evals"]:
+        if final_call and cfg.clock == "time" and self.evaluator is not None and not meta["evals"]:
             self._timed_evaluation("start")  # what a periodic evaluation costs, before the budget is planned on it
         self._set_budget(budget, final_call=final_call, wall_left_s=wall_limit_s - (time.time() - t_start) - reserve_s)
         loop = _CallLoop(gen=torch.Generator().manual_seed(cfg.seed * 7919 + self.call_index + 1_000_003 * self.rank),
@@ -248,6 +248,8 @@ class Trainer:
             eval_cost = max([e.get("seconds", e.get("eval_seconds", 0)) + 3 for e in meta["evals"]] or [20.0])
             n_evals = int(wall_left_s // (cfg.eval_every + eval_cost))
             self.budget = meta["train_seconds"] + max(0.0, wall_left_s - n_evals * eval_cost - 5.0)
+            # process 0 alone evaluates (and measured what that costs): its plan is every process's
+            self.budget = from_rank0(self.budget, self.dist, self.device)
             self.log(f"final call: time budget reset to {self.budget / 60:.2f} training minutes")
         meta["time_budget_s" if cfg.clock == "time" else "step_budget"] = self.budget
 
