@@ -47,7 +47,8 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", default=["v1", "v2.6-muon"],
-                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME (values without commas)")
+                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME (a value may be a JSON "
+                        "list or object, e.g. curriculum=[{...}])")
     p.add_argument("--budget-min", type=float, default=3.0, help="training minutes per recipe")
     p.add_argument("--eval-every-s", type=float, default=20.0)
     p.add_argument("--deadline-min", type=float, default=9.4, help="wall minutes for the whole command")
@@ -138,7 +139,7 @@ def reference_dev_accuracy(ckpt, dev, device) -> float:
 def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dict:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     base, _, variant = name.partition(":")  # "v1:autocast=true,sdpa=\"no_cudnn\"": a recipe with changes
-    overrides.update({k: json.loads(v) for k, v in (item.split("=", 1) for item in variant.split(",") if item)})
+    overrides.update(variant_overrides(variant))
     cfg = pt.recipe(base, device=args.device, workers=args.workers, eval_every=args.eval_every_s, seed=args.seed,
                     val_tasks=args.val_tasks, **overrides)
     t_start = time.time()
@@ -176,6 +177,13 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
                                       "data_wait_fraction": rec["data_wait_fraction"]})
         (state_dir / "tabpfn_fallback_eval.ckpt").unlink(missing_ok=True)
     return rec
+
+
+def variant_overrides(variant: str) -> dict:
+    """``'key=json,key=json'`` as a dict; a value may hold commas (a JSON list or object, e.g. a curriculum):
+    the string is split only at commas followed by ``name=``."""
+    items = [item for item in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", variant) if item]
+    return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
 
 
 def _slug(name: str) -> str:

@@ -117,6 +117,8 @@ def parse_args(argv=None):
     add("--curriculum", default=None, choices=sorted(CURRICULA), help="the task sizes by progress: 'default' "
         "(pretrain.CURRICULUM: 64- to 1,350-row tables, as recipe v1), 'speedrun' (SPEEDRUN_CURRICULUM: 800 to "
         "1,200 rows, as v2-muon); default: the recipe's")
+    add("--stage-batch", type=int, default=0, help="tables per step in every curriculum stage (0: the "
+        "curriculum's)")
     return p.parse_args(argv)
 
 
@@ -135,6 +137,8 @@ def config_from_args(args) -> pt.PretrainConfig:
     if args.curriculum:
         kw["curriculum"] = [dict(stage) for stage in CURRICULA[args.curriculum]]
     base = pt.recipe(args.recipe) if args.recipe else pt.PretrainConfig()
+    if args.stage_batch > 0:
+        kw["curriculum"] = [dict(stage, batch=args.stage_batch) for stage in kw.get("curriculum", base.curriculum)]
     return dataclasses.replace(base, **kw)
 
 

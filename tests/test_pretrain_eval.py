@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import numpy as np
@@ -159,3 +160,25 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
     assert swapped.optimizer == "muon" and swapped.emsize == 192
     with pytest.raises(SystemExit):
         script.parse_args(["--curriculum", "nonsense"])
+    batched = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--stage-batch", "32",
+                                                         "--device", "cpu"]))
+    assert [s["batch"] for s in batched.curriculum] == [32] and pt.SPEEDRUN_CURRICULUM[0]["batch"] == 8
+    assert {k: v for k, v in batched.curriculum[0].items() if k != "batch"} == \
+        {k: v for k, v in pt.SPEEDRUN_CURRICULUM[0].items() if k != "batch"}
+
+
+def test_bench_script_variant_overrides_take_json_lists():
+    import importlib.util
+
+    from ttt_helpers.provenance import repo_root
+
+    spec = importlib.util.spec_from_file_location("bench_script", repo_root() / "scripts" / "bench_pretrain_recipes.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.variant_overrides('emsize=256,nhead=4,sdpa="no_cudnn"') == {"emsize": 256, "nhead": 4,
+                                                                              "sdpa": "no_cudnn"}
+    stage = {"start": 0.0, "min_rows": 800, "max_rows": 1200, "max_features": 32, "max_classes": 10, "batch": 32,
+             "reuse": 1}
+    got = script.variant_overrides("lr=0.00025,curriculum=" + json.dumps([stage]) + ",muon_lr=0.00125")
+    assert got == {"lr": 0.00025, "curriculum": [stage], "muon_lr": 0.00125}
+    assert script.variant_overrides("") == {}
