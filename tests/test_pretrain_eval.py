@@ -141,6 +141,54 @@ def test_export_record_reads_a_resumed_run():
     assert [c["max_reuse"] for c in rec["calls"]] == [pt.recipe("v2-muon").max_reuse, 8] and rec["calls"][0]["max_reuse"] != 8
     summary = pe.recipe_summary(rec)
     assert summary.loc["resumed", "best dev accuracy"] == 0.6 and summary.loc["resumed", "steps"] == 400
+    unknown = pe.export_record({k: v for k, v in export.items() if k != "prior_tables"}, "resumed")
+    assert unknown["recipes"]["resumed"]["prior_tables_per_s"] is None
+    assert unknown["recipes"]["resumed"]["step_ms"] == 300.0
+
+
+def _load_script(name):
+    import importlib.util
+
+    from ttt_helpers.provenance import repo_root
+
+    spec = importlib.util.spec_from_file_location(name, repo_root() / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_ship_device_result_keeps_the_device_provenance(tmp_path):
+    """A device call's record shipped under data/: the provenance names the call's command, commit, machine and
+    date (not the shipping machine's), and the sha256 of the shipped copy."""
+    from ttt_helpers.provenance import read_provenance, sha256_file
+
+    ship = _load_script("ship_device_result")
+    device = {"platform": "gpu-host", "accelerator": "NVIDIA H200", "accelerator_count": 1}
+    curve = [[0.0, 0, 0.3, 2.0, 0.2], [2.0, 400, 0.6, 1.2, 0.5]]
+    bench = {"command": "python scripts/bench_pretrain_recipes.py --recipes v2-muon", "git_commit": "abc1234",
+             "machine": device, "date_utc": "2026-12-03T17:02:33+00:00", "seconds": 500.0,
+             "recipes": {"v2-muon": {"config": {"seed": 0}, "curve": curve, "train_minutes": 2.0,
+                                     "data_wait_fraction": 0.01, "prior_tables_per_s": 60.0}}}
+    path = ship.ship_bench(bench, tmp_path, "run", "a note", "python ship")
+    prov = read_provenance(tmp_path / "run.provenance.json")
+    assert json.loads(path.read_text()) == bench
+    assert prov["machine"] == device and prov["git_commit"] == "abc1234" and prov["date_utc"] == bench["date_utc"]
+    assert prov["files"] == {"run.json": sha256_file(path)} and prov["results"]["dev_acc_best"] == {"v2-muon": 0.6}
+    export = {"command": "python scripts/pretrain_tabpfn.py --final-call", "git_commit": "def5678", "machine": device,
+              "date_utc": "2026-12-03T17:18:00+00:00", "seeds": {"seed": 0}, "files": {"tabpfn_fallback.ckpt": "00ff"},
+              "results": {"train_minutes": 2.0, "steps": 400, "n_parameters": 10, "tasks_seen": 3200},
+              "calls": [{"command": "python scripts/pretrain_tabpfn.py --recipe v2-muon", "started_utc": "a",
+                         "steps": 400, "data_wait_s": 1.5, "wall_s": 130.0}],
+              "selection": {"chosen": "last"},
+              "evals": [{"train_minutes": 0.0, "step": 0, "dev_acc": 0.3, "val_loss": 2.0, "val_acc": 0.2},
+                        {"train_minutes": 1.0, "step": 200, "dev_acc": 0.62, "val_loss": 1.4, "val_acc": 0.4},
+                        {"train_minutes": 2.0, "step": 400, "dev_acc": 0.6, "val_loss": 1.2, "val_acc": 0.5}]}
+    path = ship.ship_export(export, tmp_path, "single", "another note", "python ship")
+    shipped, prov = json.loads(path.read_text()), read_provenance(tmp_path / "single.provenance.json")
+    assert shipped["checkpoint_not_shipped"] == {"tabpfn_fallback.ckpt": "00ff"} and shipped["prior_tables"] is None
+    assert prov["machine"] == device and prov["git_commit"] == "def5678" and prov["calls"] == export["calls"]
+    assert prov["results"]["dev_acc_best"] == 0.62 and prov["results"]["dev_acc_final"] == 0.6
+    assert pe.export_record(shipped, "single")["recipes"]["single"]["data_wait_fraction"] == 0.0125
 
 
 def test_pretrain_script_curriculum_flag_overrides_the_recipe():

@@ -422,14 +422,15 @@ def recipe_summary(record: dict):
 CURVE_COLUMNS = ["train_minutes", "step", "dev_acc", "val_loss", "val_acc"]
 
 
-def run_fields(*, train_s: float, steps: int, tables: int, prior_tables: int, data_wait_s: float,
+def run_fields(*, train_s: float, steps: int, tables: int, prior_tables: int | None, data_wait_s: float,
                evals: list) -> dict:
     """The speed, data-wait and curve fields of a recipe's record (``scripts/bench_pretrain_recipes.py``,
-    :func:`export_record`): ms per step, tables per second trained on and drawn from the prior, data wait (seconds
-    and fraction of training time) and the development curve (one row of :data:`CURVE_COLUMNS` per evaluation)."""
+    :func:`export_record`): ms per step, tables per second trained on and drawn from the prior (``None`` when
+    ``prior_tables`` is not known), data wait (seconds and fraction of training time) and the development curve
+    (one row of :data:`CURVE_COLUMNS` per evaluation)."""
     return {"step_ms": round(1000 * train_s / max(steps, 1), 1),
             "tables_processed_per_s": round(tables / train_s, 1),
-            "prior_tables_per_s": round(prior_tables / train_s, 1),
+            "prior_tables_per_s": None if prior_tables is None else round(prior_tables / train_s, 1),
             "data_wait_s": round(data_wait_s, 1), "data_wait_fraction": round(data_wait_s / train_s, 4),
             "curve_columns": list(CURVE_COLUMNS), "curve": [[e[k] for k in CURVE_COLUMNS] for e in evals]}
 
@@ -459,7 +460,7 @@ def export_record(export: dict, name: str) -> dict:
                      "wall_s": c["wall_s"], "max_reuse": reuse})
     rec = {"n_parameters": res["n_parameters"], "train_minutes": res["train_minutes"], "steps": res["steps"],
            **run_fields(train_s=train_s, steps=res["steps"], tables=res["tasks_seen"],
-                        prior_tables=export["prior_tables"], data_wait_s=wait, evals=export["evals"])}
+                        prior_tables=export.get("prior_tables"), data_wait_s=wait, evals=export["evals"])}
     return {"recipes": {name: rec}, "calls": rows, "selection": export.get("selection")}
 
 

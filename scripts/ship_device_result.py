@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Ship a pretraining result that a device call brought back: copy it under ``data/results`` with its provenance.
+
+A device call writes either the record of ``scripts/bench_pretrain_recipes.py`` (``bench_pretrain_recipes.json``)
+or the provenance that ``scripts/pretrain_tabpfn.py``'s export wrote (``tabpfn_fallback.json``). Each already
+carries the command, the commit, the device and the date of the call; this script keeps them (the provenance
+it writes names that machine, not the one it runs on) and adds the file's sha256 and a note.
+
+Examples
+--------
+A side-by-side benchmark of recipes (to ``data/results/pretrain_bench/NAME.json``)::
+
+    python scripts/ship_device_result.py --bench /work/.device/2/bench_pretrain_recipes.json \\
+        --name session20_variants --note "three variants of v2-muon, 2.4 training minutes each"
+
+One pretraining run whose checkpoint is not shipped (to ``data/results/NAME.json``)::
+
+    python scripts/ship_device_result.py --export /work/.device/3/tabpfn_fallback.json \\
+        --name pretrain_v2muon_emsize256 --note "v2-muon at emsize 256"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ttt_helpers.provenance import data_dir, write_provenance
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--bench", metavar="JSON", help="a record of scripts/bench_pretrain_recipes.py")
+    what.add_argument("--export", metavar="JSON", help="the provenance a scripts/pretrain_tabpfn.py export wrote")
+    p.add_argument("--name", required=True, help="file name (without .json) of the shipped result")
+    p.add_argument("--note", required=True, help="what the run was, in a sentence")
+    p.add_argument("--prior-tables", type=int, default=None,
+                   help="--export: the tables drawn from the prior (from the state's state_meta.json), if known")
+    p.add_argument("--out-dir", default=None, help="default: data/results (and data/results/pretrain_bench for --bench)")
+    return p.parse_args(argv)
+
+
+def ship_bench(record: dict, out: Path, name: str, note: str, command: str) -> Path:
+    """``record`` (a benchmark of recipes) as ``out/name.json`` with ``out/name.provenance.json``."""
+    path = out / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    recipes = record["recipes"]
+    results = {"dev_acc_best": {n: max(c[2] for c in r["curve"]) for n, r in recipes.items()},
+               "train_minutes": {n: r["train_minutes"] for n, r in recipes.items()},
+               "data_wait_fraction": {n: r["data_wait_fraction"] for n, r in recipes.items()},
+               "prior_tables_per_s": {n: r["prior_tables_per_s"] for n, r in recipes.items()}}
+    write_provenance(out / f"{name}.provenance.json", command=record["command"], commit=record["git_commit"],
+                     seeds={"seed": recipes[next(iter(recipes))]["config"]["seed"], "dev_split_seed": 0},
+                     results=results, files=[path],
+                     extra={"machine": record["machine"], "date_utc": record["date_utc"],
+                            "wall_seconds": record.get("seconds"), "note": note, "shipped_by": command})
+    return path
+
+
+def ship_export(export: dict, out: Path, name: str, note: str, command: str, prior_tables=None) -> Path:
+    """An export's provenance (its checkpoint not shipped) as ``out/name.json`` with its provenance."""
+    record = dict(export)
+    record["prior_tables"] = prior_tables
+    record["checkpoint_not_shipped"] = dict(export.get("files", {}))
+    record["note"] = note
+    path = out / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    res, sel = export["results"], export.get("selection") or {}
+    results = {"dev_acc_final": export["evals"][-1]["dev_acc"],
+               "dev_acc_best": max(e["dev_acc"] for e in export["evals"]),
+               "train_minutes": res["train_minutes"], "steps": res["steps"], "n_parameters": res["n_parameters"],
+               "data_wait_s": sum(c["data_wait_s"] for c in export["calls"]), "selected": sel.get("chosen")}
+    write_provenance(out / f"{name}.provenance.json", command=export["command"], commit=export["git_commit"],
+                     seeds=export.get("seeds"), results=results, files=[path],
+                     extra={"machine": export["machine"], "date_utc": export["date_utc"], "calls": export["calls"],
+                            "note": note, "shipped_by": command})
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    base = Path(args.out_dir) if args.out_dir else data_dir() / "results"
+    if args.bench:
+        path = ship_bench(json.loads(Path(args.bench).read_text()), base / "pretrain_bench" if not args.out_dir else base,
+                          args.name, args.note, command)
+    else:
+        path = ship_export(json.loads(Path(args.export).read_text()), base, args.name, args.note, command,
+                           prior_tables=args.prior_tables)
+    print(f"shipped {path} and its provenance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
