@@ -129,10 +129,7 @@ def diagnose_bf16(names=None) -> dict:
 # Recipes side by side
 # ----------------------------------------------------------------------------------------------------------
 def reference_dev_accuracy(ckpt, dev, device) -> float:
-    record = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = tm.new_model(record["config"], seed=0)
-    model.load_state_dict(record["state_dict"])
-    per = pe.eval_direct(model.to(device), dev, device)
+    per = pe.eval_direct(tm.load_model(ckpt).to(device), dev, device)
     return round(float(np.mean(list(per.values()))), 4)
 
 

@@ -63,7 +63,7 @@ def ship_bench(record: dict, out: Path, name: str, note: str, command: str) -> P
 
 def ship_export(export: dict, out: Path, name: str, note: str, command: str, prior_tables=None) -> Path:
     """An export's provenance (its checkpoint not shipped) as ``out/name.json`` with its provenance."""
-    record = dict(export)
+    record = {k: v for k, v in export.items() if k != "files"}  # the checkpoint it names is not shipped
     record["prior_tables"] = prior_tables
     record["checkpoint_not_shipped"] = dict(export.get("files", {}))
     record["note"] = note

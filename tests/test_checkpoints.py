@@ -44,6 +44,19 @@ def test_tiny_checkpoint_loads_in_tabpfn_and_predicts_probabilities(tiny_ckpt):
     assert set(np.unique(clf.predict(X[60:]))) <= {0, 1, 2}
 
 
+def test_load_model_returns_the_saved_weights(tmp_path):
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    saved = tm.new_model(config, seed=3).state_dict()  # load_model builds seed-0 weights before loading these
+    path = tm.build_checkpoint(config, saved, tmp_path / "seed3.ckpt")
+    model = tm.load_model(path)
+    assert not model.training
+    loaded, fresh = model.state_dict(), tm.new_model(config, seed=0).state_dict()
+    assert set(loaded) == set(saved) and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)
+    with pytest.raises(FileNotFoundError):
+        tm.load_model(tmp_path / "missing.ckpt")
+
+
 def test_build_checkpoint_rejects_mismatched_weights_and_versioned_names(tmp_path):
     config = tm.make_config(emsize=16, nlayers=1, nhead=2)
     other = tm.new_model(tm.make_config(emsize=32, nlayers=1, nhead=2), seed=0)

@@ -186,6 +186,10 @@ def test_ship_device_result_keeps_the_device_provenance(tmp_path):
     path = ship.ship_export(export, tmp_path, "single", "another note", "python ship")
     shipped, prov = json.loads(path.read_text()), read_provenance(tmp_path / "single.provenance.json")
     assert shipped["checkpoint_not_shipped"] == {"tabpfn_fallback.ckpt": "00ff"} and shipped["prior_tables"] is None
+    assert "files" not in shipped  # else the reproducibility appendix looks for a checkpoint that is not there
+    from ttt_helpers.provenance import provenance_table
+
+    assert all(row["sha256_ok"] is not False for row in provenance_table(tmp_path))
     assert prov["machine"] == device and prov["git_commit"] == "def5678" and prov["calls"] == export["calls"]
     assert prov["results"]["dev_acc_best"] == 0.62 and prov["results"]["dev_acc_final"] == 0.6
     assert pe.export_record(shipped, "single")["recipes"]["single"]["data_wait_fraction"] == 0.0125

@@ -50,6 +50,7 @@ __all__ = [
     "inference_config_for_checkpoint",
     "build_checkpoint",
     "tiny_random_checkpoint",
+    "load_model",
     "read_checkpoint_config",
     "read_checkpoint_inference_config",
     "load_classifier",
@@ -348,6 +349,14 @@ def _load_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return Checkpoint(path).load()
+
+
+def load_model(path):
+    """The model a checkpoint file holds, as the package's own ``torch.nn.Module`` (on the CPU, in eval mode)."""
+    record = _load_checkpoint(path)
+    model = new_model(record["config"], seed=0)
+    model.load_state_dict(record["state_dict"])
+    return model.eval()
 
 
 def read_checkpoint_config(path) -> dict:
