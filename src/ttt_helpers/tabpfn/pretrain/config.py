@@ -38,8 +38,10 @@ TINY_CURRICULUM = [
     dict(start=0.00, min_rows=32, max_rows=96, max_features=4, max_classes=2, batch=8, reuse=1),
     dict(start=0.50, min_rows=64, max_rows=160, max_features=8, max_classes=10, batch=8, reuse=2),
 ]
-#: Prior types: tabicl's generators, and a toy prior of random linear tasks (tests, smoke runs).
-PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm", "toy")
+#: Prior types: tabicl's generators (each also with ``+filter``: tabicl's filter of unpredictable tables, see
+#: :func:`.prior.make_prior`), and a toy prior of random linear tasks (tests, smoke runs).
+PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm",
+          "graph_scm+filter", "mix_scm+filter", "mlp_scm+filter", "tree_scm+filter", "toy")
 _STAGE_KEYS = ("start", "min_rows", "max_rows", "max_features", "max_classes", "batch", "reuse")
 
 

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["ToyPrior", "make_prior", "prior_stream", "prior_batch"]
+__all__ = ["ToyPrior", "FILTER_SUFFIX", "make_prior", "prior_stream", "prior_batch"]
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -66,8 +66,17 @@ class ToyPrior(torch.utils.data.IterableDataset):
         return self.get_batch()
 
 
+#: Suffix of a prior name that turns on tabicl's filter of unpredictable tables (``"mix_scm+filter"``).
+FILTER_SUFFIX = "+filter"
+
+
 def make_prior(stage: dict, prior_type: str):
-    """The generator of one curriculum stage: ``tabicl.prior.PriorDataset`` (tabicl's defaults) or :class:`ToyPrior`."""
+    """The generator of one curriculum stage: ``tabicl.prior.PriorDataset`` (tabicl's defaults) or :class:`ToyPrior`.
+
+    A tabicl prior named with :data:`FILTER_SUFFIX` (``"mix_scm+filter"``) turns on tabicl's
+    ``filter_unpredictable_datasets``: a generated table is drawn again (up to 6 times for the SCM priors) when
+    bootstrapped out-of-bag extra-trees predictions do not beat the class frequencies (p >= 0.05).
+    """
     common = dict(
         batch_size=stage["batch"],
         min_features=1,
@@ -83,10 +92,11 @@ def make_prior(stage: dict, prior_type: str):
     from tabicl.prior import PriorDataset
     from tabicl.prior.graph_lib._config import PriorConfig
 
+    base = prior_type.removesuffix(FILTER_SUFFIX)
     return PriorDataset(
         **common,
-        prior_type=prior_type,
-        config=PriorConfig() if prior_type == "graph_scm" else None,  # tabicl's defaults
+        prior_type=base,
+        config=PriorConfig(filter_unpredictable_datasets=prior_type.endswith(FILTER_SUFFIX)),  # else tabicl's defaults
         n_jobs=1,  # n_jobs > 1 cannot be pickled into DataLoader workers
         device="cpu",
     )
