@@ -254,3 +254,16 @@ def test_a_fresh_final_call_plans_its_budget_on_a_timed_start_evaluation(tmp_pat
     # exceeds the 60 - 1 x 20 - 5 = 35 s that the blind 20-second guess would leave
     assert 38.0 < trainer.budget <= 60.0
     assert (tmp_path / "state_meta.json").is_file() and len(calls) == 2  # the start and the end of the call
+
+
+def test_filter_suffix_turns_on_tabicls_filter_of_unpredictable_tables():
+    stage = dict(start=0.0, min_rows=64, max_rows=96, max_features=4, max_classes=3, batch=2, reuse=1)
+    plain, filtered = pt.make_prior(stage, "mix_scm"), pt.make_prior(stage, "mix_scm+filter")
+    assert plain.prior.prior_type == filtered.prior.prior_type == "mix_scm"
+    assert not plain.prior.config.filter_unpredictable_datasets
+    assert filtered.prior.config.filter_unpredictable_datasets
+    graph = pt.make_prior(stage, "graph_scm+filter")
+    assert graph.prior.config.filter_unpredictable_datasets and not pt.make_prior(stage, "graph_scm").prior.config.filter_unpredictable_datasets
+    assert pt.PretrainConfig(prior="tree_scm+filter").prior == "tree_scm+filter"
+    with pytest.raises(ValueError):
+        pt.PretrainConfig(prior="toy+filter")
