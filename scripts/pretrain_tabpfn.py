@@ -76,8 +76,10 @@ def parse_args(argv=None):
     for name in ("lr", "muon_lr", "min_lr_frac", "weight_decay", "grad_clip"):
         add("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     add("--optimizer", default=d.optimizer, choices=["adamw", "muon"])
-    add("--prior", default=d.prior, choices=list(pt.PRIORS), help="graph_scm: tabicl's structural causal models "
-        "(mix_scm tasks carry almost no learnable signal); toy: random linear tasks (tests)")
+    add("--prior", default=d.prior, type=pt.check_prior, help=f"one of {pt.PRIORS}, or several joined by '|' "
+        "(mixed batch by batch); graph_scm: tabicl's structural causal models (mix_scm tasks carry almost no "
+        "learnable signal, data/results/prior_signal.json); +filter: tabicl's filter of unpredictable tables; "
+        "toy: random linear tasks (tests)")
     add("--seeding", default=d.seeding, choices=["per_call", "per_batch"])
     add("--in-order", action=argparse.BooleanOptionalAction, default=d.in_order, help="per-batch seeding with "
         "workers: hand out prior batches in index order (--in-order) or each as soon as it is ready "

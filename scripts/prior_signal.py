@@ -37,7 +37,7 @@ STAGE = dict(start=0.0, min_rows=400, max_rows=600, max_features=16, max_classes
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--priors", nargs="+", default=DEFAULT_PRIORS, choices=list(pt.PRIORS))
+    p.add_argument("--priors", nargs="+", default=DEFAULT_PRIORS, type=pt.check_prior)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--tables", type=int, default=8, help="tables per batch")
     p.add_argument("--seed", type=int, default=0)

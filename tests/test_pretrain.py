@@ -267,3 +267,32 @@ def test_filter_suffix_turns_on_tabicls_filter_of_unpredictable_tables():
     assert pt.PretrainConfig(prior="tree_scm+filter").prior == "tree_scm+filter"
     with pytest.raises(ValueError):
         pt.PretrainConfig(prior="toy+filter")
+
+
+def test_mixed_prior_draws_whole_batches_from_each_part_reproducibly():
+    stage = dict(start=0.0, min_rows=20, max_rows=30, max_features=3, max_classes=3, batch=2, reuse=1)
+    common = dict(batch_size=2, max_classes=3, min_seq_len=20, max_seq_len=30)
+    mixed = pt.MixedPrior([pt.ToyPrior(max_features=3, **common), pt.ToyPrior(max_features=5, **common)])
+    widths = []
+    for i in range(24):
+        np.random.seed(i)
+        torch.manual_seed(i)
+        widths.append(mixed.get_batch()[0].shape[-1])
+    assert set(widths) == {3, 5}  # both parts, each batch whole from one
+    again = []
+    for i in range(24):
+        np.random.seed(i)
+        torch.manual_seed(i)
+        again.append(mixed.get_batch()[0].shape[-1])
+    assert again == widths
+    assert isinstance(pt.make_prior(stage, "toy|graph_scm"), pt.MixedPrior)
+    a, b = pt.prior_batch(stage, "toy|graph_scm", (0, 0, 0), 3), pt.prior_batch(stage, "toy|graph_scm", (0, 0, 0), 3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert pt.check_prior("graph_scm|tree_scm+filter") == "graph_scm|tree_scm+filter"
+    for bad in ("graph_scm|graph_scm", "graph_scm|nope", "", "graph_scm|"):
+        with pytest.raises(ValueError):
+            pt.check_prior(bad)
+    with pytest.raises(ValueError):
+        pt.PretrainConfig(prior="graph_scm|nope")
+    with pytest.raises(ValueError):
+        pt.MixedPrior([pt.ToyPrior(max_features=3, **common)])

@@ -212,6 +212,11 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
     assert swapped.optimizer == "muon" and swapped.emsize == 192
     with pytest.raises(SystemExit):
         script.parse_args(["--curriculum", "nonsense"])
+    mixed = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--prior", "graph_scm|tree_scm+filter",
+                                                       "--device", "cpu"]))
+    assert mixed.prior == "graph_scm|tree_scm+filter"
+    with pytest.raises(SystemExit):
+        script.parse_args(["--prior", "graph_scm|nonsense"])
     batched = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--stage-batch", "32",
                                                          "--device", "cpu"]))
     assert [s["batch"] for s in batched.curriculum] == [32] and pt.SPEEDRUN_CURRICULUM[0]["batch"] == 8

@@ -17,6 +17,7 @@ __all__ = [
     "TINY_CURRICULUM",
     "SPEEDRUN_CURRICULUM",
     "PRIORS",
+    "check_prior",
     "PretrainConfig",
     "recipe",
     "tiny_config",
@@ -40,8 +41,18 @@ TINY_CURRICULUM = [
 ]
 #: Prior types: tabicl's generators (each also with ``+filter``: tabicl's filter of unpredictable tables, see
 #: :func:`.prior.make_prior`), and a toy prior of random linear tasks (tests, smoke runs).
+#: Several names joined by ``|`` (``"graph_scm|tree_scm+filter"``) mix those priors batch by batch
+#: (:func:`check_prior`, :class:`.prior.MixedPrior`).
 PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm",
           "graph_scm+filter", "mix_scm+filter", "mlp_scm+filter", "tree_scm+filter", "toy")
+
+
+def check_prior(name: str) -> str:
+    """``name`` if it is one of :data:`PRIORS` or several of them joined by ``|``; ``ValueError`` otherwise."""
+    parts = str(name).split("|")
+    if not all(part in PRIORS for part in parts) or (len(parts) > 1 and len(set(parts)) < len(parts)):
+        raise ValueError(f"prior must be one of {PRIORS} or several different ones joined by '|', got {name!r}")
+    return name
 _STAGE_KEYS = ("start", "min_rows", "max_rows", "max_features", "max_classes", "batch", "reuse")
 
 
@@ -65,7 +76,7 @@ class PretrainConfig:
         Peak learning rates (AdamW, Muon), the cosine floor as a fraction of the peak, linear warm-up steps,
         AdamW's weight decay on matrices (none on vectors), the gradient-norm clip.
     prior : str
-        One of :data:`PRIORS`.
+        One of :data:`PRIORS`, or several joined by ``|`` (a mixture, batch by batch).
     curriculum : list of dict
         Stages (:data:`CURRICULUM`): ``start`` (fraction of the budget), ``min_rows``, ``max_rows``,
         ``max_features``, ``max_classes``, ``batch`` (tables per step), ``reuse`` (steps per prior batch).
@@ -147,7 +158,6 @@ class PretrainConfig:
         choices = {
             "architecture": ("v2", "v2.6"),
             "optimizer": ("adamw", "muon"),
-            "prior": PRIORS,
             "seeding": ("per_call", "per_batch"),
             "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"),
             "clock": ("time", "steps"),
@@ -155,6 +165,7 @@ class PretrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        check_prior(self.prior)
         if not self.in_order and self.seeding != "per_batch":
             raise ValueError("in_order=False needs seeding='per_batch' (only then do the batches carry their index)")
         if self.random_column_embeddings and self.architecture != "v2":

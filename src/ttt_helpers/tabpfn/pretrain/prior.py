@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["ToyPrior", "FILTER_SUFFIX", "make_prior", "prior_stream", "prior_batch"]
+__all__ = ["ToyPrior", "MixedPrior", "FILTER_SUFFIX", "MIX_SEPARATOR", "make_prior", "prior_stream", "prior_batch"]
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -68,6 +68,28 @@ class ToyPrior(torch.utils.data.IterableDataset):
 
 #: Suffix of a prior name that turns on tabicl's filter of unpredictable tables (``"mix_scm+filter"``).
 FILTER_SUFFIX = "+filter"
+#: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``).
+MIX_SEPARATOR = "|"
+
+
+class MixedPrior(torch.utils.data.IterableDataset):
+    """Batches from several priors: each batch comes whole from one of them, chosen with equal probability by a
+    draw from NumPy's global generator (seeded by the caller, as tabicl's priors are), so a per-batch-seeded
+    stream still gives the same batch ``i`` every time."""
+
+    def __init__(self, priors):
+        if len(priors) < 2:
+            raise ValueError("a mixed prior needs at least two priors")
+        self.priors = list(priors)
+
+    def get_batch(self):
+        return self.priors[int(np.random.randint(len(self.priors)))].get_batch()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get_batch()
 
 
 def make_prior(stage: dict, prior_type: str):
@@ -75,7 +97,8 @@ def make_prior(stage: dict, prior_type: str):
 
     A tabicl prior named with :data:`FILTER_SUFFIX` (``"mix_scm+filter"``) turns on tabicl's
     ``filter_unpredictable_datasets``: a generated table is drawn again (up to 6 times for the SCM priors) when
-    bootstrapped out-of-bag extra-trees predictions do not beat the class frequencies (p >= 0.05).
+    bootstrapped out-of-bag extra-trees predictions do not beat the class frequencies (p >= 0.05). Names joined
+    by :data:`MIX_SEPARATOR` (``"graph_scm|tree_scm+filter"``) give a :class:`MixedPrior` of those priors.
     """
     common = dict(
         batch_size=stage["batch"],
@@ -87,6 +110,8 @@ def make_prior(stage: dict, prior_type: str):
         min_train_size=0.3,
         max_train_size=0.9,
     )
+    if MIX_SEPARATOR in prior_type:
+        return MixedPrior([make_prior(stage, part) for part in prior_type.split(MIX_SEPARATOR)])
     if prior_type == "toy":
         return ToyPrior(**common)
     from tabicl.prior import PriorDataset
