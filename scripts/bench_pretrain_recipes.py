@@ -47,8 +47,8 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", default=["v1", "v2.6-muon"],
-                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME (a value may be a JSON "
-                        "list or object, e.g. curriculum=[{...}])")
+                   help="the first is the reference; NAME:key=json,... changes fields of recipe NAME (a value may be "
+                        "a JSON list or object, e.g. curriculum=[{...}])")
     p.add_argument("--budget-min", type=float, default=3.0, help="training minutes per recipe")
     p.add_argument("--eval-every-s", type=float, default=20.0)
     p.add_argument("--deadline-min", type=float, default=9.4, help="wall minutes for the whole command")
@@ -134,7 +134,7 @@ def reference_dev_accuracy(ckpt, dev, device) -> float:
 
 
 def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dict:
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = _key_json(args.set)
     base, _, variant = name.partition(":")  # "v1:autocast=true,sdpa=\"no_cudnn\"": a recipe with changes
     overrides.update(variant_overrides(variant))
     cfg = pt.recipe(base, device=args.device, workers=args.workers, eval_every=args.eval_every_s, seed=args.seed,
@@ -179,7 +179,11 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
 def variant_overrides(variant: str) -> dict:
     """``'key=json,key=json'`` as a dict; a value may hold commas (a JSON list or object, e.g. a curriculum):
     the string is split only at commas followed by ``name=``."""
-    items = [item for item in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", variant) if item]
+    return _key_json(item for item in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", variant) if item)
+
+
+def _key_json(items) -> dict:
+    """``["key=json", ...]`` (``--set``, or the parts of a variant) as a dict."""
     return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
 
 

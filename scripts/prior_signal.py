@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""How much each synthetic prior's tables can be learned: a random forest and LogisticRegression against the
-majority class, on the prior's own context/test split (CPU, a few minutes).
+"""How much each synthetic prior's tables can be learned: a random forest and the book's reference learners against
+the majority class, on the prior's own context/test split (CPU, a few minutes).
 
 For each prior of ``ttt_helpers.tabpfn.pretrain.PRIORS`` named on the command line, ``--batches`` batches of
 ``--tables`` tables (400 to 600 rows, up to 16 features and 10 classes, the context a random 30-90 % of the
 rows) are generated with per-batch seeds (``pretrain.prior_batch``, the training loop's scheme); on each table
-a ``RandomForestClassifier`` (100 trees) and a standardised ``LogisticRegression`` are fitted on the context
-rows and scored on the test rows, against the majority class of the context. The generation time per table is
-recorded too: the prior runs on the CPU while the GPU trains, so a slower prior means a longer data wait.
-Writes ``prior_signal.json`` and its provenance into ``--out``.
+a ``RandomForestClassifier`` (100 trees) and the book's reference learners (``benchmark.baseline_accuracies``:
+LogisticRegression, HistGradientBoosting) are fitted on the context rows and scored on the test rows, against
+the majority class of the context. The generation time per table is recorded too: the prior runs on the CPU
+while the GPU trains, so a slower prior means a longer data wait. Writes ``prior_signal.json`` and its
+provenance into ``--out``.
 
 Example (what made the shipped ``data/results/prior_signal.json``)::
 
@@ -29,9 +30,11 @@ import numpy as np
 
 from ttt_helpers.provenance import write_provenance
 from ttt_helpers.tabpfn import pretrain as pt
+from ttt_helpers.tabpfn.benchmark import baseline_accuracies
 
 DEFAULT_PRIORS = ["graph_scm", "mix_scm", "tree_scm", "mlp_scm", "mix_scm+filter", "tree_scm+filter",
                   "mlp_scm+filter"]
+HEADLINE = ("rf_gain_mean", "rf_gain_se", "lr_gain_mean", "hgb_gain_mean", "seconds_per_table")
 STAGE = dict(start=0.0, min_rows=400, max_rows=600, max_features=16, max_classes=10, batch=8, reuse=1)
 
 
@@ -46,23 +49,22 @@ def parse_args(argv=None):
 
 
 def table_scores(X, y, n_features: int, n_rows: int, n_context: int, seed: int = 0) -> dict:
-    """Accuracy gain over the context's majority class of a random forest and LogisticRegression, one table."""
+    """Accuracy gain over the context's majority class of a random forest and of the book's reference learners
+    (LogisticRegression, HistGradientBoosting: :func:`ttt_helpers.tabpfn.benchmark.baseline_accuracies`), one table."""
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     X = np.asarray(X[:n_rows, :n_features], dtype=np.float64)
     y = np.asarray(y[:n_rows]).astype(int)
     Xc, Xt, yc, yt = X[:n_context], X[n_context:], y[:n_context], y[n_context:]
-    classes, counts = np.unique(yc, return_counts=True)
-    majority = float(np.mean(yt == classes[counts.argmax()]))
+    classes = np.unique(yc)
+    majority = float(np.mean(yt == np.bincount(yc).argmax()))
     out = {"classes": int(len(classes)), "majority": majority, "n_context": int(n_context), "n_test": int(len(yt))}
     if len(classes) < 2:
-        return out | {"rf_gain": 0.0, "lr_gain": 0.0}
+        return out | {"rf_gain": 0.0, "lr_gain": 0.0, "hgb_gain": 0.0}
     rf = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1).fit(Xc, yc).score(Xt, yt)
-    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(Xc, yc).score(Xt, yt)
-    return out | {"rf_gain": float(rf - majority), "lr_gain": float(lr - majority)}
+    ref = baseline_accuracies(Xc, yc, Xt, yt, seed=seed)
+    return out | {"rf_gain": float(rf - majority), "lr_gain": ref["logistic_regression"] - majority,
+                  "hgb_gain": ref["hist_gradient_boosting"] - majority}
 
 
 def prior_signal(prior: str, *, batches: int, tables: int, seed: int) -> dict:
@@ -73,10 +75,13 @@ def prior_signal(prior: str, *, batches: int, tables: int, seed: int) -> dict:
         X, y, d, seq_lens, train_sizes = pt.prior_batch(stage, prior, (seed, 0, 0), i)
         gen_s += time.perf_counter() - t0
         for b in range(X.shape[0]):
-            rows.append(table_scores(X[b].numpy(), y[b].numpy(), int(d[b]), int(seq_lens[b]), int(train_sizes[b]), seed))
+            rows.append(table_scores(X[b].numpy(), y[b].numpy(), int(d[b]), int(seq_lens[b]), int(train_sizes[b]),
+                                     seed))
     rf, lr = np.array([r["rf_gain"] for r in rows]), np.array([r["lr_gain"] for r in rows])
-    return {"tables": len(rows), "rf_gain_mean": float(rf.mean()), "rf_gain_se": float(rf.std(ddof=1) / np.sqrt(len(rf))),
+    return {"tables": len(rows), "rf_gain_mean": float(rf.mean()),
+            "rf_gain_se": float(rf.std(ddof=1) / np.sqrt(len(rf))),
             "rf_gain_median": float(np.median(rf)), "lr_gain_mean": float(lr.mean()),
+            "hgb_gain_mean": float(np.mean([r["hgb_gain"] for r in rows])),
             "share_rf_above_majority_by_0.05": float(np.mean(rf > 0.05)),
             "mean_classes": float(np.mean([r["classes"] for r in rows])),
             "mean_majority_rate": float(np.mean([r["majority"] for r in rows])),
@@ -93,16 +98,15 @@ def main(argv=None):
         result["priors"][prior] = prior_signal(prior, batches=args.batches, tables=args.tables, seed=args.seed)
         r = result["priors"][prior]
         print(f"{prior:18s} RF - majority {r['rf_gain_mean']:+.3f} ± {r['rf_gain_se']:.3f}  "
-              f"LR - majority {r['lr_gain_mean']:+.3f}  {r['seconds_per_table']:.2f} s/table", flush=True)
+              f"LR - majority {r['lr_gain_mean']:+.3f}  HGB - majority {r['hgb_gain_mean']:+.3f}  "
+              f"{r['seconds_per_table']:.2f} s/table", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prior_signal.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     write_provenance(out / "prior_signal.provenance.json", command=command, seeds={"seed": args.seed},
-                     results={p: {k: round(v, 4) for k, v in r.items() if k in ("rf_gain_mean", "rf_gain_se",
-                                                                                  "lr_gain_mean", "seconds_per_table")}
-                              for p, r in result["priors"].items()},
+                     results={p: {k: round(r[k], 4) for k in HEADLINE} for p, r in result["priors"].items()},
                      files=[path], extra={"wall_seconds": result["seconds"]})
     return 0
 

@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--note", required=True, help="what the run was, in a sentence")
     p.add_argument("--prior-tables", type=int, default=None,
                    help="--export: the tables drawn from the prior (from the state's state_meta.json), if known")
-    p.add_argument("--out-dir", default=None, help="default: data/results (and data/results/pretrain_bench for --bench)")
+    p.add_argument("--out-dir", default=None,
+                   help="default: data/results (data/results/pretrain_bench for --bench)")
     return p.parse_args(argv)
 
 
@@ -85,12 +86,13 @@ def ship_export(export: dict, out: Path, name: str, note: str, command: str, pri
 def main(argv=None):
     args = parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    base = Path(args.out_dir) if args.out_dir else data_dir() / "results"
+    results = data_dir() / "results"
     if args.bench:
-        path = ship_bench(json.loads(Path(args.bench).read_text()), base / "pretrain_bench" if not args.out_dir else base,
-                          args.name, args.note, command)
+        out = Path(args.out_dir) if args.out_dir else results / "pretrain_bench"
+        path = ship_bench(json.loads(Path(args.bench).read_text()), out, args.name, args.note, command)
     else:
-        path = ship_export(json.loads(Path(args.export).read_text()), base, args.name, args.note, command,
+        out = Path(args.out_dir) if args.out_dir else results
+        path = ship_export(json.loads(Path(args.export).read_text()), out, args.name, args.note, command,
                            prior_tables=args.prior_tables)
     print(f"shipped {path} and its provenance")
     return 0

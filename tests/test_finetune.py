@@ -8,6 +8,7 @@ import pytest
 import torch  # a hard dependency: fail, never skip, if it is missing
 import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
+from script_modules import load_script  # noqa: E402
 from tabpfn_fixtures import template, tiny_ckpt  # noqa: E402,F401
 from tabpfn_fixtures import toy_table as _toy  # noqa: E402
 from ttt_helpers.tabpfn import finetune as ft  # noqa: E402
@@ -224,14 +225,7 @@ def test_the_estimator_and_the_command_line_share_the_search_defaults():
 
 def _experiment_script():
     """scripts/tabpfn_experiment.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tabpfn_experiment.py"
-    spec = importlib.util.spec_from_file_location("tabpfn_experiment", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tabpfn_experiment")
 
 
 def test_the_cap_bounds_the_noise_allowance_on_small_slices_only():

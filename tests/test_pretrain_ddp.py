@@ -16,22 +16,28 @@ from ttt_helpers.provenance import repo_root, verify_sha256
 SCRIPT = repo_root() / "scripts" / "pretrain_tabpfn.py"
 
 
-def test_two_processes_hold_identical_weights_after_every_step(tmp_path):
-    steps = 3
+def _torchrun_two_processes(tmp_path, *options) -> list:
+    """scripts/pretrain_tabpfn.py as 2 CPU processes under torchrun (tiny model, toy prior, per-batch seeding,
+    weights recorded, state in tmp_path/state, export in tmp_path/export); each process's per-step records."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ttt_helpers.__file__).parents[1]),
                                                          os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-           "--tiny", "--architecture", "v2.6", "--num-thinking-rows", "4", "--optimizer", "muon", "--prior", "toy",
-           "--clock", "steps", "--seeding", "per_batch", "--step-budget", str(steps), "--eval-every-steps", "100",
+           "--tiny", "--prior", "toy", "--seeding", "per_batch", *options,
            "--device", "cpu", "--workers", "0", "--no-real-eval", "--no-progress",
            "--record-weights", str(tmp_path / "weights"), "--out-dir", str(tmp_path / "state"),
            "--export-dir", str(tmp_path / "export")]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return [[json.loads(line) for line in (tmp_path / "weights" / f"rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
 
-    ranks = [[json.loads(line) for line in (tmp_path / "weights" / f"rank{r}.jsonl").read_text().splitlines()]
-             for r in (0, 1)]
+
+def test_two_processes_hold_identical_weights_after_every_step(tmp_path):
+    steps = 3
+    ranks = _torchrun_two_processes(tmp_path, "--architecture", "v2.6", "--num-thinking-rows", "4",
+                                    "--optimizer", "muon", "--clock", "steps", "--step-budget", str(steps),
+                                    "--eval-every-steps", "100")
     assert [e["step"] for e in ranks[0]] == [e["step"] for e in ranks[1]] == list(range(1, steps + 1))
     for a, b in zip(*ranks):
         assert a["weights"] == b["weights"], f"weights differ between the processes after step {a['step']}"
@@ -56,19 +62,8 @@ def test_a_final_call_on_the_clock_is_planned_by_process_0_and_kept_by_both(tmp_
     costs) and plans the budget; both processes train to that budget and stop at the same step. (With one warm-up
     step the learning rate follows the budget from the second step on, so processes with different budgets would
     hold different weights.)"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ttt_helpers.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-           "--tiny", "--prior", "toy", "--clock", "time", "--seeding", "per_batch", "--final-call", "--warmup-steps", "1",
-           "--time-budget-min", "5", "--wall-limit-min", "0.4", "--eval-every-min", "0.1",
-           "--device", "cpu", "--workers", "0", "--no-real-eval", "--no-progress",
-           "--record-weights", str(tmp_path / "weights"), "--out-dir", str(tmp_path / "state"),
-           "--export-dir", str(tmp_path / "export")]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    ranks = [[json.loads(line) for line in (tmp_path / "weights" / f"rank{r}.jsonl").read_text().splitlines()]
-             for r in (0, 1)]
+    ranks = _torchrun_two_processes(tmp_path, "--clock", "time", "--final-call", "--warmup-steps", "1",
+                                    "--time-budget-min", "5", "--wall-limit-min", "0.4", "--eval-every-min", "0.1")
     assert len(ranks[0]) == len(ranks[1]) >= 1
     assert [a["weights"] for a in ranks[0]] == [b["weights"] for b in ranks[1]]
     prov = json.loads((tmp_path / "export" / "tabpfn_fallback.json").read_text())

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from script_modules import load_script
 from ttt_helpers.tabpfn import benchmark as td
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
@@ -146,23 +147,12 @@ def test_export_record_reads_a_resumed_run():
     assert unknown["recipes"]["resumed"]["step_ms"] == 300.0
 
 
-def _load_script(name):
-    import importlib.util
-
-    from ttt_helpers.provenance import repo_root
-
-    spec = importlib.util.spec_from_file_location(name, repo_root() / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_ship_device_result_keeps_the_device_provenance(tmp_path):
     """A device call's record shipped under data/: the provenance names the call's command, commit, machine and
     date (not the shipping machine's), and the sha256 of the shipped copy."""
     from ttt_helpers.provenance import read_provenance, sha256_file
 
-    ship = _load_script("ship_device_result")
+    ship = load_script("ship_device_result")
     device = {"platform": "gpu-host", "accelerator": "NVIDIA H200", "accelerator_count": 1}
     curve = [[0.0, 0, 0.3, 2.0, 0.2], [2.0, 400, 0.6, 1.2, 0.5]]
     bench = {"command": "python scripts/bench_pretrain_recipes.py --recipes v2-muon", "git_commit": "abc1234",
@@ -196,14 +186,9 @@ def test_ship_device_result_keeps_the_device_provenance(tmp_path):
 
 
 def test_pretrain_script_curriculum_flag_overrides_the_recipe():
-    import importlib.util
-
-    from ttt_helpers.provenance import repo_root
     from ttt_helpers.tabpfn import pretrain as pt
 
-    spec = importlib.util.spec_from_file_location("pretrain_script", repo_root() / "scripts" / "pretrain_tabpfn.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("pretrain_tabpfn")
     kept = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--device", "cpu"]))
     assert kept.curriculum == pt.SPEEDRUN_CURRICULUM and kept.optimizer == "muon"
     swapped = script.config_from_args(script.parse_args(["--recipe", "v2-muon", "--curriculum", "default",
@@ -225,13 +210,7 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
 
 
 def test_bench_script_variant_overrides_take_json_lists():
-    import importlib.util
-
-    from ttt_helpers.provenance import repo_root
-
-    spec = importlib.util.spec_from_file_location("bench_script", repo_root() / "scripts" / "bench_pretrain_recipes.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bench_pretrain_recipes")
     assert script.variant_overrides('emsize=256,nhead=4,sdpa="no_cudnn"') == {"emsize": 256, "nhead": 4,
                                                                               "sdpa": "no_cudnn"}
     stage = {"start": 0.0, "min_rows": 800, "max_rows": 1200, "max_features": 32, "max_classes": 10, "batch": 32,
@@ -239,3 +218,19 @@ def test_bench_script_variant_overrides_take_json_lists():
     got = script.variant_overrides("lr=0.00025,curriculum=" + json.dumps([stage]) + ",muon_lr=0.00125")
     assert got == {"lr": 0.00025, "curriculum": [stage], "muon_lr": 0.00125}
     assert script.variant_overrides("") == {}
+
+
+def test_prior_signal_scores_a_table_against_its_majority_class():
+    script = load_script("prior_signal")
+    rng = np.random.default_rng(0)
+    X = np.zeros((200, 6))
+    X[:, :3] = rng.normal(size=(200, 3))
+    y = (X[:, 0] > 0.5).astype(int)  # learnable, majority class 0 (about 70 %)
+    got = script.table_scores(X, y, n_features=3, n_rows=180, n_context=120)
+    majority = float(np.mean(y[120:180] == np.bincount(y[:120]).argmax()))
+    assert got["majority"] == majority and got["n_test"] == 60 and got["classes"] == 2
+    assert got["rf_gain"] > 0.15 and got["lr_gain"] > 0.15 and got["hgb_gain"] > 0.1
+    ref = td.baseline_accuracies(X[:120, :3], y[:120], X[120:180, :3], y[120:180])
+    assert got["lr_gain"] == ref["logistic_regression"] - majority
+    one_class = script.table_scores(X, np.zeros(200, dtype=int), n_features=3, n_rows=180, n_context=120)
+    assert one_class["rf_gain"] == one_class["lr_gain"] == one_class["hgb_gain"] == 0.0

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from script_modules import load_script
 from ttt_helpers.theory import general_covariance as al
 from ttt_helpers.theory import sample_complexity as sc
 from ttt_helpers.theory import sweeps
@@ -44,15 +45,9 @@ def test_shift_sweep_matches_general_context_lengths_per_angle():
 
 
 def test_sweep_profiles_are_the_scripts_profiles():
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
     for script, names in (("theory_sweeps", ("fig1_isotropic", "scratch_vs_pretrained")),
                           ("theory_sweeps_shift", ("alignment", "multistep", "sample"))):
-        spec = importlib.util.spec_from_file_location(script, scripts / f"{script}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_script(script)
         for profile in ("ci", "full"):
             assert list(mod.PROFILES[profile]) == list(names)
             for name in names:

@@ -16,6 +16,8 @@ __all__ = [
     "CURRICULUM",
     "TINY_CURRICULUM",
     "SPEEDRUN_CURRICULUM",
+    "FILTER_SUFFIX",
+    "MIX_SEPARATOR",
     "PRIORS",
     "check_prior",
     "PretrainConfig",
@@ -39,19 +41,25 @@ TINY_CURRICULUM = [
     dict(start=0.00, min_rows=32, max_rows=96, max_features=4, max_classes=2, batch=8, reuse=1),
     dict(start=0.50, min_rows=64, max_rows=160, max_features=8, max_classes=10, batch=8, reuse=2),
 ]
-#: Prior types: tabicl's generators (each also with ``+filter``: tabicl's filter of unpredictable tables, see
-#: :func:`.prior.make_prior`), and a toy prior of random linear tasks (tests, smoke runs).
-#: Several names joined by ``|`` (``"graph_scm|tree_scm+filter"``) mix those priors batch by batch
-#: (:func:`check_prior`, :class:`.prior.MixedPrior`).
-PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm",
-          "graph_scm+filter", "mix_scm+filter", "mlp_scm+filter", "tree_scm+filter", "toy")
+#: Suffix of a prior name that turns on tabicl's filter of unpredictable tables (``"mix_scm+filter"``;
+#: :func:`.prior.make_prior`).
+FILTER_SUFFIX = "+filter"
+#: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``; :class:`.prior.MixedPrior`).
+MIX_SEPARATOR = "|"
+_TABICL_PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm")
+#: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX`, and a toy prior of random linear tasks
+#: (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
+#: (:func:`check_prior`).
+PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), "toy")
 
 
 def check_prior(name: str) -> str:
-    """``name`` if it is one of :data:`PRIORS` or several of them joined by ``|``; ``ValueError`` otherwise."""
-    parts = str(name).split("|")
-    if not all(part in PRIORS for part in parts) or (len(parts) > 1 and len(set(parts)) < len(parts)):
-        raise ValueError(f"prior must be one of {PRIORS} or several different ones joined by '|', got {name!r}")
+    """``name`` if it is one of :data:`PRIORS` or several different ones joined by :data:`MIX_SEPARATOR`;
+    ``ValueError`` otherwise."""
+    parts = str(name).split(MIX_SEPARATOR)
+    if not all(part in PRIORS for part in parts) or len(set(parts)) < len(parts):
+        raise ValueError(f"prior must be one of {PRIORS} or several different ones joined by "
+                         f"{MIX_SEPARATOR!r}, got {name!r}")
     return name
 _STAGE_KEYS = ("start", "min_rows", "max_rows", "max_features", "max_classes", "batch", "reuse")
 

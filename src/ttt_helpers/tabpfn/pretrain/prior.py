@@ -23,7 +23,9 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["ToyPrior", "MixedPrior", "FILTER_SUFFIX", "MIX_SEPARATOR", "make_prior", "prior_stream", "prior_batch"]
+from .config import FILTER_SUFFIX, MIX_SEPARATOR
+
+__all__ = ["ToyPrior", "MixedPrior", "make_prior", "prior_stream", "prior_batch"]
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -64,12 +66,6 @@ class ToyPrior(torch.utils.data.IterableDataset):
 
     def __next__(self):
         return self.get_batch()
-
-
-#: Suffix of a prior name that turns on tabicl's filter of unpredictable tables (``"mix_scm+filter"``).
-FILTER_SUFFIX = "+filter"
-#: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``).
-MIX_SEPARATOR = "|"
 
 
 class MixedPrior(torch.utils.data.IterableDataset):
