@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.provenance import write_provenance
+from ttt_helpers.provenance import git_commit, write_provenance
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn.benchmark import baseline_accuracies
 
@@ -92,6 +92,7 @@ def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    commit = git_commit()  # before this run writes its own outputs into the tree
     t0 = time.time()
     result = {"command": command, "stage": STAGE | {"batch": args.tables}, "batches": args.batches, "priors": {}}
     for prior in args.priors:
@@ -105,7 +106,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prior_signal.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / "prior_signal.provenance.json", command=command, seeds={"seed": args.seed},
+    write_provenance(out / "prior_signal.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
                      results={p: {k: round(r[k], 4) for k in HEADLINE} for p, r in result["priors"].items()},
                      files=[path], extra={"wall_seconds": result["seconds"]})
     return 0
