@@ -33,7 +33,7 @@ from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn.benchmark import baseline_accuracies
 
 DEFAULT_PRIORS = ["graph_scm", "mix_scm", "tree_scm", "mlp_scm", "mix_scm+filter", "tree_scm+filter",
-                  "mlp_scm+filter"]
+                  "mlp_scm+filter", "graph_scm+quantiles"]
 HEADLINE = ("rf_gain_mean", "rf_gain_se", "lr_gain_mean", "hgb_gain_mean", "seconds_per_table")
 STAGE = dict(start=0.0, min_rows=400, max_rows=600, max_features=16, max_classes=10, batch=8, reuse=1)
 

@@ -222,6 +222,15 @@ def test_lr_schedule_and_curriculum():
     assert pt.lr_at(1e-3, 0, 0.0, warmup_steps=10, min_lr_frac=0.1) == pytest.approx(1e-4)
     assert pt.lr_at(1e-3, 10, 0.0, warmup_steps=10, min_lr_frac=0.1) == pytest.approx(1e-3)
     assert pt.lr_at(1e-3, 50, 1.0, warmup_steps=10, min_lr_frac=0.1) == pytest.approx(1e-4)
+    assert pt.lr_at(1e-3, 50, 0.5, warmup_steps=10, min_lr_frac=0.1) == pytest.approx(5.5e-4)  # cosine midpoint
+    # warm-up, stable, decay: the peak until 80 % of the run, then the same cosine squeezed into the last 20 %
+    wsd = dict(warmup_steps=10, min_lr_frac=0.1, decay_frac=0.2)
+    assert pt.lr_at(1e-3, 50, 0.5, **wsd) == pt.lr_at(1e-3, 50, 0.8, **wsd) == pytest.approx(1e-3)
+    assert pt.lr_at(1e-3, 50, 0.9, **wsd) == pytest.approx(5.5e-4)
+    assert pt.lr_at(1e-3, 50, 1.0, **wsd) == pytest.approx(1e-4)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decay_frac"):
+            pt.PretrainConfig(decay_frac=bad)
     assert [pt.stage_index(pt.CURRICULUM, p) for p in (0.0, 0.2, 0.5, 0.99)] == [0, 1, 2, 3]
 
 
@@ -267,6 +276,32 @@ def test_filter_suffix_turns_on_tabicls_filter_of_unpredictable_tables():
     assert pt.PretrainConfig(prior="tree_scm+filter").prior == "tree_scm+filter"
     with pytest.raises(ValueError):
         pt.PretrainConfig(prior="toy+filter")
+
+
+def test_quantile_classes_cut_like_pandas_qcut_and_the_quantile_prior_draws_many_classes():
+    import pandas as pd
+
+    gen = torch.Generator().manual_seed(0)
+    for y in (torch.randn(997, generator=gen), torch.randint(0, 7, (500,), generator=gen).float()):  # ties too
+        for k in (2, 3, 10):
+            ours = pt.quantile_classes(y, k).numpy()
+            ref = pd.qcut(y.numpy().astype(float), k, labels=False, duplicates="drop")
+            assert np.array_equal(ours, np.unique(ref, return_inverse=True)[1])
+    assert np.bincount(pt.quantile_classes(torch.arange(1000.0), 10).long().numpy()).tolist() == [100] * 10
+    with pytest.raises(ValueError, match="at least 2"):
+        pt.quantile_classes(torch.arange(10.0), 1)
+    stage = dict(start=0.0, min_rows=120, max_rows=160, max_features=4, max_classes=10, batch=6, reuse=1)
+    prior = pt.make_prior(stage, "graph_scm+quantiles")
+    assert isinstance(prior, pt.QuantileClasses) and prior.prior.regression and prior.prior.prior_type == "graph_scm"
+    X, y, d, seq_lens, train_sizes = pt.prior_batch(stage, "graph_scm+quantiles", (0, 0, 0), 0)
+    assert y.shape == X.shape[:2] and torch.equal(y, y.round()) and 0 <= y.min() and y.max() <= 9
+    counts = [len(torch.unique(row)) for row in y]
+    assert max(counts) > 2 and min(counts) >= 1  # tables with many classes, from one batch
+    again = pt.prior_batch(stage, "graph_scm+quantiles", (0, 0, 0), 0)
+    assert torch.equal(again[1], y) and torch.equal(again[0], X)
+    assert pt.PretrainConfig(prior="graph_scm|graph_scm+quantiles").prior == "graph_scm|graph_scm+quantiles"
+    with pytest.raises(ValueError):
+        pt.PretrainConfig(prior="graph_scm+filter+quantiles")
 
 
 def test_mixed_prior_draws_whole_batches_from_each_part_reproducibly():

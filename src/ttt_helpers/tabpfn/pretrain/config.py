@@ -18,6 +18,7 @@ __all__ = [
     "SPEEDRUN_CURRICULUM",
     "FILTER_SUFFIX",
     "MIX_SEPARATOR",
+    "QUANTILE_SUFFIX",
     "PRIORS",
     "check_prior",
     "PretrainConfig",
@@ -44,13 +45,17 @@ TINY_CURRICULUM = [
 #: Suffix of a prior name that turns on tabicl's filter of unpredictable tables (``"mix_scm+filter"``;
 #: :func:`.prior.make_prior`).
 FILTER_SUFFIX = "+filter"
+#: Suffix of a prior name that draws tabicl's *regression* tables and cuts each target into ``K`` equal-frequency
+#: classes, ``K`` uniform in ``2..max_classes`` per table (``"graph_scm+quantiles"``; :class:`.prior.QuantileClasses`).
+QUANTILE_SUFFIX = "+quantiles"
 #: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``; :class:`.prior.MixedPrior`).
 MIX_SEPARATOR = "|"
 _TABICL_PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm")
-#: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX`, and a toy prior of random linear tasks
-#: (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
+#: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX` or :data:`QUANTILE_SUFFIX`, and a toy
+#: prior of random linear tasks (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
 #: (:func:`check_prior`).
-PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), "toy")
+PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), *(p + QUANTILE_SUFFIX for p in _TABICL_PRIORS),
+          "toy")
 
 
 def check_prior(name: str) -> str:
@@ -80,9 +85,10 @@ class PretrainConfig:
         The architecture's size (``num_thinking_rows``: v2.6 only).
     optimizer : {"adamw", "muon"}
         ``"muon"``: ``torch.optim.Muon`` on the 2-D weights inside the transformer blocks, AdamW on the rest.
-    lr, muon_lr, min_lr_frac, warmup_steps, weight_decay, grad_clip
-        Peak learning rates (AdamW, Muon), the cosine floor as a fraction of the peak, linear warm-up steps,
-        AdamW's weight decay on matrices (none on vectors), the gradient-norm clip.
+    lr, muon_lr, min_lr_frac, decay_frac, warmup_steps, weight_decay, grad_clip
+        Peak learning rates (AdamW, Muon), the cosine floor as a fraction of the peak, the final fraction of
+        training over which the cosine decays (1: all of it; below 1 the rate stays at its peak before),
+        linear warm-up steps, AdamW's weight decay on matrices (none on vectors), the gradient-norm clip.
     prior : str
         One of :data:`PRIORS`, or several joined by ``|`` (a mixture, batch by batch).
     curriculum : list of dict
@@ -141,6 +147,7 @@ class PretrainConfig:
     lr: float = 1e-3
     muon_lr: float = 1e-3
     min_lr_frac: float = 0.1
+    decay_frac: float = 1.0
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -183,6 +190,8 @@ class PretrainConfig:
         for s in self.curriculum:
             if set(s) != set(_STAGE_KEYS):
                 raise ValueError(f"a curriculum stage needs exactly the keys {_STAGE_KEYS}, got {sorted(s)}")
+        if not 0.0 < float(self.decay_frac) <= 1.0:
+            raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac!r}")
         for key in ("min_reuse", "warmup_steps"):
             if int(getattr(self, key)) < (1 if key == "min_reuse" else 0):
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")

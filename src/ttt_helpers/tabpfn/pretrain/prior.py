@@ -23,9 +23,9 @@ import warnings
 import numpy as np
 import torch
 
-from .config import FILTER_SUFFIX, MIX_SEPARATOR
+from .config import FILTER_SUFFIX, MIX_SEPARATOR, QUANTILE_SUFFIX
 
-__all__ = ["ToyPrior", "MixedPrior", "make_prior", "prior_stream", "prior_batch"]
+__all__ = ["ToyPrior", "MixedPrior", "QuantileClasses", "quantile_classes", "make_prior", "prior_stream", "prior_batch"]
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -88,13 +88,53 @@ class MixedPrior(torch.utils.data.IterableDataset):
         return self.get_batch()
 
 
+def quantile_classes(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """A numeric target ``y[T]`` cut into ``n_classes`` equal-frequency classes, lowest values first, as the book
+    cuts real regression targets (``pandas.qcut(..., duplicates="drop")``: a value on an edge goes to the lower
+    class; tied edges merge classes, so fewer may remain). Returns labels ``0..C-1`` as floats, ``C <= n_classes``."""
+    if int(n_classes) < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    levels = torch.arange(0, int(n_classes) + 1, dtype=torch.float64) / int(n_classes)
+    inner = torch.unique(torch.quantile(y.double(), levels))[1:-1]  # an edge tied with the minimum is dropped
+    codes = (y.double()[:, None] > inner[None, :]).sum(1)
+    return torch.unique(codes, return_inverse=True)[1].float()
+
+
+class QuantileClasses(torch.utils.data.IterableDataset):
+    """Classification tables from a regression prior: each table's target is cut by :func:`quantile_classes`
+    into ``K`` classes, ``K`` uniform in ``2..max_classes`` per table (drawn from NumPy's global generator, seeded
+    by the caller as tabicl's priors are).
+
+    tabicl's own classification tables are binary half of the time and otherwise have ``2..max_classes`` classes
+    at random boundaries, so 10-class tables of equal-frequency classes (the book's regression targets) are about
+    1 in 20 of them; here they are 1 in ``max_classes - 1``.
+    """
+
+    def __init__(self, prior, max_classes: int):
+        self.prior, self.max_classes = prior, int(max_classes)
+
+    def get_batch(self):
+        X, y, d, seq_lens, train_sizes = self.prior.get_batch()
+        labels = torch.stack([quantile_classes(y[b], int(np.random.randint(2, self.max_classes + 1)))
+                              for b in range(y.shape[0])])
+        return X, labels, d, seq_lens, train_sizes
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get_batch()
+
+
 def make_prior(stage: dict, prior_type: str):
     """The generator of one curriculum stage: ``tabicl.prior.PriorDataset`` (tabicl's defaults) or :class:`ToyPrior`.
 
     A tabicl prior named with :data:`FILTER_SUFFIX` (``"mix_scm+filter"``) turns on tabicl's
     ``filter_unpredictable_datasets``: a generated table is drawn again (up to 6 times for the SCM priors) when
     bootstrapped out-of-bag extra-trees predictions do not beat the class frequencies (p >= 0.05). Names joined
-    by :data:`MIX_SEPARATOR` (``"graph_scm|tree_scm+filter"``) give a :class:`MixedPrior` of those priors.
+    by :data:`MIX_SEPARATOR` (``"graph_scm|tree_scm+filter"``) give a :class:`MixedPrior` of those priors. A name
+    with :data:`QUANTILE_SUFFIX` (``"graph_scm+quantiles"``) draws tabicl's regression tables of that generator and
+    cuts their targets into equal-frequency classes (:class:`QuantileClasses`).
     """
     common = dict(
         batch_size=stage["batch"],
@@ -113,6 +153,10 @@ def make_prior(stage: dict, prior_type: str):
     from tabicl.prior import PriorDataset
     from tabicl.prior.graph_lib._config import PriorConfig
 
+    if prior_type.endswith(QUANTILE_SUFFIX):
+        regression = PriorDataset(**common, prior_type=prior_type.removesuffix(QUANTILE_SUFFIX), regression=True,
+                                  n_jobs=1, device="cpu")
+        return QuantileClasses(regression, stage["max_classes"])
     base = prior_type.removesuffix(FILTER_SUFFIX)
     return PriorDataset(
         **common,

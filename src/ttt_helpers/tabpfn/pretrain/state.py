@@ -64,12 +64,16 @@ def make_optimizers(model, cfg: PretrainConfig, *, fused: bool = False):
     return out
 
 
-def lr_at(base_lr: float, step: int, progress: float, *, warmup_steps: int, min_lr_frac: float) -> float:
-    """Linear warm-up over ``warmup_steps`` steps, then cosine decay in ``progress`` to ``min_lr_frac * base_lr``."""
+def lr_at(base_lr: float, step: int, progress: float, *, warmup_steps: int, min_lr_frac: float,
+          decay_frac: float = 1.0) -> float:
+    """Linear warm-up over ``warmup_steps`` steps, then the peak ``base_lr`` until ``1 - decay_frac`` of the
+    training progress, then cosine decay to ``min_lr_frac * base_lr`` at the end (``decay_frac=1``: cosine over
+    the whole run; ``decay_frac=0.2``: warm-up, stable, decay)."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     floor = base_lr * min_lr_frac
-    return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    t = max(0.0, min(1.0, progress) - (1.0 - decay_frac)) / decay_frac
+    return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * t))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -413,7 +413,7 @@ class Trainer:
         for opt, base_lrs in self.optimizers:
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr_at(base, meta["step"], progress, warmup_steps=cfg.warmup_steps,
-                                min_lr_frac=cfg.min_lr_frac)
+                                min_lr_frac=cfg.min_lr_frac, decay_frac=cfg.decay_frac)
         self._last_lr = self.optimizers[0][0].param_groups[0]["lr"]
         if cfg.random_column_embeddings:
             self.model.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
@@ -499,9 +499,10 @@ class Trainer:
             "betas": [0.9, 0.95],
             "weight_decay": cfg.weight_decay,
             "warmup_steps": cfg.warmup_steps,
-            "schedule": f"linear warm-up, then cosine in training {'time' if cfg.clock == 'time' else 'steps'} "
-                        "to min_lr_frac",
+            "schedule": f"linear warm-up, then the peak until 1 - decay_frac of the training "
+                        f"{'time' if cfg.clock == 'time' else 'steps'}, then cosine to min_lr_frac",
             "min_lr_frac": cfg.min_lr_frac,
+            "decay_frac": cfg.decay_frac,
             "grad_clip": cfg.grad_clip,
             "autocast": "bf16" if self.autocast else "none (float32)",
             "sdpa": cfg.sdpa,
