@@ -226,9 +226,39 @@ def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
         tm.inference_config_for_checkpoint(["FINGERPRINT_FEATURE"])
 
 
-def test_shipped_fallback_declares_its_inference_config():
-    path = tm.fallback_checkpoint_path()
+@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, "tabpfn_candidate.ckpt"])
+def test_shipped_checkpoints_match_their_sha256_and_declare_their_inference_config(name):
+    from ttt_helpers.provenance import models_dir, verify_sha256
+
+    path = models_dir() / name
+    verify_sha256(path)
     stored = tm.read_checkpoint_inference_config(path)
     assert stored is not None
     for key, value in tm.FALLBACK_INFERENCE_OVERRIDES.items():
         assert stored[key] == value, key
+
+
+def test_the_shipped_candidate_is_a_v2_6_model_that_tabpfn_loads_and_test_time_training_adapts():
+    """The candidate of issue 11 (tabpfn_v2_6, pretrained with fixed column embeddings): tabpfn's own loader runs it,
+    it reads a learnable table far above chance from 200 context rows, and the book's TTT loop runs on it and changes
+    its weights."""
+    from tabpfn import TabPFNClassifier
+
+    from tabpfn_fixtures import toy_table
+    from ttt_helpers.provenance import models_dir
+    from ttt_helpers.tabpfn import finetune as ft
+    from ttt_helpers.tabpfn.episodes import prepare_classifier
+
+    path = models_dir() / "tabpfn_candidate.ckpt"
+    assert tm.read_checkpoint_config(path)["num_thinking_rows"] == 16
+    assert tm.architecture_of(tm.read_checkpoint_config(path)) == "v2.6"
+    X, y = toy_table(n=400, seed=1)
+    clf = TabPFNClassifier(model_path=str(path), device="cpu", n_estimators=1, random_state=0)
+    acc = float((clf.fit(X[:200], y[:200]).predict(X[200:]) == y[200:]).mean())
+    assert acc > 0.8  # four classes, so chance is about 0.25
+    template = prepare_classifier(TabPFNClassifier(model_path=str(path), device="cpu"))
+    w0 = ft.snapshot_state(template)
+    cfg = ft.TTTConfig(optimizer="adamw", steps=6, lr=1e-4, n_query=64, max_context=128)
+    history = ft.ttt_finetune(template, X[:300], y[:300], 4, cfg, 0)
+    assert len(history["losses"]) == 6 and np.all(np.isfinite(history["losses"]))
+    assert any(not torch.equal(w0[k], v) for k, v in ft.snapshot_state(template).items())
