@@ -323,4 +323,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    pt.fix_hash_seed()  # tabicl's graph_scm tables depend on string hashing: the same seeds, the same tables
     sys.exit(main())

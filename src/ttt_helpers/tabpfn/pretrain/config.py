@@ -237,6 +237,11 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     1.70). A 3-minute ablation of four variants on one GPU put the cause in the learning rate, not in Muon or bf16:
     training loss after 400 steps 1.67 with AdamW alone at 1.5e-3, 1.50 in float32 with Muon at 7.5e-3,
     1.33 with AdamW alone at 5e-4, 1.26 with Muon at 5e-4/2.5e-3 in bf16.
+
+    ``"v2.6-muon"`` with ``lr=2.5e-4, muon_lr=1.25e-3`` (half of ``"v2-muon"``'s rates) made the shipped candidate
+    ``data/models/tabpfn_candidate.ckpt`` (6.6 H200-minutes, development accuracy 0.677 against the fallback's
+    0.665); at ``"v2-muon"``'s rates it reached 0.641 in 2.4 minutes, at half of them 0.651
+    (``data/results/pretrain_bench/session21_v2.6.json``).
     """
     base = {
         "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),

@@ -12,12 +12,17 @@
   reuse in :meth:`.trainer.Trainer.run`).
 
 tabicl's priors draw from the global NumPy, ``random`` and torch generators; these are seeded here
-(``_seed_all``), in each worker or before each batch.
+(``_seed_all``), in each worker or before each batch. ``graph_scm`` also depends on Python's string hashing
+(it iterates over a ``set`` of feature-group names), which is randomised per process unless ``PYTHONHASHSEED``
+is fixed: :func:`fix_hash_seed` re-runs a script with ``PYTHONHASHSEED=0``, so that the same seeds give the same
+tables in every process (DataLoader workers inherit their parent's hashing).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -25,7 +30,30 @@ import torch
 
 from .config import FILTER_SUFFIX, MIX_SEPARATOR, QUANTILE_SUFFIX
 
-__all__ = ["ToyPrior", "MixedPrior", "QuantileClasses", "quantile_classes", "make_prior", "prior_stream", "prior_batch"]
+__all__ = ["ToyPrior", "MixedPrior", "QuantileClasses", "quantile_classes", "make_prior", "prior_stream", "prior_batch",
+           "fix_hash_seed", "hash_seed_fixed"]
+
+
+def hash_seed_fixed() -> bool:
+    """Whether this process hashes strings reproducibly (``PYTHONHASHSEED`` set to a number, or hashing not
+    randomised), so that ``graph_scm`` tables depend on the seeds alone."""
+    return not sys.flags.hash_randomization or os.environ.get("PYTHONHASHSEED", "random") != "random"
+
+
+def fix_hash_seed() -> None:
+    """Re-run this script (``sys.argv``) with ``PYTHONHASHSEED=0`` unless its string hashing is fixed already.
+
+    ``tabicl``'s ``graph_scm`` prior assigns features to graph nodes group by group, in the order of a ``set`` of
+    group names (``tabicl.prior.graph_lib._dataset.RandomDataset.sample``); that order follows Python's string
+    hashing, which is randomised per process. Without this, the same per-batch seeds give other tables in another
+    process: a resumed run, or a re-run of a measurement, would not draw the batches it claims to. Call it first
+    in a script's ``__main__`` block: it replaces the process (never call it inside a test or a notebook).
+    """
+    if hash_seed_fixed():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
 
 
 class ToyPrior(torch.utils.data.IterableDataset):
@@ -150,6 +178,10 @@ def make_prior(stage: dict, prior_type: str):
         return MixedPrior([make_prior(stage, part) for part in prior_type.split(MIX_SEPARATOR)])
     if prior_type == "toy":
         return ToyPrior(**common)
+    if not hash_seed_fixed():
+        warnings.warn("Python's string hashing is randomised in this process (PYTHONHASHSEED is not set), so "
+                      "tabicl's graph_scm tables depend on the process, not only on the seeds; run scripts through "
+                      "ttt_helpers.tabpfn.pretrain.fix_hash_seed()", RuntimeWarning, stacklevel=2)
     from tabicl.prior import PriorDataset
     from tabicl.prior.graph_lib._config import PriorConfig
 
