@@ -8,6 +8,8 @@
 * :class:`Evaluator`: all of these, as the callable that :class:`.pretrain.Trainer` runs periodically;
 * :func:`recipe_summary`, :func:`plot_recipe_curves`: a side-by-side run of pretraining recipes
   (``scripts/bench_pretrain_recipes.py``) as a table and a figure;
+* :func:`dev_context_curve`: a checkpoint's accuracy on the development tables at small context sizes, through
+  the book's episode pipeline (the sizes where TTT is measured; the training-time evaluations use 1,000 rows);
 * :func:`benchmark_checkpoint`: a checkpoint's accuracy on the 35 benchmark tables at 1,000 context rows
   (:func:`.benchmark.quality_splits`), recorded in the provenance JSON beside it.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "eval_real",
     "Evaluator",
     "time_to_quality",
+    "dev_context_curve",
     "benchmark_checkpoint",
     "recipe_summary",
     "plot_recipe_curves",
@@ -323,6 +326,47 @@ def time_to_quality(curve, target: float):
         if acc >= target:
             return float(minutes)
     return None
+
+
+def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, max_test: int = 200,
+                      cache=None, max_classes: int = 10) -> dict:
+    """Accuracy of a checkpoint on the development tables at small context sizes, without TTT.
+
+    The same pipeline as the book's Figure-3 runs (:mod:`.episodes`: the package's preprocessing fitted on each
+    context, labels as ranks, one ensemble member): for each development table (:func:`dev_splits`; tables with
+    more than ``max_classes`` classes are left out), ``reps`` contexts of each size are drawn from the table's
+    context rows with ``numpy.random.default_rng(seed)`` and scored on at most ``max_test`` of its test rows.
+    Selecting between checkpoints on these numbers selects on the development set, never on the benchmark.
+
+    Returns
+    -------
+    dict
+        ``{"sizes", "tables": {name: {"acc": [mean accuracy per size], "majority": rate on the test rows}},
+        "mean": [mean over tables per size], "majority": mean majority rate}``.
+    """
+    from . import episodes as ep
+
+    sizes = [int(n) for n in sizes]
+    clf = ep.prepare_classifier(ep.make_template(str(ckpt)))
+    tables = {}
+    for name, (Xc, Xt, yc, yt) in dev_splits(cache=cache).items():
+        X = np.concatenate([Xc, Xt])
+        _, y = np.unique(np.concatenate([yc, yt]), return_inverse=True)
+        n_classes = int(y.max()) + 1
+        if n_classes > max_classes:
+            continue
+        pool, test = np.arange(len(yc)), np.arange(len(yc), len(y))
+        episodes = ep.make_eval_episodes(clf, X, y, pool, test, sizes, reps, np.random.default_rng(seed),
+                                         n_classes=n_classes, max_test=max_test)
+        acc = {n: [] for n in sizes}
+        for e in episodes:
+            acc[e.requested].append(ep.episode_accuracy(clf, e, n_classes))
+        y_test = y[test]
+        tables[name] = {"acc": [round(float(np.mean(acc[n])), 4) for n in sizes],
+                        "majority": round(float(np.bincount(y_test).max() / len(y_test)), 4)}
+    return {"sizes": sizes, "tables": tables,
+            "mean": [round(float(np.mean([t["acc"][i] for t in tables.values()])), 4) for i in range(len(sizes))],
+            "majority": round(float(np.mean([t["majority"] for t in tables.values()])), 4)}
 
 
 def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_estimators=4, seed: int = 0,

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Checkpoints' accuracy without TTT on the development tables at small context sizes (a selection check).
+
+The periodic evaluations of ``scripts/pretrain_tabpfn.py`` score a checkpoint on the development tables with
+1,000 context rows. The book measures TTT where contexts are short, so two checkpoints that tie there can still
+differ where it matters. This script scores each checkpoint named on the command line with
+:func:`ttt_helpers.tabpfn.pretrain_eval.dev_context_curve` (the Figure-3 episode pipeline, on the development
+tables, never on the benchmark) and writes ``dev_context_check.json`` and its provenance into ``--out``, with
+each checkpoint's sha256.
+
+Example (the shipped result; CPU, about 3 minutes per checkpoint on 2 cores)::
+
+    python scripts/dev_context_check.py --model candidate=data/models/tabpfn_candidate.ckpt \\
+        --model fallback=data/models/tabpfn_fallback.ckpt --model long=/tmp/long/tabpfn_long.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ttt_helpers.provenance import data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.tabpfn import pretrain_eval as pe
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+                   help="a checkpoint to score, with the name it gets in the result (repeatable)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[2, 8, 32])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-test", type=int, default=200)
+    p.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
+    p.add_argument("--out", default=str(data_dir() / "results"))
+    args = p.parse_args(argv)
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model wants NAME=PATH, got {item!r}")
+        if not Path(path).is_file():
+            p.error(f"--model {name}: no file {path}")
+        models[name] = Path(path)
+    args.models = models
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    commit = git_commit()  # before this run writes its own outputs into the tree
+    t0 = time.time()
+    result = {"command": command, "sizes": args.sizes, "reps": args.reps, "seed": args.seed,
+              "max_test": args.max_test, "models": {}}
+    for name, path in args.models.items():
+        t = time.time()
+        curve = pe.dev_context_curve(path, sizes=args.sizes, reps=args.reps, seed=args.seed,
+                                     max_test=args.max_test, cache=args.dev_cache)
+        result["models"][name] = {"path": str(path), "sha256": sha256_file(path),
+                                  "seconds": round(time.time() - t, 1), **curve}
+        print(f"{name:12s} " + "  ".join(f"n={n}: {a:.3f}" for n, a in zip(curve["sizes"], curve["mean"]))
+              + f"  (majority {curve['majority']:.3f}, {len(curve['tables'])} tables)", flush=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "dev_context_check.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_provenance(out / "dev_context_check.provenance.json", command=command, commit=commit,
+                     seeds={"seed": args.seed},
+                     results={name: dict(zip([f"n={n}" for n in args.sizes], r["mean"]))
+                              for name, r in result["models"].items()},
+                     files=[path], extra={"wall_seconds": result["seconds"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
