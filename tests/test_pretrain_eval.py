@@ -234,3 +234,24 @@ def test_prior_signal_scores_a_table_against_its_majority_class():
     assert got["lr_gain"] == ref["logistic_regression"] - majority
     one_class = script.table_scores(X, np.zeros(200, dtype=int), n_features=3, n_rows=180, n_context=120)
     assert one_class["rf_gain"] == one_class["lr_gain"] == one_class["hgb_gain"] == 0.0
+
+
+def test_dev_context_curve_scores_small_contexts_on_the_development_tables(tmp_path):
+    from ttt_helpers.provenance import data_dir
+
+    names = [s.name for s in pe.DEV_SPECS[:2]]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3)).astype(np.float32)
+    easy = (X[:, 0] > 0.5).astype(np.int64)  # imbalanced (about 0.7 majority), learnable from one feature
+    wide = np.arange(300) % 12  # 12 classes: more than the model's 10, left out
+    cache = pe.write_dev_cache(tmp_path / "dev.npz", {names[0]: (X[:200], X[200:], easy[:200], easy[200:]),
+                                                      names[1]: (X[:200], X[200:], wide[:200], wide[200:])})
+    ckpt = data_dir() / "models" / "tabpfn_candidate.ckpt"
+    kw = dict(sizes=(2, 32), reps=2, seed=3, max_test=40, cache=cache)
+    res = pe.dev_context_curve(ckpt, **kw)
+    assert list(res["tables"]) == [names[0]] and res["sizes"] == [2, 32]
+    t = res["tables"][names[0]]
+    assert t["majority"] == pytest.approx(np.bincount(easy[200:]).max() / 100)
+    assert t["acc"][1] >= 0.85  # 32 rows of a one-feature threshold: the model gets it
+    assert res["mean"] == t["acc"] and res["majority"] == t["majority"]
+    assert pe.dev_context_curve(ckpt, **kw) == res  # seeded: the same draws again
