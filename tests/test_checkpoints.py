@@ -226,7 +226,7 @@ def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
         tm.inference_config_for_checkpoint(["FINGERPRINT_FEATURE"])
 
 
-@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, "tabpfn_candidate.ckpt"])
+@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.CANDIDATE_NAME])
 def test_shipped_checkpoints_match_their_sha256_and_declare_their_inference_config(name):
     from ttt_helpers.provenance import models_dir, verify_sha256
 
@@ -249,7 +249,7 @@ def test_the_shipped_candidate_is_a_v2_6_model_that_tabpfn_loads_and_test_time_t
     from ttt_helpers.tabpfn import finetune as ft
     from ttt_helpers.tabpfn.episodes import prepare_classifier
 
-    path = models_dir() / "tabpfn_candidate.ckpt"
+    path = models_dir() / tm.CANDIDATE_NAME
     assert tm.read_checkpoint_config(path)["num_thinking_rows"] == 16
     assert tm.architecture_of(tm.read_checkpoint_config(path)) == "v2.6"
     X, y = toy_table(n=400, seed=1)

@@ -237,7 +237,8 @@ def test_prior_signal_scores_a_table_against_its_majority_class():
 
 
 def test_dev_context_curve_scores_small_contexts_on_the_development_tables(tmp_path):
-    from ttt_helpers.provenance import data_dir
+    from ttt_helpers.provenance import models_dir
+    from ttt_helpers.tabpfn.checkpoints import CANDIDATE_NAME
 
     names = [s.name for s in pe.DEV_SPECS[:2]]
     rng = np.random.default_rng(0)
@@ -246,7 +247,7 @@ def test_dev_context_curve_scores_small_contexts_on_the_development_tables(tmp_p
     wide = np.arange(300) % 12  # 12 classes: more than the model's 10, left out
     cache = pe.write_dev_cache(tmp_path / "dev.npz", {names[0]: (X[:200], X[200:], easy[:200], easy[200:]),
                                                       names[1]: (X[:200], X[200:], wide[:200], wide[200:])})
-    ckpt = data_dir() / "models" / "tabpfn_candidate.ckpt"
+    ckpt = models_dir() / CANDIDATE_NAME
     kw = dict(sizes=(2, 32), reps=2, seed=3, max_test=40, cache=cache)
     res = pe.dev_context_curve(ckpt, **kw)
     assert list(res["tables"]) == [names[0]] and res["sizes"] == [2, 32]

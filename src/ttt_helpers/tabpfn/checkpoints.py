@@ -38,6 +38,7 @@ from ttt_helpers.validation import check_positive_int
 __all__ = [
     "OFFICIAL_ENV_VAR",
     "FALLBACK_NAME",
+    "CANDIDATE_NAME",
     "official_v2_classifier_names",
     "official_checkpoint_path",
     "fallback_checkpoint_path",
@@ -58,6 +59,10 @@ __all__ = [
 
 OFFICIAL_ENV_VAR = "TABPFN_MODEL_PATH"
 FALLBACK_NAME = "tabpfn_fallback.ckpt"
+#: A pretrained checkpoint shipped beside the fallback, not (yet) used by the chapters: the v2.6 candidate of the
+#: pretraining appendix, which beats the fallback on the development tables and the benchmark but not the quality
+#: bar of issue 11.
+CANDIDATE_NAME = "tabpfn_candidate.ckpt"
 
 #: What our fallback checkpoint changes in ``tabpfn``'s default v2 classifier inference settings
 #: (``tabpfn.inference_config.InferenceConfig``): features reach the model as numbers, standardised by the
