@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_helpers.provenance import git_commit, machine_description, write_provenance
+from ttt_helpers.provenance import command_line, git_commit, machine_description, write_provenance
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
@@ -264,7 +263,7 @@ def main(argv=None):
     if args.one_step:
         one_step(args.one_step)
         return 0
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:  # e.g. --out data/results: pretrain_recipes.json and its provenance, from the runs' results

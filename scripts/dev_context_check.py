@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from ttt_helpers.provenance import data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
 
@@ -54,7 +53,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     commit = git_commit()  # before this run writes its own outputs into the tree
     t0 = time.time()
     result = {"command": command, "sizes": args.sizes, "reps": args.reps, "seed": args.seed,

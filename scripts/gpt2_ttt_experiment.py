@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from ttt_helpers import gpt2 as G
-from ttt_helpers.provenance import models_dir, read_provenance, results_dir, write_provenance
+from ttt_helpers.provenance import command_line, models_dir, read_provenance, results_dir, write_provenance
 
 EXPERIMENT_ARGS = ("n_context", "steps", "tasks", "n_val", "n_eval", "seed")  # TTTExperiment's, same defaults
 LRS = {"adamw": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "sgd": [1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]}
@@ -130,7 +129,7 @@ def main(argv=None):
     for key, h in head.items():
         print(f"theta={exp.thetas[0]:.3f} {key}: lr={h['lr']:.0e}: no TTT {h['step0']:.4f}  1 step {h['step1']:.4f}  "
               f"{exp.steps} steps {h['final']:.4f}", flush=True)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(argv)
     extra = None
     old_prov = Path(args.resume).with_name(Path(args.resume).stem + ".provenance.json") if args.resume else None
     if old_prov is not None and old_prov.exists():

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import shlex
 import sys
 import time
 import warnings
@@ -52,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from ttt_helpers.provenance import models_dir
+from ttt_helpers.provenance import command_line, models_dir
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
@@ -149,7 +148,7 @@ def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     if args.benchmark:
         pe.benchmark_checkpoint(args.benchmark, n_context=args.bench_context, max_test=args.bench_max_test,
                                 n_estimators=args.eval_estimators, seed=args.seed, device=args.device,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 import warnings
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.provenance import git_commit, write_provenance
+from ttt_helpers.provenance import command_line, git_commit, write_provenance
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn.benchmark import baseline_accuracies
 
@@ -91,7 +90,7 @@ def prior_signal(prior: str, *, batches: int, tables: int, seed: int) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     commit = git_commit()  # before this run writes its own outputs into the tree
     t0 = time.time()
     result = {"command": command, "stage": STAGE | {"batch": args.tables}, "batches": args.batches, "priors": {}}

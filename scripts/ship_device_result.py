@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from ttt_helpers.provenance import data_dir, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, write_provenance
 
 
 def parse_args(argv=None):
@@ -85,7 +84,7 @@ def ship_export(export: dict, out: Path, name: str, note: str, command: str, pri
 
 def main(argv=None):
     args = parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     results = data_dir() / "results"
     if args.bench:
         out = Path(args.out_dir) if args.out_dir else results / "pretrain_bench"

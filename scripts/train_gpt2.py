@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 from ttt_helpers import gpt2 as G
-from ttt_helpers.provenance import models_dir, write_provenance
+from ttt_helpers.provenance import command_line, models_dir, write_provenance
 
 MODEL_ARGS = ("d", "n_points", "n_embd", "n_layer", "n_head")
 # TrainConfig fields set from the command line (defaults from TrainConfig), with their help where needed
@@ -105,7 +104,7 @@ def main(argv=None):
           f"(n = d: {float(per_n[cfg.d]):.4f}, n = 2d: {float(per_n[2 * cfg.d]):.4f})", flush=True)
     if "this_model_fp32_eager_b64" in bench and tps:
         bench["speedup_this_model_vs_fp32_eager_b64"] = tps / bench["this_model_fp32_eager_b64"]["tokens_per_s"]
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(argv)
     prov = out_dir / "gpt2_icl.json"
     write_provenance(prov, command=os.environ.get("TTT_COMMAND", command), files=[pt],
                      **G.training_provenance(trainer, per_n, sigma=args.sigma, cov_ratio=args.cov_ratio,

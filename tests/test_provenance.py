@@ -138,3 +138,12 @@ def test_show_shipped_on_the_shipped_table(capsys):
     record = pv.show_shipped("own_data/political_information.csv")
     assert record["results"]["rows"] == 1807
     assert capsys.readouterr().out.startswith("shipped data data/own_data/political_information.csv (sha256 matches")
+
+
+def test_command_line_quotes_the_arguments_a_script_was_given(monkeypatch):
+    from ttt_helpers.provenance import command_line
+
+    monkeypatch.setattr("sys.argv", ["scripts/x.py", "--from-process"])
+    assert command_line() == "python scripts/x.py --from-process"
+    assert command_line(["--out", "a b", "--n", 3]) == "python scripts/x.py --out 'a b' --n 3"
+    assert command_line([]) == "python scripts/x.py"  # an empty list is the arguments, not "none given"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "command_line",
     "repo_root",
     "data_dir",
     "results_dir",
@@ -113,6 +114,19 @@ def machine_description() -> dict:
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return desc
+
+
+def command_line(argv=None) -> str:
+    """The command that started this script, as one shell line: ``python <script> <arguments>``.
+
+    ``argv`` is what the script's ``main(argv)`` was given (``None``: the process's own arguments), so a
+    script run from a test records the arguments the test passed.
+    """
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return "python " + " ".join(shlex.quote(str(a)) for a in [sys.argv[0], *args])
 
 
 def write_provenance(path, *, command: str, seeds=None, results=None, files=(), extra=None, commit=None) -> dict:
