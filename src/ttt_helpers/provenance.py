@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,6 @@ def command_line(argv=None) -> str:
     ``argv`` is what the script's ``main(argv)`` was given (``None``: the process's own arguments), so a
     script run from a test records the arguments the test passed.
     """
-    import shlex
-    import sys
-
     args = sys.argv[1:] if argv is None else list(argv)
     return "python " + " ".join(shlex.quote(str(a)) for a in [sys.argv[0], *args])
 

@@ -345,6 +345,7 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
         "mean": [mean over tables per size], "majority": mean majority rate}``.
     """
     from . import episodes as ep
+    from .finetune import score_episodes
 
     sizes = [int(n) for n in sizes]
     clf = ep.prepare_classifier(ep.make_template(str(ckpt)))
@@ -358,11 +359,10 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
         pool, test = np.arange(len(yc)), np.arange(len(yc), len(y))
         episodes = ep.make_eval_episodes(clf, X, y, pool, test, sizes, reps, np.random.default_rng(seed),
                                          n_classes=n_classes, max_test=max_test)
-        acc = {n: [] for n in sizes}
-        for e in episodes:
-            acc[e.requested].append(ep.episode_accuracy(clf, e, n_classes))
+        score = score_episodes(clf, episodes, n_classes)
+        acc = dict(zip(score["sizes"], score["acc_by_size"]))
         y_test = y[test]
-        tables[name] = {"acc": [round(float(np.mean(acc[n])), 4) for n in sizes],
+        tables[name] = {"acc": [round(float(acc[n]), 4) for n in sizes],
                         "majority": round(float(np.bincount(y_test).max() / len(y_test)), 4)}
     return {"sizes": sizes, "tables": tables,
             "mean": [round(float(np.mean([t["acc"][i] for t in tables.values()])), 4) for i in range(len(sizes))],
