@@ -72,7 +72,7 @@ def parse_args(argv=None):
     for name in ("emsize", "nlayers", "nhead", "features_per_group", "max_num_classes", "num_thinking_rows",
                  "warmup_steps", "min_reuse", "max_reuse", "lawa", "workers", "val_tasks", "seed"):
         add("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "muon_lr", "min_lr_frac", "decay_frac", "weight_decay", "grad_clip"):
+    for name in ("lr", "muon_lr", "min_lr_frac", "decay_frac", "weight_decay", "grad_clip", "small_context_frac"):
         add("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     add("--optimizer", default=d.optimizer, choices=["adamw", "muon"])
     add("--prior", default=d.prior, type=pt.check_prior, help=f"one of {pt.PRIORS}, or several joined by '|' "
@@ -127,6 +127,7 @@ def parse_args(argv=None):
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
              "num_thinking_rows", "optimizer", "lr", "muon_lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay",
+             "small_context_frac",
              "grad_clip", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
              "random_column_embeddings", "clock", "val_tasks", "eval_estimators", "seed", "device")
     kw = {n: getattr(args, n) for n in names}

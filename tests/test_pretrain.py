@@ -75,9 +75,44 @@ def test_loss_decreases_on_the_toy_prior(tmp_path):
     assert curve.shape == (2, 5) and curve[-1, 3] < curve[0, 3]
 
 
-@pytest.mark.parametrize("architecture, optimizer", [("v2", "adamw"), ("v2.6", "muon")])
-def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, architecture, optimizer):
-    kw = dict(architecture=architecture, optimizer=optimizer, min_reuse=2)
+def test_small_contexts_are_log_uniform_from_two_rows_to_half_the_table():
+    gen = torch.Generator().manual_seed(0)
+    draws = [pt.small_context_size(1000, gen, 0.5) for _ in range(4000)]
+    small = np.array([d for d in draws if d is not None])
+    assert abs(len(small) / len(draws) - 0.5) < 0.03  # the share asked for
+    assert small.min() == 2 and small.max() <= 500
+    # log-uniform on [2, 500]: the median is near sqrt(2 * 500) = 32, a quarter of the draws below 2 * 250^(1/4)
+    assert 26 <= np.median(small) <= 38, np.median(small)
+    assert abs(np.mean(small <= 8) - np.log(4) / np.log(250)) < 0.03
+    gen = torch.Generator().manual_seed(0)
+    assert all(pt.small_context_size(1000, gen, 0.0) is None for _ in range(100))
+
+
+def test_a_small_context_task_scores_the_test_rows_of_present_classes_only():
+    cfg = toy_config()
+    batch = pt.prior_batch(cfg.curriculum[0], "toy", (0, 0, 0), 0)
+    T = batch[0].shape[1]
+    gen = torch.Generator().manual_seed(3)
+    sizes = set()
+    for _ in range(20):
+        x, y_tr, target, n_cls = pt.to_task(batch, "cpu", gen, reshuffle=False, max_classes=cfg.max_num_classes,
+                                            small_context_frac=1.0)
+        n = y_tr.shape[0]
+        sizes.add(n)
+        assert 2 <= n <= T // 2 and x.shape[0] == T and target.shape[0] == T - n
+        for b in range(y_tr.shape[1]):  # targets are ranks among the context's classes, or ignored
+            k = len(torch.unique(y_tr[:, b]))
+            assert int(n_cls[b]) == k and int(target[:, b].max()) < k
+            assert bool(((target[:, b] >= 0) | (target[:, b] == -100)).all())
+    assert len(sizes) > 3  # a new size at (nearly) every step
+    _, y_tr, _, _ = pt.to_task(batch, "cpu", gen, reshuffle=False, max_classes=cfg.max_num_classes)
+    assert y_tr.shape[0] == int(batch[4][0])  # small_context_frac 0: the prior's split
+
+
+@pytest.mark.parametrize("architecture, optimizer, small", [("v2", "adamw", 0.0), ("v2.6", "muon", 0.0),
+                                                            ("v2.6", "muon", 0.5)])
+def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, architecture, optimizer, small):
+    kw = dict(architecture=architecture, optimizer=optimizer, min_reuse=2, small_context_frac=small)
     if architecture == "v2.6":
         kw["num_thinking_rows"] = 4
     budget = 9  # steps; the curriculum switches stage at step 5 (progress 0.5)
@@ -243,6 +278,8 @@ def test_config_rejects_bad_values():
         pt.PretrainConfig(curriculum=[dict(TOY_STAGES[1])])
     with pytest.raises(ValueError, match="in_order=False needs seeding='per_batch'"):
         pt.PretrainConfig(in_order=False)
+    with pytest.raises(ValueError, match="small_context_frac"):
+        pt.PretrainConfig(small_context_frac=1.5)
     with pytest.raises(ValueError, match="budget"):
         pt.Trainer(toy_config(), out_dir="/tmp/unused", log=lambda s: None).run(0)
 

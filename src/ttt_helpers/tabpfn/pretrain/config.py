@@ -94,6 +94,10 @@ class PretrainConfig:
     curriculum : list of dict
         Stages (:data:`CURRICULUM`): ``start`` (fraction of the budget), ``min_rows``, ``max_rows``,
         ``max_features``, ``max_classes``, ``batch`` (tables per step), ``reuse`` (steps per prior batch).
+    small_context_frac : float
+        The share of steps whose context is drawn log-uniformly from 2 rows to half the table
+        (:func:`.forward.small_context_size`) instead of the prior's 30-90 % of it (0: never, as every shipped
+        model until issue 12's small-context run).
     min_reuse : int
         Train on every prior batch at least this many times (each time with a fresh context/test split and
         label permutation); raises the stages' ``reuse`` when the CPU prior cannot keep up.
@@ -153,6 +157,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     prior: str = "graph_scm"
     curriculum: list = dataclasses.field(default_factory=lambda: [dict(s) for s in CURRICULUM])
+    small_context_frac: float = 0.0
     min_reuse: int = 1
     max_reuse: int = 0
     lawa: int = 0
@@ -190,6 +195,8 @@ class PretrainConfig:
         for s in self.curriculum:
             if set(s) != set(_STAGE_KEYS):
                 raise ValueError(f"a curriculum stage needs exactly the keys {_STAGE_KEYS}, got {sorted(s)}")
+        if not 0.0 <= float(self.small_context_frac) <= 1.0:
+            raise ValueError(f"small_context_frac must be in [0, 1], got {self.small_context_frac!r}")
         if not 0.0 < float(self.decay_frac) <= 1.0:
             raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac!r}")
         for key in ("min_reuse", "warmup_steps"):

@@ -10,24 +10,45 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_task", "masked_logits", "configure_sdpa", "forward_loss"]
+__all__ = ["to_task", "small_context_size", "masked_logits", "configure_sdpa", "forward_loss"]
 
 
-def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: int):
+def small_context_size(T: int, gen: torch.Generator, frac: float) -> int | None:
+    """With probability ``frac``, a context size drawn log-uniformly in ``[2, T // 2]`` for a table of ``T`` rows
+    (two draws from ``gen``, always both, so the stream of draws does not depend on the outcome); else None (the
+    prior's own split).
+
+    The prior's split leaves 30-90 % of a table as context, so 800- to 1,200-row tables never show the model a
+    context below 240 rows, while the book evaluates it from 2 rows on (issue 12's small-context item)."""
+    u, v = torch.rand(2, generator=gen, device="cpu").tolist()
+    if not u < float(frac) or T < 4:
+        return None
+    lo, hi = math.log(2.0), math.log(T // 2)
+    return int(min(T // 2, max(2, round(math.exp(lo + (hi - lo) * v)))))
+
+
+def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: int, small_context_frac: float = 0.0):
     """(X[B,T,H], y[B,T], d, seq_lens, train_sizes) -> x[T,B,C], y_train[N,B], target[T-N,B], n_cls[B].
 
     The columns are trimmed to the widest task of the batch (tabicl pads with zero columns, which
     ``tabpfn`` drops as constant anyway). Labels are randomly permuted per task; ``target`` is the
     label's rank among the task's training labels (how ``tabpfn`` densifies labels internally),
-    or -100 (ignored) for a test label absent from the context.
+    or -100 (ignored) for a test label absent from the context. With ``small_context_frac`` > 0, that share of
+    the steps uses a context of :func:`small_context_size` rows of a fresh random split instead of the prior's.
     """
     X, y, d, _, train_sizes = batch
     X = X[:, :, : max(1, int(d.max()))]
     B, T, _ = X.shape
     n_train = int(train_sizes[0])
+    if small_context_frac > 0:
+        small = small_context_size(T, gen, small_context_frac)
+        if small is not None:
+            n_train, reshuffle = small, True
     X = X.float().contiguous().to(device)
     y = y.long().contiguous().to(device)
     if reshuffle:  # a fresh context/test split of the same tasks

@@ -221,7 +221,8 @@ class Trainer:
                 loop.gen = torch.Generator().manual_seed(_mix(cfg.seed, self.rank, meta["step"]))
             batch, fresh = self._next_batch(loop, cfg.curriculum[s_idx])
             self.batch_index = loop.index
-            task = to_task(batch, self.device, loop.gen, reshuffle=not fresh, max_classes=cfg.max_num_classes)
+            task = to_task(batch, self.device, loop.gen, reshuffle=not fresh, max_classes=cfg.max_num_classes,
+                           small_context_frac=cfg.small_context_frac)
             loss, correct, n = self._train_step(task, loop.gen)
             meta["step"] += 1
             self.steps_this_call += 1
