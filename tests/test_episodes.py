@@ -82,6 +82,29 @@ def test_small_context_of_the_majority_class_predicts_it_with_the_shipped_fallba
     assert np.mean(unranked) <= 1 - majority + 0.1  # the pathology: far below the majority rate
 
 
+def test_present_classes_and_the_scores_of_absent_class_predictions():
+    """With a one-class context, the argmax over the context's classes can only name that class, so its accuracy is
+    that class's share of the queries; the share of predictions naming an absent class is what the open argmax
+    adds, and the two rules agree on every query that names a present class."""
+    from ttt_helpers.tabpfn.finetune import score_episodes
+
+    template, _ = load_classifier(prefer="fallback", device="cpu")
+    clf = ep_mod.prepare_classifier(template)
+    X, y = _imbalanced_binary()
+    ones = np.flatnonzero(y == 1)
+    test = np.setdiff1d(np.arange(len(y)), ones[:40])[:200]
+    ep = ep_mod.make_episode(clf, X[ones[:2]], y[ones[:2]], X[test], y[test], n_classes=2)
+    ep.requested = 2
+    assert ep_mod.present_classes(ep).tolist() == [False, True]
+    both = ep_mod.make_episode(clf, X[:40], y[:40], X[test], y[test], n_classes=2)
+    assert ep_mod.present_classes(both).tolist() == [True, True]
+    score = score_episodes(clf, [ep], 2)
+    assert score["present_acc_by_size"] == [pytest.approx(float(np.mean(y[test] == 1)))]
+    pred = ep_mod.episode_predictions(clf, ep, 2)
+    assert score["absent_share_by_size"] == [pytest.approx(float(np.mean(pred == 0)))]
+    assert score["acc_by_size"] == [pytest.approx(float(np.mean(pred == y[test])))]
+
+
 def test_eval_episodes_record_rows_and_share_the_test_rows(template):
     clf = ep_mod.prepare_classifier(template)
     X, y = _toy()

@@ -255,4 +255,8 @@ def test_dev_context_curve_scores_small_contexts_on_the_development_tables(tmp_p
     assert t["majority"] == pytest.approx(np.bincount(easy[200:]).max() / 100)
     assert t["acc"][1] >= 0.85  # 32 rows of a one-feature threshold: the model gets it
     assert res["mean"] == t["acc"] and res["majority"] == t["majority"]
+    assert res["mean_absent_share"] == t["absent_share"] and res["mean_present_acc"] == t["present_acc"]
+    assert t["absent_share"][1] == 0.0  # 32 rows of an imbalanced binary table: both classes are present
+    assert t["present_acc"][1] == t["acc"][1]  # so both rules agree
+    assert all(0.0 <= a <= 1.0 for a in t["absent_share"])
     assert pe.dev_context_curve(ckpt, **kw) == res  # seeded: the same draws again

@@ -48,6 +48,7 @@ __all__ = [
     "episode_logits",
     "episode_accuracy",
     "episode_predictions",
+    "present_classes",
     "constant_context_errors",
 ]
 
@@ -305,6 +306,14 @@ def episode_logits(clf, episode: Episode, n_classes: int, *, grad: bool = False)
         out = clf.forward(b.X_query, use_inference_mode=False, return_raw_logits=True)  # (Q, B=1, E, L)
     ranks = torch.as_tensor(episode.ranks, device=out.device)
     return out[:, 0][..., ranks]  # output ranks[c] stands for label c
+
+
+def present_classes(episode: Episode) -> np.ndarray:
+    """Boolean mask over the table's labels: which classes the episode's context holds (their ranks are
+    ``0..k-1``, :func:`label_ranks`). The model's outputs for the others were never trained in pretraining, which
+    masks each task's logits to the classes of its context (``ttt_helpers.tabpfn.pretrain.masked_logits``)."""
+    k = int(episode.batch.y_context[0].max()) + 1
+    return np.asarray(episode.ranks) < k
 
 
 def episode_predictions(clf, episode: Episode, n_classes: int) -> np.ndarray:

@@ -375,23 +375,35 @@ def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False) ->
     Returns
     -------
     dict: ``acc`` and ``loss`` (means over the episodes), ``sizes`` (the context sizes asked for, in order) and
-    ``acc_by_size`` (mean accuracy at each of them); with ``per_query``, also ``correct`` (per episode, a boolean
-    array over its queries: whether each was predicted right), which :func:`paired_gains` needs.
+    ``acc_by_size`` (mean accuracy at each of them); ``absent_share_by_size`` (the share of predictions that name a
+    class absent from the episode's context: an output that pretraining never trains, :func:`.episodes.
+    present_classes`) and ``present_acc_by_size`` (the accuracy when the argmax is taken over the context's classes
+    only, as ``tabpfn``'s own ``predict`` does); with ``per_query``, also ``correct`` (per episode, a boolean array
+    over its queries: whether each was predicted right), which :func:`paired_gains` needs.
     """
+    from .episodes import present_classes
+
     torch = _torch()
-    acc, loss, correct = [], [], []
+    acc, loss, correct, absent, acc_present = [], [], [], [], []
     for ep in episodes:
         logits = episode_logits(clf, ep, n_classes).mean(dim=1)
         y = torch.as_tensor(ep.y_query, device=logits.device)
-        right = (logits.argmax(dim=-1) == y)
+        pred = logits.argmax(dim=-1)
+        right = (pred == y)
         correct.append(right.cpu().numpy())
         acc.append(float(right.float().mean()))
         loss.append(float(torch.nn.functional.cross_entropy(logits.float(), y)))
+        present = torch.as_tensor(present_classes(ep), device=logits.device)
+        absent.append(float((~present[pred]).float().mean()))
+        masked = logits.masked_fill(~present[None, :], float("-inf")).argmax(dim=-1)
+        acc_present.append(float((masked == y).float().mean()))
     req = np.array([ep.requested for ep in episodes])
     sizes = sorted(set(req.tolist()))
-    acc = np.array(acc)
+    acc, absent, acc_present = np.array(acc), np.array(absent), np.array(acc_present)
     out = {"acc": float(acc.mean()), "loss": float(np.mean(loss)), "sizes": sizes,
-           "acc_by_size": [float(acc[req == s].mean()) for s in sizes]}
+           "acc_by_size": [float(acc[req == s].mean()) for s in sizes],
+           "absent_share_by_size": [float(absent[req == s].mean()) for s in sizes],
+           "present_acc_by_size": [float(acc_present[req == s].mean()) for s in sizes]}
     if per_query:
         out["correct"], out["requested"] = correct, req.tolist()
     return out

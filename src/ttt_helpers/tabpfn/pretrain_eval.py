@@ -341,8 +341,11 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
     Returns
     -------
     dict
-        ``{"sizes", "tables": {name: {"acc": [mean accuracy per size], "majority": rate on the test rows}},
-        "mean": [mean over tables per size], "majority": mean majority rate}``.
+        ``{"sizes", "tables": {name: {"acc": [mean accuracy per size], "absent_share", "present_acc" (per size,
+        :func:`.finetune.score_episodes`: the share of predictions naming a class absent from the context, and the
+        accuracy with the argmax over the context's classes only), "majority": rate on the test rows}},
+        "mean", "mean_absent_share", "mean_present_acc": [means over tables per size], "majority": mean majority
+        rate}``.
     """
     from . import episodes as ep
     from .finetune import score_episodes
@@ -362,10 +365,17 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
         score = score_episodes(clf, episodes, n_classes)
         acc = dict(zip(score["sizes"], score["acc_by_size"]))
         y_test = y[test]
+        at = {n: i for i, n in enumerate(score["sizes"])}
         tables[name] = {"acc": [round(float(acc[n]), 4) for n in sizes],
+                        "absent_share": [round(score["absent_share_by_size"][at[n]], 4) for n in sizes],
+                        "present_acc": [round(score["present_acc_by_size"][at[n]], 4) for n in sizes],
                         "majority": round(float(np.bincount(y_test).max() / len(y_test)), 4)}
-    return {"sizes": sizes, "tables": tables,
-            "mean": [round(float(np.mean([t["acc"][i] for t in tables.values()])), 4) for i in range(len(sizes))],
+
+    def mean(key):
+        return [round(float(np.mean([t[key][i] for t in tables.values()])), 4) for i in range(len(sizes))]
+
+    return {"sizes": sizes, "tables": tables, "mean": mean("acc"), "mean_absent_share": mean("absent_share"),
+            "mean_present_acc": mean("present_acc"),
             "majority": round(float(np.mean([t["majority"] for t in tables.values()])), 4)}
 
 
