@@ -103,6 +103,12 @@ def test_present_classes_and_the_scores_of_absent_class_predictions():
     pred = ep_mod.episode_predictions(clf, ep, 2)
     assert score["absent_share_by_size"] == [pytest.approx(float(np.mean(pred == 0)))]
     assert score["acc_by_size"] == [pytest.approx(float(np.mean(pred == y[test])))]
+    from ttt_helpers.tabpfn.finetune import evaluate_states, snapshot_state
+
+    states = evaluate_states(clf, [ep, both], 2, {"w": snapshot_state(clf)})["w"]  # the protocol's scorer agrees
+    assert states["present_acc"][0] == pytest.approx(score["present_acc_by_size"][0])
+    assert states["absent_share"][0] == pytest.approx(score["absent_share_by_size"][0])
+    assert states["absent_share"][1] == 0 and states["present_acc"][1] == pytest.approx(states["acc"][1])
 
 
 def test_eval_episodes_record_rows_and_share_the_test_rows(template):

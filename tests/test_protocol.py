@@ -42,6 +42,11 @@ def test_run_dataset_and_summary_on_a_real_table(template):
     assert set(r["acc"]) == {"none", "adamw", "selected", *pr.BASELINES}
     assert all(0 <= a <= 1 for v in r["acc"].values() for a in v)
     assert all(0.5 <= s <= 1 for v in r["top_share"].values() for s in v)  # binary: the top class has >= half
+    labels = {"none", "adamw", "selected"}
+    assert set(r["acc_present"]) == set(r["absent_share"]) == labels
+    for lab in labels:  # where no prediction names an absent class, tabpfn's rule gives the same accuracy
+        for a, p, share in zip(r["acc"][lab], r["acc_present"][lab], r["absent_share"][lab]):
+            assert 0 <= share <= 1 and (share > 0 or p == pytest.approx(a))
     assert r["ttt"]["adamw"]["recipe"]["kind"] == "fixed" and r["ttt"]["selected"]["recipe"]["kind"] == "search"
     assert 0 < r["majority"] < 1 and r["n_query"] == 32
     s = summarise([r, r])

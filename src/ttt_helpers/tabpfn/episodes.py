@@ -316,6 +316,19 @@ def present_classes(episode: Episode) -> np.ndarray:
     return np.asarray(episode.ranks) < k
 
 
+def open_and_present_predictions(logits, episode: Episode):
+    """From an episode's ensemble-averaged logits ``(Q, C)`` (a torch tensor): the open argmax over all the
+    table's classes, the argmax over the context's classes only (``tabpfn``'s own ``predict`` rule), and whether
+    each open prediction names a class absent from the context (:func:`present_classes`); three tensors of
+    length ``Q`` on the logits' device."""
+    import torch
+
+    present = torch.as_tensor(present_classes(episode), device=logits.device)
+    pred = logits.argmax(dim=-1)
+    masked = logits.masked_fill(~present[None, :], float("-inf")).argmax(dim=-1)
+    return pred, masked, ~present[pred]
+
+
 def episode_predictions(clf, episode: Episode, n_classes: int) -> np.ndarray:
     """The argmax of the ensemble-averaged logits for each query (table labels)."""
     return episode_logits(clf, episode, n_classes).mean(dim=1).argmax(dim=-1).cpu().numpy()

@@ -349,23 +349,29 @@ def evaluate_states(clf, episodes, n_classes: int, states: dict) -> dict:
     Returns
     -------
     dict name -> {"acc": (n_episodes,) accuracies, "top_share": (n_episodes,) share of the predictions that
-    fall in the most predicted class, "seconds": (n_episodes,) forward wall times}
+    fall in the most predicted class, "seconds": (n_episodes,) forward wall times, "absent_share": (n_episodes,)
+    share of the predictions that name a class absent from the context, "present_acc": (n_episodes,) accuracy of
+    the argmax over the context's classes only, ``tabpfn``'s rule (:func:`.episodes.open_and_present_predictions`)}
     (the classifier is left with the weights of the last entry).
     """
-    from .episodes import episode_predictions
+    from .episodes import open_and_present_predictions
 
     out = {}
     for name, state in states.items():
         load_state(clf, state)
-        acc, top, secs = [], [], []
+        acc, top, secs, absent, present = [], [], [], [], []
         for ep in episodes:
             t0 = time.perf_counter()
-            pred = episode_predictions(clf, ep, n_classes)
+            pred, masked, off = open_and_present_predictions(episode_logits(clf, ep, n_classes).mean(dim=1), ep)
+            pred, masked, off = pred.cpu().numpy(), masked.cpu().numpy(), off.cpu().numpy()
             _sync()
             secs.append(time.perf_counter() - t0)
             acc.append(float(np.mean(pred == ep.y_query)))
             top.append(float(np.bincount(pred).max() / len(pred)))
-        out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs)}
+            absent.append(float(np.mean(off)))
+            present.append(float(np.mean(masked == ep.y_query)))
+        out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs),
+                     "absent_share": np.array(absent), "present_acc": np.array(present)}
     return out
 
 
@@ -381,21 +387,19 @@ def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False) ->
     only, as ``tabpfn``'s own ``predict`` does); with ``per_query``, also ``correct`` (per episode, a boolean array
     over its queries: whether each was predicted right), which :func:`paired_gains` needs.
     """
-    from .episodes import present_classes
+    from .episodes import open_and_present_predictions
 
     torch = _torch()
     acc, loss, correct, absent, acc_present = [], [], [], [], []
     for ep in episodes:
         logits = episode_logits(clf, ep, n_classes).mean(dim=1)
         y = torch.as_tensor(ep.y_query, device=logits.device)
-        pred = logits.argmax(dim=-1)
+        pred, masked, off = open_and_present_predictions(logits, ep)
         right = (pred == y)
         correct.append(right.cpu().numpy())
         acc.append(float(right.float().mean()))
         loss.append(float(torch.nn.functional.cross_entropy(logits.float(), y)))
-        present = torch.as_tensor(present_classes(ep), device=logits.device)
-        absent.append(float((~present[pred]).float().mean()))
-        masked = logits.masked_fill(~present[None, :], float("-inf")).argmax(dim=-1)
+        absent.append(float(off.float().mean()))
         acc_present.append(float((masked == y).float().mean()))
     req = np.array([ep.requested for ep in episodes])
     sizes = sorted(set(req.tolist()))

@@ -170,7 +170,9 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     dict (JSON-able): ``n_classes``, ``n_rows_split``, ``context_sizes``, ``n_context_used``, ``n_query``,
     ``majority`` (accuracy of the pool's most frequent class on the test rows), ``acc`` (label -> per-size mean over
     repetitions; ``"none"`` is the model without TTT, plus the baselines if asked), ``acc_reps`` (label -> sizes x
-    reps), ``top_share`` (label -> per size, the mean share of predictions in the most predicted class), ``ttt``
+    reps), ``top_share`` (label -> per size, the mean share of predictions in the most predicted class),
+    ``absent_share`` and ``acc_present`` (label -> per size: the share of predictions naming a class absent from
+    the context, and the accuracy of ``tabpfn``'s rule, the argmax over the context's classes only), ``ttt``
     (label -> the run's record: recipe, selected lr and steps, seconds), ``timing`` (per-size mean preprocessing and
     forward seconds per episode, medians over the repetitions), ``seconds_total``.
     """
@@ -225,7 +227,7 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     out = {"n_classes": C, "n_rows_split": {k: int(len(v)) for k, v in split.items()}, "context_sizes": sizes,
            "n_context_used": [int(np.mean([ep.n_context for ep in episodes if ep.requested == s])) for s in sizes],
            "n_query": int(episodes[0].n_query), "majority": float(np.mean(test_rows == pool_majority)),
-           "acc": {}, "acc_reps": {}, "top_share": {}, "ttt": ttt_info,
+           "acc": {}, "acc_reps": {}, "top_share": {}, "absent_share": {}, "acc_present": {}, "ttt": ttt_info,
            "timing": {"prep_seconds": [float(np.median([ep.prep_seconds for ep in episodes if ep.requested == s]))
                                        for s in sizes],
                       "forward_seconds": {}}}
@@ -234,6 +236,8 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
         out["acc_reps"][label] = reps
         out["acc"][label] = [float(np.mean(a)) for a in reps]
         out["top_share"][label] = [float(np.mean(r["top_share"][req == s])) for s in sizes]
+        out["absent_share"][label] = [float(np.mean(r["absent_share"][req == s])) for s in sizes]
+        out["acc_present"][label] = [float(np.mean(r["present_acc"][req == s])) for s in sizes]
         out["timing"]["forward_seconds"][label] = [float(np.median(r["seconds"][req == s])) for s in sizes]
     if baselines:
         test = episodes[0].query_rows
