@@ -96,6 +96,8 @@ def parse_args(argv=None):
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--out-dir", default="runs/tabpfn_pretrain", help="training state, checkpoints, log")
     add("--resume", default=None, help="folder holding a training state written by this script")
+    add("--init-from", default=None, metavar="CKPT", help="warm start: the weights of an exported checkpoint of "
+        "the same architecture and size, with fresh optimisers and schedule (PretrainConfig.init_from)")
     add("--export-dir", default=None, help="where the final .ckpt/.json go (default data/models)")
     add("--tiny", action="store_true", help="tiny model and tasks for a CPU smoke test")
     add("--benchmark", default=None, metavar="CKPT", help="no training: evaluate CKPT on the offline benchmark")
@@ -127,7 +129,7 @@ def parse_args(argv=None):
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
              "num_thinking_rows", "optimizer", "lr", "muon_lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay",
-             "small_context_frac",
+             "small_context_frac", "init_from",
              "grad_clip", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
              "random_column_embeddings", "clock", "val_tasks", "eval_estimators", "seed", "device")
     kw = {n: getattr(args, n) for n in names}

@@ -240,6 +240,29 @@ def test_exported_checkpoint_loads_in_tabpfn_and_carries_provenance(tmp_path, ar
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+def test_a_warm_start_begins_from_the_exported_weights_and_records_them(tmp_path):
+    first = pt.Trainer(toy_config(architecture="v2.6", num_thinking_rows=4), out_dir=tmp_path / "a", log=lambda s: None)
+    first.evaluator = pe.Evaluator(first.cfg, "cpu", real=False)
+    assert first.run(3)
+    ckpt = first.export(tmp_path / "export")
+    cfg = toy_config(architecture="v2.6", num_thinking_rows=4, seed=5, init_from=str(ckpt), small_context_frac=0.5)
+    warm = pt.Trainer(cfg, out_dir=tmp_path / "b", log=lambda s: None)
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in warm.model.state_dict().items())
+    assert warm.meta["init_from"]["sha256"] == verify_sha256(ckpt, ckpt.with_suffix(".json"))
+    cold = pt.Trainer(toy_config(architecture="v2.6", num_thinking_rows=4, seed=5), out_dir=tmp_path / "c",
+                      log=lambda s: None)
+    assert not all(torch.equal(v, first.model.state_dict()[k]) for k, v in cold.model.state_dict().items())
+    warm.evaluator = pe.Evaluator(cfg, "cpu", real=False)
+    assert warm.run(2)
+    prov = json.loads(warm.export(tmp_path / "export2").with_suffix(".json").read_text())
+    assert prov["init_from"] == warm.meta["init_from"] and prov["pretrain_config"]["init_from"] == str(ckpt)
+    with pytest.raises(ValueError, match="do not fit"):
+        pt.Trainer(toy_config(architecture="v2.6", num_thinking_rows=4, emsize=32, init_from=str(ckpt)),
+                   out_dir=tmp_path / "d", log=lambda s: None)
+    with pytest.raises(ValueError, match="holds a v2.6 model"):
+        pt.Trainer(toy_config(architecture="v2", init_from=str(ckpt)), out_dir=tmp_path / "e", log=lambda s: None)
+
+
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     cfg = toy_config(architecture="v2.6", optimizer="muon", num_thinking_rows=4)
     model = pt.make_model(cfg)[1]

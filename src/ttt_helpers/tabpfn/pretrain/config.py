@@ -98,6 +98,10 @@ class PretrainConfig:
         The share of steps whose context is drawn log-uniformly from 2 rows to half the table
         (:func:`.forward.small_context_size`) instead of the prior's 30-90 % of it (0: never, as every shipped
         model until issue 12's small-context run).
+    init_from : str, optional
+        Start from the weights of this exported checkpoint (``.ckpt`` written by :meth:`Trainer.export`, of the
+        same architecture and size) instead of a fresh initialisation: a warm start with fresh optimisers and a
+        fresh schedule (a resumed run, ``resume=``, takes its weights from its state instead).
     min_reuse : int
         Train on every prior batch at least this many times (each time with a fresh context/test split and
         label permutation); raises the stages' ``reuse`` when the CPU prior cannot keep up.
@@ -158,6 +162,7 @@ class PretrainConfig:
     prior: str = "graph_scm"
     curriculum: list = dataclasses.field(default_factory=lambda: [dict(s) for s in CURRICULUM])
     small_context_frac: float = 0.0
+    init_from: str | None = None
     min_reuse: int = 1
     max_reuse: int = 0
     lawa: int = 0

@@ -104,6 +104,9 @@ class Trainer:
         self.n_params = tm.count_parameters(self.model)
         self.optimizers = make_optimizers(self.model, cfg, fused=self.use_cuda)
         self.meta = _fresh_meta()
+        if cfg.init_from and resume is None:
+            self.meta["init_from"] = self._warm_start(cfg.init_from)
+            log(f"warm start from {cfg.init_from} (sha256 {self.meta['init_from']['sha256'][:12]})")
         if resume is not None:
             self.meta = load_state(resume, self.model, self.optimizers, self.device)
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
@@ -125,6 +128,22 @@ class Trainer:
         device_name = torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu"
         log(f"model: TabPFN {cfg.architecture} architecture, {self.n_params:,} parameters, config "
             f"{self.model_config}; device {device_name}")
+
+    def _warm_start(self, path) -> dict:
+        """Load the weights of an exported checkpoint into the freshly built model; its path and sha256."""
+        from ...provenance import sha256_file
+
+        record = tm._load_checkpoint(path)
+        arch = tm.architecture_of(record["config"])
+        if arch != self.cfg.architecture:
+            raise ValueError(f"init_from: {path} holds a {arch} model, the configuration asks for "
+                             f"{self.cfg.architecture}")
+        try:
+            self.model.load_state_dict(record["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"init_from: the weights in {path} do not fit the configured model "
+                             f"({self.model_config}): {str(err).splitlines()[0]}") from err
+        return {"path": str(path), "sha256": sha256_file(path)}
 
     # -- progress ------------------------------------------------------------------------------------------
     def spent(self) -> float:
@@ -477,6 +496,8 @@ class Trainer:
             "versions": _versions(),
         }
         record_extra["pretrain_config"] = dataclasses.asdict(cfg)
+        if "init_from" in meta:
+            record_extra["init_from"] = meta["init_from"]
         record_extra.update(extra or {})
         write_provenance(
             export_dir / (Path(tm.FALLBACK_NAME).stem + ".json"),
