@@ -71,6 +71,17 @@ def test_collapse_warning_names_the_sizes():
     assert an.collapse_warnings(_result()) == []
 
 
+def test_absent_class_warning_where_tabpfns_rule_scores_higher():
+    r = _result()
+    assert an.absent_class_warnings(r) == []  # a result made before acc_present was recorded
+    r["acc_present"] = {"none": [0.58, 0.61, 0.7, 0.8], "ttt": [0.6, 0.7, 0.8, 0.85]}
+    r["absent_share"] = {"none": [0.3, 0.02, 0.0, 0.0], "ttt": [0.0] * 4}
+    w = an.absent_class_warnings(r)
+    assert len(w) == 1 and "n = 2: 30% of predictions, 0.500 -> 0.580" in w[0] and "n = 4" not in w[0]
+    assert w[0] in an.table_summary(r)["warnings"]
+    assert an.absent_class_warnings(r, gap=0.1) == []
+
+
 def test_table_summary_break_even_only_where_the_factor_is_defined():
     s = an.table_summary(_result())
     be = s["break_even"]

@@ -69,6 +69,8 @@ def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
     assert p["ttt_rows"] == 60 and p["pool_rows"] + p["test_rows"] == 99 and p["context_sizes"] == [2, 8, 32]
     assert len(c["no_ttt"]["mean"]) == len(c["ttt"]["mean"]) == 3 and 0 <= c["majority"] <= 1
     assert len(c["logistic_regression"]["mean"]) == len(c["hist_gradient_boosting"]["mean"]) == 3
+    assert len(c["no_ttt_tabpfn_rule"]) == 3 and all(0 <= a <= 1 for a in c["no_ttt_tabpfn_rule"])
+    assert all(0 <= s <= 1 for v in c["absent_class_share"].values() for s in v)
     floor = c["majority"] + 0.02
     again = reduction_factors(c["context_sizes"], c["no_ttt"]["mean"], c["ttt"]["mean"], floor=floor)
     assert again["factor"] == pytest.approx(report["reduction"]["factor"], nan_ok=True)

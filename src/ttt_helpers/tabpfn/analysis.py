@@ -41,6 +41,7 @@ __all__ = [
     "ttt_cost_seconds",
     "paired_gains",
     "collapse_warnings",
+    "absent_class_warnings",
     "summarise",
     "table_summary",
     "curve_agreement",
@@ -71,6 +72,8 @@ __all__ = [
 MAJORITY_MARGIN = 0.02
 #: A curve whose predictions fall in one class this often (or more) gets a warning.
 COLLAPSE_SHARE = 0.95
+#: The model without TTT gets a warning where ``tabpfn``'s own rule scores this much above the open argmax.
+ABSENT_GAP = 0.02
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -257,6 +260,28 @@ def collapse_warnings(result: dict, *, share: float = COLLAPSE_SHARE, labels=Non
     return out
 
 
+def absent_class_warnings(result: dict, *, gap: float = ABSENT_GAP) -> list[str]:
+    """A warning where the model without TTT loses accuracy to predictions of classes absent from the context.
+
+    The protocol scores the open argmax over all the table's classes (so that TTT can teach a class the context
+    lacks); ``tabpfn``'s own ``predict`` takes the argmax over the context's classes only (``result["acc_present"]``,
+    :func:`~ttt_helpers.tabpfn.protocol.run_protocol`). Where that rule scores ``gap`` or more above the open
+    argmax, the no-TTT curve understates what the package gives, and so does any gain of TTT measured against it.
+    A result without ``acc_present`` (made before it was recorded) gives no warning.
+    """
+    if "acc_present" not in result or "none" not in result["acc_present"]:
+        return []
+    rows = [(n, a, p, s) for n, a, p, s in zip(result["context_sizes"], result["acc"]["none"],
+                                                result["acc_present"]["none"], result["absent_share"]["none"])
+            if p - a >= gap]
+    if not rows:
+        return []
+    where = "; ".join(f"n = {n}: {s:.0%} of predictions, {a:.3f} -> {p:.3f}" for n, a, p, s in rows)
+    return [f"none: the pretrained model names classes absent from the context ({where} with tabpfn's own rule, "
+            "the argmax over the context's classes); the no-TTT curve and the TTT gain against it are measured "
+            "with the open argmax"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Summaries
 
@@ -322,7 +347,7 @@ def table_summary(result: dict, *, label: str = "ttt", margin: float = MAJORITY_
     red = reduction_factors(sizes, result["acc"]["none"], result["acc"][label], floor=floor)
     per_query = [s / result["n_query"] for s in result["timing"]["forward_seconds"]["none"]]
     rows = _break_even_rows(red, sizes, per_query, float(result["ttt"][label]["seconds"]))
-    warnings = collapse_warnings(result, share=share, labels=["none", label])
+    warnings = collapse_warnings(result, share=share, labels=["none", label]) + absent_class_warnings(result)
     if not red["targets"]:
         warnings.append(f"no reduction factor: the model without TTT never gets above the majority-class rate "
                         f"{result['majority']:.3f} + {margin:g} with a context larger than {sizes[0]} rows")

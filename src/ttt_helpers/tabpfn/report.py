@@ -215,7 +215,10 @@ def make_report(result: dict, summary: dict, *, dataset: dict, model: dict, sett
               **{b: _curve(result, b) for b in BASELINES if b in result["acc_reps"]},
               "majority": result["majority"], "n_repeats": len(result["acc_reps"]["none"][0]),
               "n_test": result["n_query"],
-              "top_class_share": {"no_ttt": result["top_share"]["none"], "ttt": result["top_share"]["ttt"]}}
+              "top_class_share": {"no_ttt": result["top_share"]["none"], "ttt": result["top_share"]["ttt"]},
+              "no_ttt_tabpfn_rule": result.get("acc_present", {}).get("none"),
+              "absent_class_share": {k: result.get("absent_share", {}).get(v) for k, v in (("no_ttt", "none"),
+                                                                                          ("ttt", "ttt"))}}
     recipe = {k: t[k] for k in ("recipe", "selected", "zero_shot", "best", "runs", "n_train", "n_validation",
                                 "validation_sizes") if k in t}
     return {
