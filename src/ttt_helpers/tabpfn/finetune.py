@@ -382,10 +382,10 @@ def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False) ->
     -------
     dict: ``acc`` and ``loss`` (means over the episodes), ``sizes`` (the context sizes asked for, in order) and
     ``acc_by_size`` (mean accuracy at each of them); ``absent_share_by_size`` (the share of predictions that name a
-    class absent from the episode's context: an output that pretraining never trains, :func:`.episodes.
-    present_classes`) and ``present_acc_by_size`` (the accuracy when the argmax is taken over the context's classes
-    only, as ``tabpfn``'s own ``predict`` does); with ``per_query``, also ``correct`` (per episode, a boolean array
-    over its queries: whether each was predicted right), which :func:`paired_gains` needs.
+    class absent from the episode's context: an output that pretraining never trains,
+    :func:`.episodes.present_classes`) and ``present_acc_by_size`` (the accuracy when the argmax is taken over the
+    context's classes only, as ``tabpfn``'s own ``predict`` does); with ``per_query``, also ``correct`` (per
+    episode, a boolean array over its queries: whether each was predicted right), which :func:`paired_gains` needs.
     """
     from .episodes import open_and_present_predictions
 
