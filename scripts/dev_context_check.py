@@ -5,7 +5,7 @@ The periodic evaluations of ``scripts/pretrain_tabpfn.py`` score a checkpoint on
 1,000 context rows. The book measures TTT where contexts are short, so two checkpoints that tie there can still
 differ where it matters. This script scores each checkpoint named on the command line with
 :func:`ttt_helpers.tabpfn.pretrain_eval.dev_context_curve` (the Figure-3 episode pipeline, on the development
-tables, never on the benchmark) and writes ``dev_context_check.json`` and its provenance into ``--out``, with
+tables, never on the benchmark) and writes ``<--name>.json`` (default ``dev_context_check``) and its provenance into ``--out``, with
 each checkpoint's sha256.
 
 Example (the shipped result; CPU, about 3 minutes per checkpoint on 2 cores)::
@@ -37,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
     p.add_argument("--out", default=str(data_dir() / "results"))
+    p.add_argument("--name", default="dev_context_check", help="file stem of the result and its provenance")
     args = p.parse_args(argv)
     models = {}
     for item in args.model:
@@ -69,9 +70,9 @@ def main(argv=None):
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "dev_context_check.json"
+    path = out / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / "dev_context_check.provenance.json", command=command, commit=commit,
+    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
                      seeds={"seed": args.seed},
                      results={name: dict(zip([f"n={n}" for n in args.sizes], r["mean"]))
                               for name, r in result["models"].items()},
