@@ -5,8 +5,8 @@ The periodic evaluations of ``scripts/pretrain_tabpfn.py`` score a checkpoint on
 1,000 context rows. The book measures TTT where contexts are short, so two checkpoints that tie there can still
 differ where it matters. This script scores each checkpoint named on the command line with
 :func:`ttt_helpers.tabpfn.pretrain_eval.dev_context_curve` (the Figure-3 episode pipeline, on the development
-tables, never on the benchmark) and writes ``<--name>.json`` (default ``dev_context_check``) and its provenance into ``--out``, with
-each checkpoint's sha256.
+tables, never on the benchmark) and writes ``<--name>.json`` (default ``dev_context_check``) and its provenance
+into ``--out``, with each checkpoint's sha256.
 
 Example (the shipped result; CPU, about 3 minutes per checkpoint on 2 cores)::
 
