@@ -31,9 +31,9 @@ commits and dates are in ``data/models/tabpfn_fallback.json``)::
 A warm start from an exported checkpoint, with small contexts, keeping the last weights beside the ones the
 development set selects (``data/results/pretrain_v26_warm_small30.json`` was this without ``--export-last``)::
 
-    python scripts/pretrain_tabpfn.py --recipe v2.6-muon --lr 0.0001 --muon-lr 0.0005 --max-reuse 4 \
-        --small-context-frac 0.3 --init-from data/models/tabpfn_candidate.ckpt --device cuda --dev \
-        --dev-cache DEV.npz --no-real-eval --time-budget-min 8 --wall-limit-min 8.5 --final-call \
+    python scripts/pretrain_tabpfn.py --recipe v2.6-muon --lr 0.0001 --muon-lr 0.0005 --max-reuse 4 \\
+        --small-context-frac 0.3 --init-from data/models/tabpfn_candidate.ckpt --device cuda --dev \\
+        --dev-cache DEV.npz --no-real-eval --time-budget-min 8 --wall-limit-min 8.5 --final-call \\
         --eval-every-min 0.5 --export-last --export-dir $OUT/export
 
 Without ``--final-call``, ``--time-budget-min`` sets the total training minutes over several calls.

@@ -363,12 +363,14 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
         episodes = ep.make_eval_episodes(clf, X, y, pool, test, sizes, reps, np.random.default_rng(seed),
                                          n_classes=n_classes, max_test=max_test)
         score = score_episodes(clf, episodes, n_classes)
-        acc = dict(zip(score["sizes"], score["acc_by_size"]))
-        y_test = y[test]
         at = {n: i for i, n in enumerate(score["sizes"])}
-        tables[name] = {"acc": [round(float(acc[n]), 4) for n in sizes],
-                        "absent_share": [round(score["absent_share_by_size"][at[n]], 4) for n in sizes],
-                        "present_acc": [round(score["present_acc_by_size"][at[n]], 4) for n in sizes],
+
+        def by_size(key):
+            return [round(float(score[key][at[n]]), 4) for n in sizes]
+
+        y_test = y[test]
+        tables[name] = {"acc": by_size("acc_by_size"), "absent_share": by_size("absent_share_by_size"),
+                        "present_acc": by_size("present_acc_by_size"),
                         "majority": round(float(np.bincount(y_test).max() / len(y_test)), 4)}
 
     def mean(key):

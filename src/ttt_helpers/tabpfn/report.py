@@ -216,9 +216,8 @@ def make_report(result: dict, summary: dict, *, dataset: dict, model: dict, sett
               "majority": result["majority"], "n_repeats": len(result["acc_reps"]["none"][0]),
               "n_test": result["n_query"],
               "top_class_share": {"no_ttt": result["top_share"]["none"], "ttt": result["top_share"]["ttt"]},
-              "no_ttt_tabpfn_rule": result.get("acc_present", {}).get("none"),
-              "absent_class_share": {k: result.get("absent_share", {}).get(v) for k, v in (("no_ttt", "none"),
-                                                                                          ("ttt", "ttt"))}}
+              "no_ttt_tabpfn_rule": result["acc_present"]["none"],
+              "absent_class_share": {"no_ttt": result["absent_share"]["none"], "ttt": result["absent_share"]["ttt"]}}
     recipe = {k: t[k] for k in ("recipe", "selected", "zero_shot", "best", "runs", "n_train", "n_validation",
                                 "validation_sizes") if k in t}
     return {
