@@ -48,6 +48,7 @@ __all__ = [
     "new_model",
     "count_parameters",
     "FALLBACK_INFERENCE_OVERRIDES",
+    "INFERENCE_VARIANTS",
     "inference_config_for_checkpoint",
     "build_checkpoint",
     "tiny_random_checkpoint",
@@ -77,6 +78,37 @@ FALLBACK_INFERENCE_OVERRIDES = {
     ],
     "FINGERPRINT_FEATURE": False,
     "POLYNOMIAL_FEATURES": "no",
+}
+
+
+def _transform(name: str, categorical: str = "numeric", **kw) -> dict:
+    return {"name": name, "categorical_name": categorical, "append_original": False, **kw}
+
+
+#: Inference settings compared on the development tables (``scripts/inference_config_check.py``), each a dict of
+#: ``InferenceConfig`` overrides. The first transform is the one a single ensemble member uses; members cycle
+#: through the list. ``"fallback"`` is :data:`FALLBACK_INFERENCE_OVERRIDES`; ``"squashing_first"`` the same pair in
+#: the other order; ``"quantile_first"`` a coarse uniform quantile transform, then the raw numbers;
+#: ``"three_way"`` all three; ``"tabpfn_v2_5"`` the package's preset for its v2.5 classifier (squashing scaler with
+#: shuffled ordinal codes for common categories and an SVD of a quarter of the components, then the raw numbers);
+#: ``"tabpfn_v2"`` the package's v2 default (quantiles appended to the original features, SVD, fingerprint column).
+INFERENCE_VARIANTS = {
+    "fallback": FALLBACK_INFERENCE_OVERRIDES,
+    "squashing_first": {**FALLBACK_INFERENCE_OVERRIDES,
+                        "PREPROCESS_TRANSFORMS": FALLBACK_INFERENCE_OVERRIDES["PREPROCESS_TRANSFORMS"][::-1]},
+    "quantile_first": {**FALLBACK_INFERENCE_OVERRIDES,
+                       "PREPROCESS_TRANSFORMS": [_transform("quantile_uni_coarse"), _transform("none")]},
+    "three_way": {**FALLBACK_INFERENCE_OVERRIDES,
+                  "PREPROCESS_TRANSFORMS": [_transform("none"), _transform("squashing_scaler_default"),
+                                            _transform("quantile_uni_coarse")]},
+    "tabpfn_v2_5": {**FALLBACK_INFERENCE_OVERRIDES, "PREPROCESS_TRANSFORMS": [
+        _transform("squashing_scaler_default", "ordinal_very_common_categories_shuffled",
+                   global_transformer_name="svd_quarter_components"),
+        _transform("none")]},
+    "tabpfn_v2": {"PREPROCESS_TRANSFORMS": [
+        _transform("quantile_uni_coarse", "ordinal_very_common_categories_shuffled", append_original="auto",
+                   global_transformer_name="svd"),
+        _transform("none")], "FINGERPRINT_FEATURE": True, "POLYNOMIAL_FEATURES": "no"},
 }
 
 

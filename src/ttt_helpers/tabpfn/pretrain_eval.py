@@ -233,8 +233,13 @@ def real_baselines(tables: dict, seed: int) -> dict:
     return {name: baseline_accuracies(Xtr, ytr, Xte, yte, seed=seed) for name, (Xtr, Xte, ytr, yte) in tables.items()}
 
 
-def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int) -> dict:
-    """Test accuracy of ``TabPFNClassifier(model_path=ckpt_path)`` on each table, ``{name: accuracy}``."""
+def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inference_config=None) -> dict:
+    """Test accuracy of ``TabPFNClassifier(model_path=ckpt_path)`` on each table, ``{name: accuracy}``.
+
+    ``tables`` maps names to ``(X_context, X_test, y_context, y_test)`` (:func:`dev_splits`); ``inference_config``
+    (a dict of ``tabpfn.inference_config.InferenceConfig`` fields, e.g. one of
+    :data:`.checkpoints.INFERENCE_VARIANTS`) overrides the settings stored in the checkpoint.
+    """
     from tabpfn import TabPFNClassifier
 
     res = {}
@@ -245,6 +250,7 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int) -> 
             n_estimators=n_estimators,
             random_state=seed,
             ignore_pretraining_limits=True,
+            inference_config=inference_config,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
