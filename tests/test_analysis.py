@@ -80,6 +80,8 @@ def test_absent_class_warning_where_tabpfns_rule_scores_higher():
     assert len(w) == 1 and "n = 2: 30% of predictions, 0.500 -> 0.580" in w[0] and "n = 4" not in w[0]
     assert w[0] in an.table_summary(r)["warnings"]
     assert an.absent_class_warnings(r, gap=0.1) == []
+    r["rules"] = {"none": "present", "ttt": "open"}  # a result whose no-TTT curve is read with tabpfn's rule
+    assert an.absent_class_warnings(r) == []
 
 
 def test_table_summary_break_even_only_where_the_factor_is_defined():

@@ -92,6 +92,24 @@ def test_ttt_changes_weights_and_ttt_size_zero_is_the_baseline():
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) > 1e-4
 
 
+def test_pretrained_weights_give_no_probability_to_a_class_the_context_lacks():
+    """tabpfn's rule with the pretrained weights: a class absent from the context rows gets probability 0 (its
+    output was never trained); adapted weights give every class a probability."""
+    X, y = _toy(n=80, k=3)
+    est = _est(ttt_size=0, context_size=6)
+    for seed in range(50):  # a seed whose six context rows miss a class
+        est.set_params(random_state=seed).fit(X, y)
+        if len(np.unique(est.context_y_)) < 3:
+            break
+    assert len(np.unique(est.context_y_)) < 3 and est.selected_recipe_ is None
+    p = est.predict_proba(X)
+    absent = ~np.isin(np.arange(3), est.context_y_)  # model codes, in label_order_
+    assert np.all(p[:, est.label_order_[absent]] == 0) and np.allclose(p.sum(axis=1), 1)
+    assert set(est.predict(X)) <= set(est.classes_[est.label_order_[~absent]])
+    adapted = _est(ttt_size=40, context_size=6, reuse_ttt_rows=True, random_state=est.random_state).fit(X, y)
+    assert adapted.selected_recipe_ is not None and np.all(adapted.predict_proba(X) > 0)
+
+
 def test_default_recipe_search_chooses_on_held_out_ttt_rows():
     X, y = _toy(n=120)
     est = TTTTabPFNClassifier(TINY, steps=4, eval_every=2, n_query=16, lr=(1e-3, 1e-2)).fit(X, y)

@@ -69,7 +69,10 @@ def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
     assert p["ttt_rows"] == 60 and p["pool_rows"] + p["test_rows"] == 99 and p["context_sizes"] == [2, 8, 32]
     assert len(c["no_ttt"]["mean"]) == len(c["ttt"]["mean"]) == 3 and 0 <= c["majority"] <= 1
     assert len(c["logistic_regression"]["mean"]) == len(c["hist_gradient_boosting"]["mean"]) == 3
-    assert len(c["no_ttt_tabpfn_rule"]) == 3 and all(0 <= a <= 1 for a in c["no_ttt_tabpfn_rule"])
+    rec = report["recipe"]
+    assert len(c["no_ttt_open_argmax"]) == 3 and all(0 <= a <= 1 for a in c["no_ttt_open_argmax"])
+    assert c["rules"]["none"] == "present" and c["rules"]["ttt"] in ("open", "present")
+    assert (c["rules"]["ttt"] == "present") == (rec["selected"] is None)
     assert all(0 <= s <= 1 for v in c["absent_class_share"].values() for s in v)
     floor = c["majority"] + 0.02
     again = reduction_factors(c["context_sizes"], c["no_ttt"]["mean"], c["ttt"]["mean"], floor=floor)

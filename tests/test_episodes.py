@@ -109,6 +109,41 @@ def test_present_classes_and_the_scores_of_absent_class_predictions():
     assert states["present_acc"][0] == pytest.approx(score["present_acc_by_size"][0])
     assert states["absent_share"][0] == pytest.approx(score["absent_share_by_size"][0])
     assert states["absent_share"][1] == 0 and states["present_acc"][1] == pytest.approx(states["acc"][1])
+    assert states["rule"] == "open" and states["open_acc"][0] == pytest.approx(states["acc"][0])
+
+
+def test_each_set_of_weights_is_read_with_its_rule():
+    """The pretrained weights ("none") are read with tabpfn's rule, adapted ones with the open argmax; both
+    accuracies stay recorded whatever the rule, and an unknown rule is refused."""
+    from ttt_helpers.tabpfn.finetune import ZERO_SHOT_RULE, evaluate_states, score_episodes, snapshot_state
+
+    assert ZERO_SHOT_RULE == "present"
+    template, _ = load_classifier(prefer="fallback", device="cpu")
+    clf = ep_mod.prepare_classifier(template)
+    X, y = _imbalanced_binary()
+    ones = np.flatnonzero(y == 1)
+    test = np.setdiff1d(np.arange(len(y)), ones[:40])[:200]
+    ep = ep_mod.make_episode(clf, X[ones[:2]], y[ones[:2]], X[test], y[test], n_classes=2)  # one class present
+    ep.requested = 2
+    only_present = float(np.mean(y[test] == 1))  # tabpfn's rule can only name the class the context holds
+    opened = float(np.mean(ep_mod.episode_predictions(clf, ep, 2) == y[test]))
+    w = snapshot_state(clf)
+    res = evaluate_states(clf, [ep], 2, {"none": w, "ttt": w})
+    assert res["none"]["rule"] == "present" and res["ttt"]["rule"] == "open"
+    assert res["none"]["acc"][0] == pytest.approx(only_present) and res["ttt"]["acc"][0] == pytest.approx(opened)
+    assert res["none"]["open_acc"][0] == pytest.approx(opened) and res["ttt"]["present_acc"][0] == pytest.approx(
+        only_present)
+    assert res["none"]["top_share"][0] == 1.0  # one class present: every prediction names it
+    flipped = evaluate_states(clf, [ep], 2, {"none": w}, rules={"none": "open"})["none"]
+    assert flipped["rule"] == "open" and flipped["acc"][0] == pytest.approx(opened)
+    score = score_episodes(clf, [ep], 2, rule="present", per_query=True)
+    assert score["rule"] == "present" and score["acc_by_size"] == [pytest.approx(only_present)]
+    assert score["open_acc_by_size"] == [pytest.approx(opened)]
+    assert score["correct"][0].mean() == pytest.approx(only_present)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        score_episodes(clf, [ep], 2, rule="masked")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        evaluate_states(clf, [ep], 2, {"none": w}, rules={"none": "closed"})
 
 
 def test_eval_episodes_record_rows_and_share_the_test_rows(template):

@@ -119,6 +119,10 @@ def test_select_recipe_keeps_the_zero_shot_weights_when_ttt_does_not_help(templa
                              n_query=32, max_context=32, min_improvement=0.05)
     info = ft.select_recipe(clf, X[:300], y[:300], 2, search, 0)
     assert info["selected"] is None and info["losses"] == []
+    assert info["rules"] == {"zero_shot": "present", "ttt": "open"}
+    zero = info["zero_shot"]  # the zero-shot weights are scored with tabpfn's rule, the checkpoints without it
+    assert zero["rule"] == "present" and zero["acc_by_size"] == zero["present_acc_by_size"]
+    assert info["best"] is None or info["best"]["rule"] == "open"
     w1 = ft.snapshot_state(clf)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 

@@ -44,9 +44,13 @@ def test_run_dataset_and_summary_on_a_real_table(template):
     assert all(0.5 <= s <= 1 for v in r["top_share"].values() for s in v)  # binary: the top class has >= half
     labels = {"none", "adamw", "selected"}
     assert set(r["acc_present"]) == set(r["absent_share"]) == labels
-    for lab in labels:  # where no prediction names an absent class, tabpfn's rule gives the same accuracy
-        for a, p, share in zip(r["acc"][lab], r["acc_present"][lab], r["absent_share"][lab]):
-            assert 0 <= share <= 1 and (share > 0 or p == pytest.approx(a))
+    assert set(r["acc_open"]) == set(r["rules"]) == labels
+    assert r["rules"]["none"] == "present" and r["rules"]["adamw"] == "open"  # fixed recipes always adapt
+    assert r["rules"]["selected"] == ("present" if r["ttt"]["selected"]["selected"] is None else "open")
+    for lab in labels:  # each label's curve is its rule's accuracy; the two agree where no open prediction is absent
+        assert r["acc"][lab] == (r["acc_present"] if r["rules"][lab] == "present" else r["acc_open"])[lab]
+        for o, p, share in zip(r["acc_open"][lab], r["acc_present"][lab], r["absent_share"][lab]):
+            assert 0 <= share <= 1 and (share > 0 or p == pytest.approx(o))
     assert r["ttt"]["adamw"]["recipe"]["kind"] == "fixed" and r["ttt"]["selected"]["recipe"]["kind"] == "search"
     assert 0 < r["majority"] < 1 and r["n_query"] == 32
     s = summarise([r, r])

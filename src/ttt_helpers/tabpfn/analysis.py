@@ -261,14 +261,18 @@ def collapse_warnings(result: dict, *, share: float = COLLAPSE_SHARE, labels=Non
 
 
 def absent_class_warnings(result: dict, *, gap: float = ABSENT_GAP) -> list[str]:
-    """A warning where the model without TTT loses accuracy to predictions of classes absent from the context.
+    """A warning where a no-TTT curve read with the open argmax loses accuracy to predictions of absent classes.
 
-    The protocol scores the open argmax over all the table's classes (so that TTT can teach a class the context
-    lacks); ``tabpfn``'s own ``predict`` takes the argmax over the context's classes only (``result["acc_present"]``,
-    :func:`~ttt_helpers.tabpfn.protocol.run_protocol`). Where that rule scores ``gap`` or more above the open
-    argmax, the no-TTT curve understates what the package gives, and so does any gain of TTT measured against it.
-    A result without ``acc_present`` (made before it was recorded) gives no warning.
+    Results made before each set of weights was read with its own rule (no ``result["rules"]``) scored the model
+    without TTT, too, by the open argmax over all the table's classes; ``tabpfn``'s own ``predict`` takes the
+    argmax over the context's classes only (``result["acc_present"]``). Where that rule scores ``gap`` or more
+    above the open argmax, such a no-TTT curve understates what the package gives, and so does any gain of TTT
+    measured against it. A result whose ``"none"`` curve is read with ``tabpfn``'s rule
+    (:data:`~ttt_helpers.tabpfn.finetune.ZERO_SHOT_RULE`, what :func:`~ttt_helpers.tabpfn.protocol.run_protocol`
+    does now), or one without ``acc_present``, gives no warning.
     """
+    if result.get("rules", {}).get("none", "open") != "open":
+        return []
     if "acc_present" not in result or "none" not in result["acc_present"]:
         return []
     rows = [(n, a, p, s) for n, a, p, s in zip(result["context_sizes"], result["acc"]["none"],

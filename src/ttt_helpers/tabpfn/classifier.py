@@ -12,7 +12,9 @@
 ``predict_proba(X)`` is then one TabPFN forward pass per batch of query rows, with the adapted weights and the
 kept context, through the same ``tabpfn`` fine-tuning path that training used
 (:mod:`ttt_helpers.tabpfn.episodes`, labels in the table's label space). ``ttt_size=0`` (or ``steps=0``) gives the
-same predictor without TTT: the baseline to compare with.
+same predictor without TTT: the baseline to compare with. With the pretrained weights (no TTT, or TTT kept
+them), a class that the context rows lack gets probability 0, as in ``tabpfn``'s own ``predict``: pretraining
+never trained its output. Adapted weights give every class a probability.
 
 Which weights are adapted is recorded in ``model_description_``: the official TabPFN v2 classifier checkpoint
 if the machine has it, else the book's own fallback (``data/models/tabpfn_fallback.ckpt``), or any checkpoint
@@ -318,6 +320,10 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "tabpfn_")
         Xe = self.encoder_.transform(X)
         z = self._logits(Xe)
+        if self.selected_recipe_ is None:
+            # pretrained weights: tabpfn's rule, no probability for a class the context lacks (its output was
+            # never trained; finetune.ZERO_SHOT_RULE). Adapted weights keep every class: TTT trained them all.
+            z[:, ~np.isin(np.arange(z.shape[1]), self.context_y_)] = -np.inf
         z = z - z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)

@@ -33,6 +33,12 @@ a few dozen rows ``se`` is 0.07 to 0.1 and 1.28 of them would admit a loss of 0.
 small development tables cost the search accuracy at 128 context rows; with the cap it never admits a loss above
 0.05 (``scripts/check_search_defaults.py``, ``data/results/check_search_defaults.json``). A :class:`RecipeSearch`
 describes the search, a :class:`TTTConfig` one fixed recipe.
+
+**Each set of weights is read with the rule that matches its training** (:data:`ZERO_SHOT_RULE`,
+:data:`TTT_RULE`). Pretraining never trains the outputs of classes absent from a context, so the pretrained
+weights predict by the argmax over the context's classes only (``"present"``, ``tabpfn``'s own ``predict``); TTT
+trains every class of the table, so adapted weights predict by the argmax over all of them (``"open"``). The
+recipe search scores the zero-shot weights, and compares every checkpoint with them, that way.
 """
 
 from __future__ import annotations
@@ -58,7 +64,24 @@ __all__ = [
     "select_recipe",
     "select_recipes",
     "STOPPING_FIELDS",
+    "RULES",
+    "ZERO_SHOT_RULE",
+    "TTT_RULE",
 ]
+
+#: How predictions are read from logits (:func:`.episodes.open_and_present_predictions`): ``"open"``, the argmax
+#: over all of the table's classes; ``"present"``, the argmax over the classes the context holds.
+RULES = ("open", "present")
+#: The rule for pretrained (zero-shot) weights: their outputs for classes absent from a context were never trained.
+ZERO_SHOT_RULE = "present"
+#: The rule for test-time-trained weights: TTT trains the outputs of every class of the table.
+TTT_RULE = "open"
+
+
+def _check_rule(rule) -> str:
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return rule
 
 
 def _check_common(obj) -> None:
@@ -339,75 +362,91 @@ def ttt_finetune(clf, X_ttt, y_ttt, n_classes: int, config: TTTConfig, rng, *, c
             "callback_seconds": cb_seconds, "redraws": redraws}
 
 
-def evaluate_states(clf, episodes, n_classes: int, states: dict) -> dict:
+def evaluate_states(clf, episodes, n_classes: int, states: dict, *, rules: dict | None = None) -> dict:
     """Predictions on every episode under each set of weights.
 
     Parameters
     ----------
     states : dict name -> state dict (from :func:`snapshot_state`)
+    rules : dict name -> rule (:data:`RULES`), optional
+        How each state's predictions are read; a name missing from it gets :data:`ZERO_SHOT_RULE` if it is
+        ``"none"`` (the pretrained weights) and :data:`TTT_RULE` otherwise.
 
     Returns
     -------
-    dict name -> {"acc": (n_episodes,) accuracies, "top_share": (n_episodes,) share of the predictions that
-    fall in the most predicted class, "seconds": (n_episodes,) forward wall times, "absent_share": (n_episodes,)
-    share of the predictions that name a class absent from the context, "present_acc": (n_episodes,) accuracy of
-    the argmax over the context's classes only, ``tabpfn``'s rule (:func:`.episodes.open_and_present_predictions`)}
+    dict name -> {"acc": (n_episodes,) accuracies under the state's rule, "top_share": (n_episodes,) share of those
+    predictions that fall in the most predicted class, "seconds": (n_episodes,) forward wall times, "absent_share":
+    (n_episodes,) share of the open predictions that name a class absent from the context, "present_acc" and
+    "open_acc": (n_episodes,) accuracies of the two rules (:func:`.episodes.open_and_present_predictions`), "rule"}
     (the classifier is left with the weights of the last entry).
     """
     from .episodes import open_and_present_predictions
 
+    rules = dict(rules or {})
     out = {}
     for name, state in states.items():
+        rule = _check_rule(rules.get(name, ZERO_SHOT_RULE if name == "none" else TTT_RULE))
         load_state(clf, state)
-        acc, top, secs, absent, present = [], [], [], [], []
+        acc, top, secs, absent, present, opened = [], [], [], [], [], []
         for ep in episodes:
             t0 = time.perf_counter()
             pred, masked, off = open_and_present_predictions(episode_logits(clf, ep, n_classes).mean(dim=1), ep)
             pred, masked, off = pred.cpu().numpy(), masked.cpu().numpy(), off.cpu().numpy()
             _sync()
             secs.append(time.perf_counter() - t0)
-            acc.append(float(np.mean(pred == ep.y_query)))
-            top.append(float(np.bincount(pred).max() / len(pred)))
+            chosen = masked if rule == "present" else pred
+            acc.append(float(np.mean(chosen == ep.y_query)))
+            top.append(float(np.bincount(chosen).max() / len(chosen)))
             absent.append(float(np.mean(off)))
             present.append(float(np.mean(masked == ep.y_query)))
+            opened.append(float(np.mean(pred == ep.y_query)))
         out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs),
-                     "absent_share": np.array(absent), "present_acc": np.array(present)}
+                     "absent_share": np.array(absent), "present_acc": np.array(present),
+                     "open_acc": np.array(opened), "rule": rule}
     return out
 
 
-def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False) -> dict:
+def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False, rule: str = TTT_RULE) -> dict:
     """Accuracy and cross-entropy of the current weights on the episodes' queries.
+
+    ``rule`` (:data:`RULES`) says how predictions are read: ``"open"`` (the default, for adapted weights) or
+    ``"present"`` (for the pretrained weights, :data:`ZERO_SHOT_RULE`). The cross-entropy is that of all the
+    table's outputs under either rule (it only breaks ties between checkpoints read with the same rule).
 
     Returns
     -------
-    dict: ``acc`` and ``loss`` (means over the episodes), ``sizes`` (the context sizes asked for, in order) and
-    ``acc_by_size`` (mean accuracy at each of them); ``absent_share_by_size`` (the share of predictions that name a
-    class absent from the episode's context: an output that pretraining never trains,
-    :func:`.episodes.present_classes`) and ``present_acc_by_size`` (the accuracy when the argmax is taken over the
-    context's classes only, as ``tabpfn``'s own ``predict`` does); with ``per_query``, also ``correct`` (per
-    episode, a boolean array over its queries: whether each was predicted right), which :func:`paired_gains` needs.
+    dict: ``rule``; ``acc`` and ``loss`` (means over the episodes), ``sizes`` (the context sizes asked for, in
+    order) and ``acc_by_size`` (mean accuracy at each of them, under ``rule``); ``absent_share_by_size`` (the share
+    of open predictions that name a class absent from the episode's context: an output that pretraining never
+    trains, :func:`.episodes.present_classes`), ``present_acc_by_size`` and ``open_acc_by_size`` (the accuracy of
+    each rule); with ``per_query``, also ``correct`` (per episode, a boolean array over its queries: whether each
+    was predicted right under ``rule``), which :func:`paired_gains` needs.
     """
     from .episodes import open_and_present_predictions
 
+    _check_rule(rule)
     torch = _torch()
-    acc, loss, correct, absent, acc_present = [], [], [], [], []
+    acc, loss, correct, absent, acc_present, acc_open = [], [], [], [], [], []
     for ep in episodes:
         logits = episode_logits(clf, ep, n_classes).mean(dim=1)
         y = torch.as_tensor(ep.y_query, device=logits.device)
         pred, masked, off = open_and_present_predictions(logits, ep)
-        right = (pred == y)
+        right = ((masked if rule == "present" else pred) == y)
         correct.append(right.cpu().numpy())
         acc.append(float(right.float().mean()))
         loss.append(float(torch.nn.functional.cross_entropy(logits.float(), y)))
         absent.append(float(off.float().mean()))
         acc_present.append(float((masked == y).float().mean()))
+        acc_open.append(float((pred == y).float().mean()))
     req = np.array([ep.requested for ep in episodes])
     sizes = sorted(set(req.tolist()))
-    acc, absent, acc_present = np.array(acc), np.array(absent), np.array(acc_present)
-    out = {"acc": float(acc.mean()), "loss": float(np.mean(loss)), "sizes": sizes,
+    acc, absent = np.array(acc), np.array(absent)
+    acc_present, acc_open = np.array(acc_present), np.array(acc_open)
+    out = {"rule": rule, "acc": float(acc.mean()), "loss": float(np.mean(loss)), "sizes": sizes,
            "acc_by_size": [float(acc[req == s].mean()) for s in sizes],
            "absent_share_by_size": [float(absent[req == s].mean()) for s in sizes],
-           "present_acc_by_size": [float(acc_present[req == s].mean()) for s in sizes]}
+           "present_acc_by_size": [float(acc_present[req == s].mean()) for s in sizes],
+           "open_acc_by_size": [float(acc_open[req == s].mean()) for s in sizes]}
     if per_query:
         out["correct"], out["requested"] = correct, req.tolist()
     return out
@@ -479,7 +518,8 @@ def select_recipe(clf, X_ttt, y_ttt, n_classes: int, search: RecipeSearch, rng, 
     dict
         ``selected``: ``{"lr", "steps"}`` of the kept weights, or None when the zero-shot weights were kept;
         ``zero_shot`` and ``best`` (None if no checkpoint was admissible): validation scores
-        (:func:`score_episodes`); ``runs``: per learning rate its ``trace``
+        (:func:`score_episodes`; the zero-shot weights read with :data:`ZERO_SHOT_RULE`, the checkpoints with
+        :data:`TTT_RULE`, as ``rules`` records); ``runs``: per learning rate its ``trace``
         and ``steps_run``, the trace rows being ``[step, acc, loss, admissible, gains, ses]`` with the paired
         gain over the zero-shot weights and its standard error at each validation size (:func:`paired_gains`);
         ``losses`` (training losses of the chosen run, up to the
@@ -540,7 +580,7 @@ def select_recipes(clf, X_ttt, y_ttt, n_classes: int, searches: dict, rng, *, pr
     episode_seed = int(rng.integers(2**63))  # the same TTT episodes for every learning rate
     base = snapshot_state(clf)
     tv = time.perf_counter()
-    zero = score_episodes(clf, val_eps, n_classes, per_query=True)
+    zero = score_episodes(clf, val_eps, n_classes, per_query=True, rule=ZERO_SHOT_RULE)
     val_seconds = time.perf_counter() - tv
     max_steps = max(srch.max_steps for srch in searches.values())
     best = {lab: {"score": None, "lr": None, "steps": 0, "state": base, "losses": []} for lab in labels}
@@ -554,7 +594,7 @@ def select_recipes(clf, X_ttt, y_ttt, n_classes: int, searches: dict, rng, *, pr
             active = [lab for lab in labels if run[lab]["stopped"] is None]
             due = [lab for lab in active if not step % searches[lab].eval_every or step == searches[lab].max_steps]
             if due:
-                score = score_episodes(clf, val_eps, n_classes, per_query=True)
+                score = score_episodes(clf, val_eps, n_classes, per_query=True, rule=TTT_RULE)
                 gains, ses = paired_gains(score, zero)
                 state = None
                 for lab in due:
@@ -602,7 +642,8 @@ def select_recipes(clf, X_ttt, y_ttt, n_classes: int, searches: dict, rng, *, pr
                     "runs": runs[lab], "losses": chosen["losses"], "n_train": int(len(train)),
                     "n_validation": int(len(val)), "validation_sizes": [int(s) for s in sizes],
                     "seconds": time.perf_counter() - t0, "ttt_seconds": ttt_seconds,
-                    "validation_seconds": val_seconds, "search": srch.to_dict()}
+                    "validation_seconds": val_seconds, "search": srch.to_dict(),
+                    "rules": {"zero_shot": ZERO_SHOT_RULE, "ttt": TTT_RULE}}
         if len(labels) > 1:
             out[lab]["shared_with"] = labels
     return out

@@ -16,7 +16,9 @@ and the estimator (:func:`adapt`, in :meth:`TTTTabPFNClassifier.fit
    chooses the learning rate and the number of steps on a validation slice of the TTT rows and keeps the
    zero-shot weights when TTT does not beat them there. Only the TTT rows are seen.
 4. **Evaluate**: the same episodes are scored by the model before TTT and after each TTT run, so the curves differ
-   only through the weights; optionally LogisticRegression and HistGradientBoosting are fitted on the same
+   only through the weights, each read with its rule (the pretrained weights by the argmax over the context's
+   classes, as ``tabpfn`` predicts; adapted weights over all the table's classes: ``finetune.ZERO_SHOT_RULE``);
+   optionally LogisticRegression and HistGradientBoosting are fitted on the same
    context rows and scored on the same test rows (``baselines=True``).
 
 Results are JSON-able dicts; :mod:`ttt_helpers.tabpfn.analysis` turns them into curves, reduction factors and
@@ -34,7 +36,7 @@ import numpy as np
 from ..validation import check_positive_int
 from .episodes import CONTEXT_SIZES, make_eval_episodes, prepare_classifier
 from .finetune import RecipeSearch, TTTConfig, evaluate_states, load_state, select_recipe
-from .finetune import select_recipes, snapshot_state
+from .finetune import TTT_RULE, ZERO_SHOT_RULE, select_recipes, snapshot_state
 from .finetune import ttt_finetune
 
 __all__ = ["split_rows", "resolve_rows", "name_seed", "adapt", "run_protocol", "run_dataset", "measure_cost",
@@ -170,9 +172,12 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     dict (JSON-able): ``n_classes``, ``n_rows_split``, ``context_sizes``, ``n_context_used``, ``n_query``,
     ``majority`` (accuracy of the pool's most frequent class on the test rows), ``acc`` (label -> per-size mean over
     repetitions; ``"none"`` is the model without TTT, plus the baselines if asked), ``acc_reps`` (label -> sizes x
-    reps), ``top_share`` (label -> per size, the mean share of predictions in the most predicted class),
-    ``absent_share`` and ``acc_present`` (label -> per size: the share of predictions naming a class absent from
-    the context, and the accuracy of ``tabpfn``'s rule, the argmax over the context's classes only), ``ttt``
+    reps), ``rules`` (label -> how its predictions are read: the pretrained weights, ``"none"`` and any search that
+    kept them, by the argmax over the context's classes, ``tabpfn``'s rule; adapted weights by the argmax over all
+    the table's classes; :data:`~ttt_helpers.tabpfn.finetune.ZERO_SHOT_RULE`), ``top_share`` (label -> per size,
+    the mean share of predictions in the most predicted class), ``absent_share``, ``acc_present`` and ``acc_open``
+    (label -> per size: the share of open predictions naming a class absent from the context, and the accuracy
+    of each rule), ``ttt``
     (label -> the run's record: recipe, selected lr and steps, seconds), ``timing`` (per-size mean preprocessing and
     forward seconds per episode, medians over the repetitions), ``seconds_total``.
     """
@@ -219,7 +224,9 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     if timing:
         load_state(clf, base)
         evaluate_states(clf, episodes[:1], C, {"warm-up": base})
-    res = evaluate_states(clf, episodes, C, states)
+    rules = {label: ZERO_SHOT_RULE if label == "none" or ttt_info[label]["selected"] is None else TTT_RULE
+             for label in states}
+    res = evaluate_states(clf, episodes, C, states, rules=rules)
     load_state(clf, base)
     req = np.array([ep.requested for ep in episodes])
     test_rows = episodes[0].y_query
@@ -227,7 +234,8 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
     out = {"n_classes": C, "n_rows_split": {k: int(len(v)) for k, v in split.items()}, "context_sizes": sizes,
            "n_context_used": [int(np.mean([ep.n_context for ep in episodes if ep.requested == s])) for s in sizes],
            "n_query": int(episodes[0].n_query), "majority": float(np.mean(test_rows == pool_majority)),
-           "acc": {}, "acc_reps": {}, "top_share": {}, "absent_share": {}, "acc_present": {}, "ttt": ttt_info,
+           "acc": {}, "acc_reps": {}, "top_share": {}, "absent_share": {}, "acc_present": {}, "acc_open": {},
+           "rules": rules, "ttt": ttt_info,
            "timing": {"prep_seconds": [float(np.median([ep.prep_seconds for ep in episodes if ep.requested == s]))
                                        for s in sizes],
                       "forward_seconds": {}}}
@@ -238,6 +246,7 @@ def run_protocol(template, X, y, recipes: dict, *, n_classes: int | None = None,
         out["top_share"][label] = [float(np.mean(r["top_share"][req == s])) for s in sizes]
         out["absent_share"][label] = [float(np.mean(r["absent_share"][req == s])) for s in sizes]
         out["acc_present"][label] = [float(np.mean(r["present_acc"][req == s])) for s in sizes]
+        out["acc_open"][label] = [float(np.mean(r["open_acc"][req == s])) for s in sizes]
         out["timing"]["forward_seconds"][label] = [float(np.median(r["seconds"][req == s])) for s in sizes]
     if baselines:
         test = episodes[0].query_rows

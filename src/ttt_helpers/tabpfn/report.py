@@ -216,7 +216,7 @@ def make_report(result: dict, summary: dict, *, dataset: dict, model: dict, sett
               "majority": result["majority"], "n_repeats": len(result["acc_reps"]["none"][0]),
               "n_test": result["n_query"],
               "top_class_share": {"no_ttt": result["top_share"]["none"], "ttt": result["top_share"]["ttt"]},
-              "no_ttt_tabpfn_rule": result["acc_present"]["none"],
+              "rules": result["rules"], "no_ttt_open_argmax": result["acc_open"]["none"],
               "absent_class_share": {"no_ttt": result["absent_share"]["none"], "ttt": result["absent_share"]["ttt"]}}
     recipe = {k: t[k] for k in ("recipe", "selected", "zero_shot", "best", "runs", "n_train", "n_validation",
                                 "validation_sizes") if k in t}
