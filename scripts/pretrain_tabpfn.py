@@ -136,6 +136,8 @@ def parse_args(argv=None):
         "1,200 rows, as v2-muon); default: the recipe's")
     add("--stage-batch", type=int, default=0, help="tables per step in every curriculum stage (0: the "
         "curriculum's)")
+    add("--stage-max-features", type=int, default=0, help="most features of a prior table in every curriculum "
+        "stage (0: the curriculum's; tabicl draws each table's count uniformly from 1 to it)")
     return p.parse_args(argv)
 
 
@@ -157,6 +159,9 @@ def config_from_args(args) -> pt.PretrainConfig:
     base = pt.recipe(args.recipe) if args.recipe else pt.PretrainConfig()
     if args.stage_batch > 0:
         kw["curriculum"] = [dict(stage, batch=args.stage_batch) for stage in kw.get("curriculum", base.curriculum)]
+    if args.stage_max_features > 0:
+        kw["curriculum"] = [dict(stage, max_features=args.stage_max_features)
+                            for stage in kw.get("curriculum", base.curriculum)]
     return dataclasses.replace(base, **kw)
 
 

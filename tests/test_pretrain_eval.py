@@ -207,6 +207,10 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
     assert [s["batch"] for s in batched.curriculum] == [32] and pt.SPEEDRUN_CURRICULUM[0]["batch"] == 8
     assert {k: v for k, v in batched.curriculum[0].items() if k != "batch"} == \
         {k: v for k, v in pt.SPEEDRUN_CURRICULUM[0].items() if k != "batch"}
+    wide = script.config_from_args(script.parse_args(["--recipe", "v2.6-muon", "--stage-max-features", "64",
+                                                      "--stage-batch", "4", "--device", "cpu"]))
+    assert [(s["max_features"], s["batch"]) for s in wide.curriculum] == [(64, 4)]
+    assert pt.SPEEDRUN_CURRICULUM[0]["max_features"] == 32
 
 
 @pytest.mark.parametrize("chosen", ["best_dev_step_2", "last"])
