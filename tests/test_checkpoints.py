@@ -262,3 +262,27 @@ def test_the_shipped_candidate_is_a_v2_6_model_that_tabpfn_loads_and_test_time_t
     history = ft.ttt_finetune(template, X[:300], y[:300], 4, cfg, 0)
     assert len(history["losses"]) == 6 and np.all(np.isfinite(history["losses"]))
     assert any(not torch.equal(w0[k], v) for k, v in ft.snapshot_state(template).items())
+
+
+@pytest.mark.parametrize("name", sorted(tm.INFERENCE_VARIANTS))
+def test_each_inference_variant_is_valid_and_reaches_tabpfn_through_eval_real(tiny_ckpt, name, monkeypatch):
+    """Each setting compared by scripts/inference_config_check.py is a valid InferenceConfig override, tabpfn uses
+    its transforms in order (the first is the one a single member applies), and pretrain_eval.eval_real passes it."""
+    from ttt_helpers.tabpfn import pretrain_eval as pe
+
+    path, _ = tiny_ckpt
+    variant = tm.INFERENCE_VARIANTS[name]
+    tm.inference_config_for_checkpoint(variant)  # raises on an unknown field or a bad value
+    seen = []
+    real = tabpfn.TabPFNClassifier.fit
+
+    def spy(self, X, y):
+        out = real(self, X, y)
+        seen.append([t.name for t in self.get_inference_config().PREPROCESS_TRANSFORMS])
+        return out
+
+    monkeypatch.setattr(tabpfn.TabPFNClassifier, "fit", spy)
+    X, y = _toy_table()
+    acc = pe.eval_real(path, {"toy": (X[:60], X[60:], y[:60], y[60:])}, "cpu", 2, 0, inference_config=variant)
+    assert 0 <= acc["toy"] <= 1
+    assert seen == [[t["name"] for t in variant["PREPROCESS_TRANSFORMS"]]]
