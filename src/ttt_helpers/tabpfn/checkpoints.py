@@ -65,6 +65,11 @@ FALLBACK_NAME = "tabpfn_fallback.ckpt"
 #: bar of issue 11.
 CANDIDATE_NAME = "tabpfn_candidate.ckpt"
 
+def _transform(name: str, categorical: str = "numeric", **kw) -> dict:
+    """One entry of ``InferenceConfig.PREPROCESS_TRANSFORMS`` (a ``PreprocessorConfig`` as a dict)."""
+    return {"name": name, "categorical_name": categorical, "append_original": False, **kw}
+
+
 #: What our fallback checkpoint changes in ``tabpfn``'s default v2 classifier inference settings
 #: (``tabpfn.inference_config.InferenceConfig``): features reach the model as numbers, standardised by the
 #: model's own encoder as in pretraining (``"none"``), or robustly scaled and softly clipped
@@ -72,17 +77,10 @@ CANDIDATE_NAME = "tabpfn_candidate.ckpt"
 #: ensemble members alternate between the two. No fingerprint column, no SVD, no appended originals.
 #: Class and feature shuffling stay on: pretraining permuted labels and columns at random.
 FALLBACK_INFERENCE_OVERRIDES = {
-    "PREPROCESS_TRANSFORMS": [
-        {"name": "none", "categorical_name": "numeric", "append_original": False},
-        {"name": "squashing_scaler_default", "categorical_name": "numeric", "append_original": False},
-    ],
+    "PREPROCESS_TRANSFORMS": [_transform("none"), _transform("squashing_scaler_default")],
     "FINGERPRINT_FEATURE": False,
     "POLYNOMIAL_FEATURES": "no",
 }
-
-
-def _transform(name: str, categorical: str = "numeric", **kw) -> dict:
-    return {"name": name, "categorical_name": categorical, "append_original": False, **kw}
 
 
 #: Inference settings compared on the development tables (``scripts/inference_config_check.py``), each a dict of

@@ -84,6 +84,20 @@ def _check_rule(rule) -> str:
     return rule
 
 
+def _read(logits, episode, rule: str):
+    """One episode's ensemble-averaged logits ``(Q, C)`` read with ``rule``: the predictions (a tensor on the logits'
+    device), whether each is right, and what both rules score (``present_acc``, ``open_acc``) with the share of open
+    predictions that name a class absent from the context (``absent_share``), as floats."""
+    from .episodes import open_and_present_predictions
+
+    pred, masked, off = open_and_present_predictions(logits, episode)
+    y = _torch().as_tensor(episode.y_query, device=logits.device)
+    chosen = masked if rule == "present" else pred
+    stats = {"absent_share": float(off.float().mean()), "present_acc": float((masked == y).float().mean()),
+             "open_acc": float((pred == y).float().mean())}
+    return chosen, chosen == y, stats
+
+
 def _check_common(obj) -> None:
     if obj.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {obj.optimizer!r}")
@@ -380,29 +394,23 @@ def evaluate_states(clf, episodes, n_classes: int, states: dict, *, rules: dict 
     "open_acc": (n_episodes,) accuracies of the two rules (:func:`.episodes.open_and_present_predictions`), "rule"}
     (the classifier is left with the weights of the last entry).
     """
-    from .episodes import open_and_present_predictions
-
     rules = dict(rules or {})
     out = {}
     for name, state in states.items():
         rule = _check_rule(rules.get(name, ZERO_SHOT_RULE if name == "none" else TTT_RULE))
         load_state(clf, state)
-        acc, top, secs, absent, present, opened = [], [], [], [], [], []
+        acc, top, secs, stats = [], [], [], []
         for ep in episodes:
             t0 = time.perf_counter()
-            pred, masked, off = open_and_present_predictions(episode_logits(clf, ep, n_classes).mean(dim=1), ep)
-            pred, masked, off = pred.cpu().numpy(), masked.cpu().numpy(), off.cpu().numpy()
+            chosen, right, st = _read(episode_logits(clf, ep, n_classes).mean(dim=1), ep, rule)
+            chosen, right = chosen.cpu().numpy(), right.cpu().numpy()
             _sync()
             secs.append(time.perf_counter() - t0)
-            chosen = masked if rule == "present" else pred
-            acc.append(float(np.mean(chosen == ep.y_query)))
+            acc.append(float(np.mean(right)))
             top.append(float(np.bincount(chosen).max() / len(chosen)))
-            absent.append(float(np.mean(off)))
-            present.append(float(np.mean(masked == ep.y_query)))
-            opened.append(float(np.mean(pred == ep.y_query)))
-        out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs),
-                     "absent_share": np.array(absent), "present_acc": np.array(present),
-                     "open_acc": np.array(opened), "rule": rule}
+            stats.append(st)
+        out[name] = {"acc": np.array(acc), "top_share": np.array(top), "seconds": np.array(secs), "rule": rule,
+                     **{k: np.array([st[k] for st in stats]) for k in ("absent_share", "present_acc", "open_acc")}}
     return out
 
 
@@ -422,31 +430,27 @@ def score_episodes(clf, episodes, n_classes: int, *, per_query: bool = False, ru
     each rule); with ``per_query``, also ``correct`` (per episode, a boolean array over its queries: whether each
     was predicted right under ``rule``), which :func:`paired_gains` needs.
     """
-    from .episodes import open_and_present_predictions
-
     _check_rule(rule)
     torch = _torch()
-    acc, loss, correct, absent, acc_present, acc_open = [], [], [], [], [], []
+    acc, loss, correct, stats = [], [], [], []
     for ep in episodes:
         logits = episode_logits(clf, ep, n_classes).mean(dim=1)
-        y = torch.as_tensor(ep.y_query, device=logits.device)
-        pred, masked, off = open_and_present_predictions(logits, ep)
-        right = ((masked if rule == "present" else pred) == y)
+        _, right, st = _read(logits, ep, rule)
         correct.append(right.cpu().numpy())
         acc.append(float(right.float().mean()))
-        loss.append(float(torch.nn.functional.cross_entropy(logits.float(), y)))
-        absent.append(float(off.float().mean()))
-        acc_present.append(float((masked == y).float().mean()))
-        acc_open.append(float((pred == y).float().mean()))
+        loss.append(float(torch.nn.functional.cross_entropy(
+            logits.float(), torch.as_tensor(ep.y_query, device=logits.device))))
+        stats.append(st)
     req = np.array([ep.requested for ep in episodes])
     sizes = sorted(set(req.tolist()))
-    acc, absent = np.array(acc), np.array(absent)
-    acc_present, acc_open = np.array(acc_present), np.array(acc_open)
-    out = {"rule": rule, "acc": float(acc.mean()), "loss": float(np.mean(loss)), "sizes": sizes,
-           "acc_by_size": [float(acc[req == s].mean()) for s in sizes],
-           "absent_share_by_size": [float(absent[req == s].mean()) for s in sizes],
-           "present_acc_by_size": [float(acc_present[req == s].mean()) for s in sizes],
-           "open_acc_by_size": [float(acc_open[req == s].mean()) for s in sizes]}
+
+    def by_size(values):
+        values = np.asarray(values)
+        return [float(values[req == s].mean()) for s in sizes]
+
+    out = {"rule": rule, "acc": float(np.mean(acc)), "loss": float(np.mean(loss)), "sizes": sizes,
+           "acc_by_size": by_size(acc),
+           **{f"{k}_by_size": by_size([st[k] for st in stats]) for k in ("absent_share", "present_acc", "open_acc")}}
     if per_query:
         out["correct"], out["requested"] = correct, req.tolist()
     return out
