@@ -122,6 +122,15 @@ def test_merge_labels_adds_curves_of_the_same_episodes():
         an.merge_labels([a], [_result("u")], ["none"])
 
 
+def test_merge_labels_renames_a_second_runs_curve():
+    a, b = _result("t"), _result("t", ttt=(0.9, 0.8, 0.7, 0.6))
+    m = an.merge_labels([a], [b], {"ttt": "short"})
+    assert m[0]["acc"]["short"] == [0.9, 0.8, 0.7, 0.6] and m[0]["acc_reps"]["short"][2] == [0.7, 0.7]
+    assert m[0]["acc"]["ttt"] == a["acc"]["ttt"] != b["acc"]["ttt"]  # the first run's own curve stays
+    with pytest.raises(ValueError, match="already has a curve 'ttt'"):
+        an.merge_labels([a], [b], ["ttt"])
+
+
 def _run(results, **settings):
     return {"results": results, "skipped": [], "model": "toy model",
             "configs": {"selected": {"lrs": [3e-4, 1e-3], "max_steps": 60, "eval_every": 20, "patience": 2,

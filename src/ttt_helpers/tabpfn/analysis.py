@@ -219,9 +219,13 @@ def merge_labels(results: list, other: list, labels) -> list:
     """``results`` with the curves ``labels`` of ``other`` added, table by table (same names, same episodes: e.g.
     the baselines of ``scripts/tabpfn_experiment.py --baselines-only`` beside a TTT run with the same settings).
 
-    Raises ``ValueError`` if a table is missing from ``other`` or its episodes differ (other context sizes used,
-    other splits or test rows).
+    ``labels`` is a list of labels, kept as they are, or a dict ``{label in other: new label}``, to put a second
+    run's ``"selected"`` beside the first's under another name.
+
+    Raises ``ValueError`` if a table is missing from ``other``, its episodes differ (other context sizes used,
+    other splits or test rows), or a new label is already a curve of ``results``.
     """
+    rename = dict(labels) if isinstance(labels, dict) else {label: label for label in labels}
     by_name = {r["name"]: r for r in other}
     out = []
     for r in results:
@@ -232,8 +236,10 @@ def merge_labels(results: list, other: list, labels) -> list:
         if not same:
             raise ValueError(f"table {r['name']!r}: the two runs used other episodes; run them with the same settings")
         m = {**r, "acc": dict(r["acc"]), "acc_reps": dict(r["acc_reps"])}
-        for label in labels:
-            m["acc"][label], m["acc_reps"][label] = o["acc"][label], o["acc_reps"][label]
+        for label, new in rename.items():
+            if new in r["acc"]:
+                raise ValueError(f"table {r['name']!r} already has a curve {new!r}; rename it (labels={{...: 'name'}})")
+            m["acc"][new], m["acc_reps"][new] = o["acc"][label], o["acc_reps"][label]
         out.append(m)
     return out
 
