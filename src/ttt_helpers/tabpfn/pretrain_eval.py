@@ -400,7 +400,6 @@ def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_
     dict
         The summary (mean accuracies, gaps, wins, per-table rows).
     """
-    from tabpfn import TabPFNClassifier
     from tqdm import tqdm
 
     from . import benchmark as td
@@ -415,11 +414,7 @@ def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_
                                            desc="benchmark"):
         res = {"name": name, "n_context": len(yc), "n_test": len(yt), "classes": int(meta["classes"]),
                "features": int(Xc.shape[1])}
-        clf = TabPFNClassifier(model_path=str(ckpt), device=device, n_estimators=n_estimators,
-                               random_state=seed, ignore_pretraining_limits=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res["tabpfn_fallback"] = float((clf.fit(Xc, yc).predict(Xt) == yt).mean())
+        res["tabpfn_fallback"] = eval_real(ckpt, {name: (Xc, Xt, yc, yt)}, device, n_estimators, seed)[name]
         res.update(td.baseline_accuracies(Xc, yc, Xt, yt, seed=seed))
         rows.append(res)
         log(json.dumps(res))
