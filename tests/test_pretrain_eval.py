@@ -302,3 +302,17 @@ def test_dev_context_curve_scores_small_contexts_on_the_development_tables(tmp_p
     assert t["present_acc"][1] == t["acc"][1]  # so both rules agree
     assert all(0.0 <= a <= 1.0 for a in t["absent_share"])
     assert pe.dev_context_curve(ckpt, **kw) == res  # seeded: the same draws again
+
+
+def test_prior_throughput_records_tables_per_second_and_errors(tmp_path):
+    """scripts/prior_throughput.py: a working device gives a rate, a failing one its error, both with provenance."""
+    import json
+
+    script = load_script("prior_throughput")
+    out = tmp_path / "prior_throughput.json"
+    script.main(["--devices", "cpu", "no_such_device", "--batches", "2", "--repeats", "1", "--out", str(out)])
+    rows = {r["device"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["cpu"]["tables_per_second"] > 0 and len(rows["cpu"]["seconds_per_batch"]) == 1
+    assert "tables_per_second" not in rows["no_such_device"] and rows["no_such_device"]["error"]
+    prov = json.loads((tmp_path / "prior_throughput.provenance.json").read_text())
+    assert set(prov["files"]) == {"prior_throughput.json"} and prov["results"]["graph_scm cpu batch 2"] > 0
