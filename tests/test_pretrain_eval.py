@@ -62,6 +62,26 @@ def test_eval_direct_scores_one_forward_pass_per_table():
     assert model.training  # left in training mode
 
 
+def test_eval_direct_by_seed_scores_each_seed_and_restores_the_models(monkeypatch):
+    class Model:
+        seed = 7
+
+    model, seen = Model(), []
+
+    def fake_eval_direct(m, tables, device):
+        seen.append((m.seed, device))
+        if m.seed == 99:
+            raise RuntimeError("boom")
+        return {"seed": m.seed}
+
+    monkeypatch.setattr(pe, "eval_direct", fake_eval_direct)
+    assert pe.eval_direct_by_seed(model, {}, [0, 1]) == {0: {"seed": 0}, 1: {"seed": 1}}
+    assert seen == [(0, "cpu"), (1, "cpu")] and model.seed == 7
+    with pytest.raises(RuntimeError, match="boom"):
+        pe.eval_direct_by_seed(model, {}, [99])
+    assert model.seed == 7  # restored after a failure too
+
+
 def test_time_to_quality():
     curve = [(0.0, 0.3), (1.0, 0.5), (2.0, 0.62), (3.0, 0.6)]
     assert pe.time_to_quality(curve, 0.6) == 2.0

@@ -4,7 +4,8 @@
 * :func:`real_tables`, :func:`eval_real`: accuracy on real tables through ``tabpfn.TabPFNClassifier(model_path=...)``
   (the way the book uses the model), against :func:`.benchmark.baseline_accuracies`;
 * :data:`DEV_SPECS`, :func:`dev_splits`, :func:`eval_direct`: a development set of real tables that shares no
-  table with the benchmark, on which checkpoints are selected (never on the benchmark);
+  table with the benchmark, on which checkpoints are selected (never on the benchmark); :func:`eval_direct_by_seed`
+  repeats it for several seeds of a ``v2`` model's column embeddings;
 * :class:`Evaluator`: all of these, as the callable that :class:`.pretrain.Trainer` runs periodically;
 * :func:`recipe_summary`, :func:`plot_recipe_curves`: a side-by-side run of pretraining recipes
   (``scripts/bench_pretrain_recipes.py``) as a table and a figure;
@@ -38,6 +39,8 @@ __all__ = [
     "write_dev_cache",
     "read_dev_cache",
     "eval_direct",
+    "eval_direct_by_seed",
+    "v2muon_state_model",
     "make_val_set",
     "eval_prior",
     "real_tables",
@@ -171,6 +174,36 @@ def eval_direct(model, tables: dict, device, autocast: bool = False, max_classes
         out[name] = float((pred == yt).mean())
     model.train()
     return out
+
+
+def eval_direct_by_seed(model, tables: dict, seeds, device="cpu") -> dict:
+    """:func:`eval_direct` once per seed of the model's random column embeddings, ``{seed: {name: accuracy}}``.
+
+    A ``tabpfn_v2`` model draws the embeddings of its feature columns from ``model.seed`` at every forward pass
+    (``v2.6`` has no such draw), so the same weights can score differently with another seed. The model's own
+    seed is restored afterwards.
+    """
+    own = model.seed
+    try:
+        out = {}
+        for seed in seeds:
+            model.seed = int(seed)
+            out[int(seed)] = eval_direct(model, tables, device)
+        return out
+    finally:
+        model.seed = own
+
+
+def v2muon_state_model():
+    """The ``v2-muon`` weights of the resumed pretraining run (``data/models/tabpfn_pretrain_state_v2muon``), on
+    the CPU, as a ``tabpfn_v2`` model of recipe ``v2-muon``."""
+    from ..provenance import models_dir
+    from .pretrain import make_model, recipe
+
+    _, model = make_model(recipe("v2-muon"))
+    model.load_state_dict(torch.load(models_dir() / "tabpfn_pretrain_state_v2muon" / "state_model.pt",
+                                     map_location="cpu"))
+    return model.eval()
 
 
 def make_val_set(cfg: PretrainConfig, device):
