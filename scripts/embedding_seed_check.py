@@ -35,10 +35,11 @@ def main(argv=None):
     tables = pe.dev_splits(0)
     models = {"v2-muon, resumed run": pe.v2muon_state_model(),
               "fallback": tm.load_model(tm.fallback_checkpoint_path())}
-    accuracy = {}
+    accuracy, means = {}, {}
     for label, model in models.items():
         accuracy[label] = {str(s): acc for s, acc in pe.eval_direct_by_seed(model, tables, args.seeds).items()}
-        print(label, {s: round(sum(a.values()) / len(a), 4) for s, a in accuracy[label].items()}, flush=True)
+        means.update({f"{label}, seed {s}": round(sum(a.values()) / len(a), 4) for s, a in accuracy[label].items()})
+        print({k: v for k, v in means.items() if k.startswith(label)}, flush=True)
     out = Path(args.out) if args.out else results_dir() / "embedding_seed_check.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "seeds": args.seeds, "device": "cpu", "development_split_seed": 0,
@@ -46,8 +47,6 @@ def main(argv=None):
               "models": {"v2-muon, resumed run": "data/models/tabpfn_pretrain_state_v2muon/state_model.pt",
                          "fallback": "data/models/tabpfn_fallback.ckpt"}}
     out.write_text(json.dumps(record, indent=1) + "\n")
-    means = {f"{label}, seed {s}": round(sum(a.values()) / len(a), 4)
-             for label, by in accuracy.items() for s, a in by.items()}
     write_provenance(out.with_name(out.stem + ".provenance.json"), command=command, commit=commit,
                      seeds={"embedding_seeds": args.seeds, "development_split_seed": 0}, results=means,
                      files=[out], extra={"wall_seconds": round(time.time() - t0, 1)})

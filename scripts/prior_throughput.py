@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """How fast tabicl's prior makes tables, on the CPU (one process) and on the GPU (``PriorDataset(device="cuda")``).
 
-Pretraining is fed by DataLoader workers that run the prior on the CPU (:func:`ttt_helpers.tabpfn.pretrain.make_prior`
-with ``device="cpu"``); batches of 32 tables instead of 8 made the prior the bottleneck again
+Pretraining is fed by DataLoader workers that run the prior on the CPU (:func:`ttt_helpers.tabpfn.pretrain.make_prior`,
+whose ``device`` is ``"cpu"`` by default); batches of 32 tables instead of 8 made the prior the bottleneck again
 (``data/results/pretrain_bench/session20_variants.json``). tabicl can also generate on the GPU. This script times
 both for the stage of the candidate's recipe (800 to 1,200 rows, up to 32 features, up to 10 classes) and records
 tables per second, per prior and batch size, so that the choice between them is measured, not guessed.
@@ -39,8 +39,6 @@ def main(argv=None):
     from ttt_helpers.tabpfn import pretrain as pt
 
     pt.fix_hash_seed()  # graph_scm's tables depend on string hashing
-    from tabicl.prior import PriorDataset
-
     command, commit = command_line(argv), git_commit()
     stage = dict(pt.recipe("v2.6-muon").curriculum[-1])
     rows, t_start = [], time.time()
@@ -51,10 +49,7 @@ def main(argv=None):
                 torch.manual_seed(args.seed)
                 row = {"prior": prior, "device": device, "batch": batch}
                 try:
-                    ds = PriorDataset(batch_size=batch, min_features=1, max_features=stage["max_features"],
-                                      max_classes=stage["max_classes"], min_seq_len=stage["min_rows"],
-                                      max_seq_len=stage["max_rows"], min_train_size=0.3, max_train_size=0.9,
-                                      prior_type=prior, n_jobs=1, device=device)
+                    ds = pt.make_prior(dict(stage, batch=batch), prior, device=device)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         ds.get_batch()  # warm-up
