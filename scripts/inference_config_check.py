@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--estimators", type=int, nargs="+", default=[1, 8])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
+    p.add_argument("--tables", choices=["dev", "wide"], default="dev",
+                   help="the development tables (pretrain_eval.DEV_SPECS) or the wide ones (WIDE_DEV_SPECS)")
     p.add_argument("--no-benchmark", action="store_true", help="development tables only")
     p.add_argument("--out", default=str(data_dir() / "results"))
     p.add_argument("--name", default="inference_config_check")
@@ -66,9 +68,10 @@ def main(argv=None):
     command = command_line(argv)
     commit = git_commit()
     t0 = time.time()
-    dev = pe.dev_splits(args.seed, cache=args.dev_cache)
+    dev = pe.dev_splits(args.seed, cache=args.dev_cache,
+                        specs=pe.WIDE_DEV_SPECS if args.tables == "wide" else pe.DEV_SPECS)
     result = {"command": command, "model": str(args.model), "sha256": sha256_file(args.model),
-              "device": args.device, "estimators": args.estimators, "seed": args.seed,
+              "device": args.device, "estimators": args.estimators, "seed": args.seed, "tables": args.tables,
               "variants": {v: tm.INFERENCE_VARIANTS[v] for v in args.variants},
               "rule": "highest development accuracy averaged over the ensemble sizes", "dev": {}}
     for v in args.variants:

@@ -264,6 +264,16 @@ def test_the_shipped_candidate_is_a_v2_6_model_that_tabpfn_loads_and_test_time_t
     assert any(not torch.equal(w0[k], v) for k, v in ft.snapshot_state(template).items())
 
 
+def test_cap32_caps_the_features_one_member_sees_and_changes_nothing_else():
+    cap, stored = tm.INFERENCE_VARIANTS["cap32"], tm.FALLBACK_INFERENCE_OVERRIDES
+    assert {k: v for k, v in cap.items() if k != "PREPROCESS_TRANSFORMS"} == {
+        k: v for k, v in stored.items() if k != "PREPROCESS_TRANSFORMS"}
+    for t, s in zip(cap["PREPROCESS_TRANSFORMS"], stored["PREPROCESS_TRANSFORMS"], strict=True):
+        assert t == dict(s, max_features_per_estimator=tm.PRETRAIN_MAX_FEATURES)
+    cfg = tm.inference_config_for_checkpoint(cap)
+    assert [t.max_features_per_estimator for t in cfg.PREPROCESS_TRANSFORMS] == [32, 32]
+
+
 @pytest.mark.parametrize("name", sorted(tm.INFERENCE_VARIANTS))
 def test_each_inference_variant_is_valid_and_reaches_tabpfn_through_eval_real(tiny_ckpt, name, monkeypatch):
     """Each setting compared by scripts/inference_config_check.py is a valid InferenceConfig override, tabpfn uses

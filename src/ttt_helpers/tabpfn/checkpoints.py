@@ -89,7 +89,11 @@ FALLBACK_INFERENCE_OVERRIDES = {
 #: the other order; ``"quantile_first"`` a coarse uniform quantile transform, then the raw numbers;
 #: ``"three_way"`` all three; ``"tabpfn_v2_5"`` the package's preset for its v2.5 classifier (squashing scaler with
 #: shuffled ordinal codes for common categories and an SVD of a quarter of the components, then the raw numbers);
-#: ``"tabpfn_v2"`` the package's v2 default (quantiles appended to the original features, SVD, fingerprint column).
+#: ``"tabpfn_v2"`` the package's v2 default (quantiles appended to the original features, SVD, fingerprint column);
+#: ``"cap32"`` the stored setting with at most 32 features per ensemble member (the widest prior table of the book's
+#: recipes; wider tables are subsampled, ``tabpfn``'s "balanced" scheme spreading the features over the members),
+#: to be judged on the wide development tables (:data:`.pretrain_eval.WIDE_DEV_SPECS`).
+PRETRAIN_MAX_FEATURES = 32
 INFERENCE_VARIANTS = {
     "fallback": FALLBACK_INFERENCE_OVERRIDES,
     "squashing_first": {**FALLBACK_INFERENCE_OVERRIDES,
@@ -107,6 +111,9 @@ INFERENCE_VARIANTS = {
         _transform("quantile_uni_coarse", "ordinal_very_common_categories_shuffled", append_original="auto",
                    global_transformer_name="svd"),
         _transform("none")], "FINGERPRINT_FEATURE": True, "POLYNOMIAL_FEATURES": "no"},
+    "cap32": {**FALLBACK_INFERENCE_OVERRIDES, "PREPROCESS_TRANSFORMS": [
+        dict(t, max_features_per_estimator=PRETRAIN_MAX_FEATURES)
+        for t in FALLBACK_INFERENCE_OVERRIDES["PREPROCESS_TRANSFORMS"]]},
 }
 
 
