@@ -56,8 +56,11 @@ def main(argv=None):
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--profile-steps", type=int, default=6, help="steps of the trainer variant under torch.profiler")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                   help="override fields of the recipe, e.g. emsize=16 nlayers=1 (smoke tests)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     import torch
 
@@ -69,7 +72,7 @@ def main(argv=None):
     command, commit = command_line(argv), git_commit()
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    cfg = pt.recipe("v2.6-muon", lr=0.00025, muon_lr=0.00125, device=args.device)
+    cfg = pt.recipe("v2.6-muon", **{"lr": 0.00025, "muon_lr": 0.00125, "device": args.device, **overrides})
     configure_sdpa(cfg.sdpa)
     stage_batch = int(cfg.curriculum[-1]["batch"])
     t_start = time.time()
@@ -78,7 +81,8 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         _, model = make_model(cfg)
         model.to(args.device).train()
-        opt_cfg = cfg if variant != "adamw_only" else pt.recipe("v2.6-muon", optimizer="adamw", lr=0.00025)
+        opt_cfg = cfg if variant != "adamw_only" else pt.recipe("v2.6-muon", **{**overrides, "optimizer": "adamw",
+                                                                                  "lr": 0.00025})
         opts = make_optimizers(model, opt_cfg, fused=cuda)
         return model, opts
 
@@ -109,7 +113,7 @@ def main(argv=None):
 
     rows = []
     for variant in args.variants:
-        row = {"variant": variant}
+        row, fwd_model = {"variant": variant}, None
         try:
             model, opts = build(variant)
             fwd_model = torch.compile(model) if variant == "compiled" else model
@@ -175,7 +179,8 @@ def main(argv=None):
 
     out = Path(args.out) if args.out else results_dir() / "step_profile.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "recipe": "v2.6-muon (lr 2.5e-4, Muon 1.25e-3)", "rows_rotation": args.rows,
+    record = {"command": command, "recipe": "v2.6-muon (lr 2.5e-4, Muon 1.25e-3)", "overrides": overrides,
+              "rows_rotation": args.rows,
               "features": args.features, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
               "torch": torch.__version__, "variants": rows}
     out.write_text(json.dumps(record, indent=1) + "\n")

@@ -351,3 +351,25 @@ def test_prior_throughput_records_tables_per_second_and_errors(tmp_path):
     assert "tables_per_second" not in rows["no_such_device"] and rows["no_such_device"]["error"]
     prov = json.loads((tmp_path / "prior_throughput.provenance.json").read_text())
     assert set(prov["files"]) == {"prior_throughput.json"} and prov["results"]["graph_scm cpu batch 2"] > 0
+
+
+def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
+    """scripts/step_profile.py: a time per step for each variant (CPU, tiny tables), the profile of the trainer
+    variant, and its provenance."""
+    import json
+
+    script = load_script("step_profile")
+    out = tmp_path / "step_profile.json"
+    script.main(["--device", "cpu", "--variants", "trainer", "forward", "batch16", "--rows", "24", "40",
+                 "--features", "5", "--steps", "2", "--warmup", "1", "--profile-steps", "1", "--out", str(out),
+                 "--set", "emsize=24", "nlayers=1", "num_thinking_rows=2"])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["variants"]}
+    assert set(rows) == {"trainer", "forward", "batch16"} and not any("error" in r for r in rows.values())
+    assert rows["batch16"]["batch"] == 16 and rows["trainer"]["batch"] == 8
+    assert all(r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows.values())
+    assert rows["trainer"]["profile"]["steps"] == 1 and "profile" not in rows["forward"]
+    X, y, d, lens, n_train = script.synthetic_batch(torch.Generator().manual_seed(0), 3, 10, 4, 5)
+    assert X.shape == (3, 10, 4) and int(y.max()) < 5 and (n_train == 5).all() and (d == 4).all()
+    prov = json.loads((tmp_path / "step_profile.provenance.json").read_text())
+    assert set(prov["files"]) == {"step_profile.json"} and prov["results"]["forward"] > 0
+    assert json.loads(out.read_text())["overrides"] == {"emsize": 24, "nlayers": 1, "num_thinking_rows": 2}
