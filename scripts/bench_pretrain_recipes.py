@@ -132,12 +132,19 @@ def reference_dev_accuracy(ckpt, dev, device) -> float:
     return round(float(np.mean(list(per.values()))), 4)
 
 
-def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dict:
+def recipe_config(name: str, args):
+    """The configuration of recipe ``name`` (``"v1:autocast=true,sdpa=\"no_cudnn\""``: a recipe with changes):
+    the command's options (device, workers, evaluation period, seed, held-out tasks) first, then ``--set`` and the
+    recipe's own fields, which override them (``name:workers=8``)."""
     overrides = _key_json(args.set)
-    base, _, variant = name.partition(":")  # "v1:autocast=true,sdpa=\"no_cudnn\"": a recipe with changes
+    base, _, variant = name.partition(":")
     overrides.update(variant_overrides(variant))
-    cfg = pt.recipe(base, device=args.device, workers=args.workers, eval_every=args.eval_every_s, seed=args.seed,
-                    val_tasks=args.val_tasks, **overrides)
+    return pt.recipe(base, **{"device": args.device, "workers": args.workers, "eval_every": args.eval_every_s,
+                              "seed": args.seed, "val_tasks": args.val_tasks, **overrides})
+
+
+def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dict:
+    cfg = recipe_config(name, args)
     t_start = time.time()
     state_dir = out / "state" if name == args.export else Path("/tmp") / f"bench_state_{_slug(name)}"
     trainer = pt.Trainer(cfg, out_dir=state_dir, command=command, log=lambda s: print(f"[{name}] {s}", flush=True))

@@ -286,6 +286,15 @@ def test_export_last_writes_the_last_weights_when_the_selection_chose_others(tmp
         assert float(exported["state_dict"][zeroed].abs().sum()) == 0  # the export holds the chosen weights
 
 
+def test_bench_script_recipe_fields_override_the_command_options():
+    script = load_script("bench_pretrain_recipes")
+    args = script.parse_args(["--recipes", "v2.6-muon", "--workers", "15", "--device", "cpu", "--set", "seed=3"])
+    plain = script.recipe_config("v2.6-muon", args)
+    assert (plain.workers, plain.seed, plain.device, plain.eval_every) == (15, 3, "cpu", args.eval_every_s)
+    own = script.recipe_config("v2.6-muon:workers=8,lr=0.00025", args)  # failed with a duplicate keyword before
+    assert (own.workers, own.lr, own.seed) == (8, 0.00025, 3)
+
+
 def test_bench_script_variant_overrides_take_json_lists():
     script = load_script("bench_pretrain_recipes")
     assert script.variant_overrides('emsize=256,nhead=4,sdpa="no_cudnn"') == {"emsize": 256, "nhead": 4,
