@@ -38,7 +38,6 @@ def main(argv=None):
     from ttt_helpers.provenance import command_line, git_commit, results_dir, write_provenance
     from ttt_helpers.tabpfn import pretrain as pt
 
-    pt.fix_hash_seed()  # graph_scm's tables depend on string hashing
     command, commit = command_line(argv), git_commit()
     stage = dict(pt.recipe("v2.6-muon").curriculum[-1])
     rows, t_start = [], time.time()
@@ -83,4 +82,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from ttt_helpers.tabpfn.pretrain import fix_hash_seed
+
+    fix_hash_seed()  # graph_scm's tables depend on string hashing (here, before main: it replaces the process)
     raise SystemExit(main())

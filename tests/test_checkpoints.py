@@ -270,7 +270,9 @@ def test_cap32_caps_the_features_one_member_sees_and_changes_nothing_else():
         k: v for k, v in stored.items() if k != "PREPROCESS_TRANSFORMS"}
     for t, s in zip(cap["PREPROCESS_TRANSFORMS"], stored["PREPROCESS_TRANSFORMS"], strict=True):
         assert t == dict(s, max_features_per_estimator=tm.PRETRAIN_MAX_FEATURES)
-    cfg = tm.inference_config_for_checkpoint(cap)
+    from tabpfn.inference_config import InferenceConfig
+
+    cfg = InferenceConfig(**tm.inference_config_for_checkpoint(cap))  # as tabpfn rebuilds it from a checkpoint
     assert [t.max_features_per_estimator for t in cfg.PREPROCESS_TRANSFORMS] == [32, 32]
 
 

@@ -428,10 +428,21 @@ def test_fix_hash_seed_re_runs_the_script_with_a_fixed_hash_seed(tmp_path):
     script.write_text("import os, sys\nfrom ttt_helpers.tabpfn import pretrain as pt\n"
                       "print('before', os.environ.get('PYTHONHASHSEED'), flush=True)\npt.fix_hash_seed()\n"
                       "print('after', os.environ.get('PYTHONHASHSEED'), pt.hash_seed_fixed(), sys.argv[1:])\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "PYTEST_CURRENT_TEST")}
     out = subprocess.run([sys.executable, str(script), "--x", "1"], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["before None", "before 0", "after 0 True ['--x', '1']"]
+
+
+def test_fix_hash_seed_refuses_to_replace_a_test_process(monkeypatch):
+    """Called inside a test (a script's main() did so once), it would re-run the whole pytest session with its
+    output still captured: the suite ran about twice and its failures went unseen. It raises instead."""
+    import os
+
+    monkeypatch.setattr(pt.prior, "hash_seed_fixed", lambda: False)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("fix_hash_seed replaced the test process"))
+    with pytest.raises(RuntimeError, match="__main__"):
+        pt.fix_hash_seed()
 
 
 def test_a_tabicl_prior_warns_when_string_hashing_is_randomised(monkeypatch):

@@ -51,6 +51,9 @@ def fix_hash_seed() -> None:
     """
     if hash_seed_fixed():
         return
+    if "PYTEST_CURRENT_TEST" in os.environ:  # it would restart the whole test run, its output still captured
+        raise RuntimeError("fix_hash_seed() would replace this test process: call it in a script's __main__ block "
+                           "only, or set PYTHONHASHSEED=0 before starting the tests")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
