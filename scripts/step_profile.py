@@ -16,6 +16,11 @@ and in variants, so that a change to the loop is chosen on a measurement:
 * ``compiled``: the model under ``torch.compile`` (on this repository's CPU torch, ``dynamic=True`` failed in
   inductor's shape reasoning after 215 s of compiling).
 
+With ``--loop-seconds S`` it then runs the real training loop (:class:`~ttt_helpers.tabpfn.pretrain.Trainer`, the
+prior's worker processes included) for ``S`` training seconds and times its phases (the next prior batch, the task
+on the device, the training step, the logging), with the device synchronised at each phase's ends, so that what
+the loop adds to the bare step is attributed to a phase.
+
 Tables are random normal features and random labels of the prior's shapes (the arithmetic does not depend on the
 values); the table lengths rotate over four sizes, so a variant that recompiles for every shape shows it. A
 profile of the ``trainer`` variant (``torch.profiler``) gives the GPU's busy time per step and the top kernels.
@@ -46,6 +51,45 @@ def synthetic_batch(gen, B: int, T: int, C: int, max_classes: int):
     return X, y, d, torch.full((B,), T), torch.full((B,), T // 2)
 
 
+def loop_phases(cfg, seconds: float, sync) -> dict:
+    """Train ``cfg`` for ``seconds`` training seconds in :class:`Trainer` (no evaluations) and time each phase of
+    its loop: ``{"steps", "ms_per_step" (the loop's own clock), "phases_ms": {phase: median ms per step},
+    "data_wait_fraction"}``. The device is synchronised before and after each phase."""
+    import statistics
+    import tempfile
+    from collections import defaultdict
+
+    import ttt_helpers.tabpfn.pretrain.trainer as trainer_module
+    from ttt_helpers.tabpfn import pretrain as pt
+
+    times = defaultdict(list)
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            return out
+        return wrapper
+
+    original_to_task = trainer_module.to_task
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pt.Trainer(cfg, out_dir=tmp, log=lambda s: None)
+        for name in ("_next_batch", "_train_step", "_log_window"):
+            setattr(trainer, name, timed(name.strip("_"), getattr(trainer, name)))
+        trainer_module.to_task = timed("to_task", original_to_task)
+        try:
+            trainer.run(seconds)
+        finally:
+            trainer_module.to_task = original_to_task
+        steps, train_s = trainer.meta["step"], trainer.meta["train_seconds"]
+        return {"seconds": seconds, "steps": steps, "ms_per_step": round(1000 * train_s / max(steps, 1), 2),
+                "phases_ms": {k: round(1000 * statistics.median(v), 2) for k, v in times.items()},
+                "data_wait_fraction": round(trainer.data_wait / max(train_s, 1e-9), 4)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -55,6 +99,8 @@ def main(argv=None):
     p.add_argument("--rows", nargs="*", type=int, default=[800, 950, 1100, 1200], help="table lengths, in rotation")
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--profile-steps", type=int, default=6, help="steps of the trainer variant under torch.profiler")
+    p.add_argument("--loop-seconds", type=float, default=0.0,
+                   help="then run the real training loop for so many training seconds, phase by phase (0: no)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                    help="override fields of the recipe, e.g. emsize=16 nlayers=1 (smoke tests)")
@@ -177,12 +223,16 @@ def main(argv=None):
         if cuda:
             torch.cuda.empty_cache()
 
+    loop = loop_phases(cfg, args.loop_seconds, sync) if args.loop_seconds > 0 else None
+    if loop is not None:
+        print(json.dumps(loop), flush=True)
+
     out = Path(args.out) if args.out else results_dir() / "step_profile.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "recipe": "v2.6-muon (lr 2.5e-4, Muon 1.25e-3)", "overrides": overrides,
               "rows_rotation": args.rows,
               "features": args.features, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-              "torch": torch.__version__, "variants": rows}
+              "torch": torch.__version__, "variants": rows, **({"loop": loop} if loop is not None else {})}
     out.write_text(json.dumps(record, indent=1) + "\n")
     write_provenance(out.with_name(out.stem + ".provenance.json"), command=command, commit=commit,
                      seeds={"seed": args.seed},

@@ -371,7 +371,8 @@ def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
     out = tmp_path / "step_profile.json"
     script.main(["--device", "cpu", "--variants", "trainer", "forward", "batch16", "--rows", "24", "40",
                  "--features", "5", "--steps", "2", "--warmup", "1", "--profile-steps", "1", "--out", str(out),
-                 "--set", "emsize=24", "nlayers=1", "num_thinking_rows=2"])
+                 "--set", "emsize=24", "nlayers=1", "num_thinking_rows=2", 'prior="toy"', "workers=0",
+                 "--loop-seconds", "1.5"])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["variants"]}
     assert set(rows) == {"trainer", "forward", "batch16"} and not any("error" in r for r in rows.values())
     assert rows["batch16"]["batch"] == 16 and rows["trainer"]["batch"] == 8
@@ -381,4 +382,8 @@ def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
     assert X.shape == (3, 10, 4) and int(y.max()) < 5 and (n_train == 5).all() and (d == 4).all()
     prov = json.loads((tmp_path / "step_profile.provenance.json").read_text())
     assert set(prov["files"]) == {"step_profile.json"} and prov["results"]["forward"] > 0
-    assert json.loads(out.read_text())["overrides"] == {"emsize": 24, "nlayers": 1, "num_thinking_rows": 2}
+    record = json.loads(out.read_text())
+    assert record["overrides"] == {"emsize": 24, "nlayers": 1, "num_thinking_rows": 2, "prior": "toy", "workers": 0}
+    loop = record["loop"]  # the real training loop, phase by phase
+    assert loop["steps"] >= 1 and set(loop["phases_ms"]) == {"next_batch", "to_task", "train_step", "log_window"}
+    assert sum(loop["phases_ms"].values()) <= loop["ms_per_step"] * 1.5 and 0 <= loop["data_wait_fraction"] <= 1
