@@ -55,7 +55,6 @@ def loop_phases(cfg, seconds: float, sync) -> dict:
     """Train ``cfg`` for ``seconds`` training seconds in :class:`Trainer` (no evaluations) and time each phase of
     its loop: ``{"steps", "ms_per_step" (the loop's own clock), "phases_ms": {phase: median ms per step},
     "data_wait_fraction"}``. The device is synchronised before and after each phase."""
-    import statistics
     import tempfile
     from collections import defaultdict
 
