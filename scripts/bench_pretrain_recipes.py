@@ -239,7 +239,7 @@ def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
 def time_to_quality(recipes: dict, reference: str) -> dict:
     """Training minutes each recipe needs to reach the best development accuracy ``reference`` reaches."""
     target = max(r[2] for r in recipes[reference]["curve"])
-    ttq = {name: pe.time_to_quality([(r[0], r[2]) for r in rec["curve"]], target) for name, rec in recipes.items()}
+    ttq = {name: pe.time_to_quality(pe.dev_curve(rec["curve"]), target) for name, rec in recipes.items()}
     out = {"reference_recipe": reference, "target_dev_acc": target, "train_minutes": ttq}
     if ttq[reference]:
         out["speedup"] = {n: round(ttq[reference] / v, 2) for n, v in ttq.items() if v}

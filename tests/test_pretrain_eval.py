@@ -101,6 +101,9 @@ def test_time_to_quality():
     curve = [(0.0, 0.3), (1.0, 0.5), (2.0, 0.62), (3.0, 0.6)]
     assert pe.time_to_quality(curve, 0.6) == 2.0
     assert pe.time_to_quality(curve, 0.7) is None
+    rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.55, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
+    assert pe.dev_curve(rows) == [(0.0, 0.5), (1.0, 0.55), (2.0, 0.62)]
+    assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0
 
 
 def test_select_keeps_the_weights_that_score_best_on_the_development_set(tmp_path):

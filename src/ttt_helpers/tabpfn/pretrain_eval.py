@@ -49,6 +49,7 @@ __all__ = [
     "eval_real",
     "Evaluator",
     "time_to_quality",
+    "dev_curve",
     "dev_context_curve",
     "benchmark_checkpoint",
     "recipe_summary",
@@ -379,7 +380,8 @@ class Evaluator:
 
 
 def time_to_quality(curve, target: float):
-    """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first reaches ``target`` (``None``: never)."""
+    """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first reaches ``target`` (``None``: never);
+    for a recorded run's ``"curve"``, pass :func:`dev_curve` of it."""
     for minutes, acc in curve:
         if acc >= target:
             return float(minutes)
@@ -529,6 +531,13 @@ def recipe_summary(record: dict):
 
 
 CURVE_COLUMNS = ["train_minutes", "step", "dev_acc", "val_loss", "val_acc"]
+
+
+def dev_curve(rows) -> list:
+    """``[(training minutes, development accuracy), ...]`` of a recorded curve (rows of :data:`CURVE_COLUMNS`, the
+    ``"curve"`` of a recipe in ``scripts/bench_pretrain_recipes.py``'s record), for :func:`time_to_quality`."""
+    minutes, dev = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("dev_acc")
+    return [(row[minutes], row[dev]) for row in rows]
 
 
 def run_fields(*, train_s: float, steps: int, tables: int, prior_tables: int | None, data_wait_s: float,
