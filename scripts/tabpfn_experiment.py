@@ -52,11 +52,11 @@ def _configs(args):
                                        patience=args.patience, validation_sizes=tuple(args.val_sizes),
                                        validation_repeats=args.val_reps, tolerance=args.tolerance,
                                        noise_z=args.noise_z, max_allowance=args.max_allowance, n_query=args.n_query,
-                                       max_context=args.max_context)
+                                       max_context=args.max_context, head_lr_mult=args.head_lr_mult)
     for opt in args.fixed:
         lr = args.lr_adamw if opt == "adamw" else args.lr_sgd
         out[opt] = TTTConfig(optimizer=opt, steps=args.steps, lr=lr, n_query=args.n_query,
-                             max_context=args.max_context)
+                             max_context=args.max_context, head_lr_mult=args.head_lr_mult)
     return out
 
 
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="steps of the fixed recipes and of the cost measurement")
     p.add_argument("--n-query", type=int, default=128, help="query rows per TTT episode")
     p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
+                   help="the output head's learning rate over the rest's (search and fixed recipes; 1: one rate)")
     p.add_argument("--max-test", type=int, default=256, help="test rows scored per evaluation episode")
     p.add_argument("--lr-adamw", type=float, default=1e-4)
     p.add_argument("--lr-sgd", type=float, default=1e-2)

@@ -283,3 +283,38 @@ def test_searches_that_differ_only_in_stopping_share_their_runs_and_give_the_sam
     with pytest.raises(ValueError, match="differ in"):
         ft.select_recipes(clf, X[:400], y[:400], 4, {"a": searches["short"],
                                                     "b": ft.RecipeSearch(lrs=(1e-3,), **{k: v for k, v in common.items() if k != "lrs"})}, 0)
+
+
+def test_head_lr_mult_trains_the_output_head_faster_than_the_body(template):
+    """``head_lr_mult`` puts the output head (``HEAD_PREFIXES``) in its own optimiser group: with SGD and no
+    momentum a step moves each parameter by ``lr * grad``, so at multiplier 10 the head moves 10 times as far as at
+    multiplier 1 on the same episode, and the body exactly as far. Multiplier 1 keeps the single group of the plain
+    recipe."""
+    X, y = _toy()
+    clf = prepare_classifier(template)
+    model = clf.models_[0]
+    assert len(ft.param_groups(model, 1e-3)) == 1
+    body, head = ft.param_groups(model, 1e-3, 10.0)
+    assert head["lr"] == pytest.approx(1e-2) and body["lr"] == 1e-3
+    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters())) and head["params"]
+    w0 = ft.snapshot_state(clf)
+    moved = {}
+    for mult in (1.0, 10.0):
+        ft.load_state(clf, w0)
+        cfg = ft.TTTConfig(optimizer="sgd", steps=1, lr=1e-3, momentum=0.0, n_query=32, grad_clip=0.0,
+                           head_lr_mult=mult)
+        ft.ttt_finetune(clf, X[:300], y[:300], 4, cfg, 5)
+        w = ft.snapshot_state(clf)
+        moved[mult] = {k: (w[k] - w0[k]).abs().sum().item() for k in w0}
+    head_keys = [k for k in w0 if k.startswith(ft.HEAD_PREFIXES)]
+    body_keys = [k for k in w0 if k not in head_keys and moved[1.0][k] > 0]
+    assert head_keys and body_keys
+    for k in head_keys:
+        assert moved[10.0][k] == pytest.approx(10 * moved[1.0][k], rel=1e-3)
+    for k in body_keys:
+        assert moved[10.0][k] == pytest.approx(moved[1.0][k], rel=1e-4)
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        ft.TTTConfig(head_lr_mult=0)
+    with pytest.raises(ValueError, match="output-head"):
+        ft.param_groups(torch.nn.Linear(2, 2), 1e-3, 10.0)
+    assert ft.RecipeSearch(head_lr_mult=30).config(1e-4).head_lr_mult == 30

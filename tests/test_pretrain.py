@@ -457,3 +457,39 @@ def test_a_tabicl_prior_warns_when_string_hashing_is_randomised(monkeypatch):
         warnings.simplefilter("error", RuntimeWarning)
         pt.make_prior(stage, "graph_scm")
         pt.make_prior(stage, "toy")
+
+
+def test_noisy_labels_keep_class_frequencies_and_weaken_the_features():
+    """``+noisy``: about ``share`` of the tables get label noise at a rate up to ``max_rate``, by labels drawn from
+    the same table, so a table's classes stay its own and their frequencies stay about the same; the clean tables
+    and the features are untouched; the same seed gives the same batch."""
+    common = dict(batch_size=400, max_features=3, max_classes=3, min_seq_len=200, max_seq_len=200)
+    clean = pt.ToyPrior(**common)
+    pt.prior._seed_all(3)
+    X0, y0, *_ = clean.get_batch()
+    pt.prior._seed_all(3)
+    X1, y1, *_ = pt.NoisyLabels(pt.ToyPrior(**common), share=0.5, max_rate=0.5).get_batch()
+    assert torch.equal(X0, X1)
+    changed = (y0 != y1).float().mean(dim=1)
+    noisy = changed > 0
+    assert 0.4 < noisy.float().mean() < 0.6  # about half of the tables
+    assert changed.max() < 0.5  # at most half the rows are redrawn, and some keep their label by chance
+    for b in range(len(y0)):
+        assert set(y1[b].tolist()) <= set(y0[b].tolist())
+    freq0 = torch.stack([(y0 == c).float().mean(1) for c in range(3)], 1)
+    freq1 = torch.stack([(y1 == c).float().mean(1) for c in range(3)], 1)
+    # a redrawn label differs with probability 1 - sum_c p_c^2; the rate is U(0, 0.5), mean 0.25
+    expected = 0.25 * (1 - (freq0[noisy] ** 2).sum(1)).mean()
+    assert abs(changed[noisy].mean() - expected) < 0.2 * expected
+    assert (freq1 - freq0).abs().mean() < 0.03
+    pt.prior._seed_all(3)
+    again = pt.NoisyLabels(pt.ToyPrior(**common), share=0.5, max_rate=0.5).get_batch()[1]
+    assert torch.equal(again, y1)
+    with pytest.raises(ValueError, match="share"):
+        pt.NoisyLabels(clean, share=1.5)
+    stage = dict(start=0.0, min_rows=120, max_rows=160, max_features=4, max_classes=10, batch=4, reuse=1)
+    prior = pt.make_prior(stage, "graph_scm+noisy")
+    assert isinstance(prior, pt.NoisyLabels) and prior.prior.prior_type == "graph_scm"
+    assert pt.PretrainConfig(prior="graph_scm|graph_scm+noisy").prior == "graph_scm|graph_scm+noisy"
+    with pytest.raises(ValueError):
+        pt.PretrainConfig(prior="graph_scm+filter+noisy")

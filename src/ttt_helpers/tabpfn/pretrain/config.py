@@ -19,6 +19,7 @@ __all__ = [
     "FILTER_SUFFIX",
     "MIX_SEPARATOR",
     "QUANTILE_SUFFIX",
+    "NOISE_SUFFIX",
     "PRIORS",
     "check_prior",
     "PretrainConfig",
@@ -48,14 +49,19 @@ FILTER_SUFFIX = "+filter"
 #: Suffix of a prior name that draws tabicl's *regression* tables and cuts each target into ``K`` equal-frequency
 #: classes, ``K`` uniform in ``2..max_classes`` per table (``"graph_scm+quantiles"``; :class:`.prior.QuantileClasses`).
 QUANTILE_SUFFIX = "+quantiles"
+#: Suffix of a prior name that replaces part of each table's labels by labels drawn from the same table
+#: (``"graph_scm+noisy"``; :class:`.prior.NoisyLabels`): real tables are often barely predictable, and a prior of
+#: cleanly predictable tables teaches a model to trust a few context rows more than their class frequencies.
+NOISE_SUFFIX = "+noisy"
 #: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``; :class:`.prior.MixedPrior`).
 MIX_SEPARATOR = "|"
 _TABICL_PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm")
-#: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX` or :data:`QUANTILE_SUFFIX`, and a toy
+#: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX`, :data:`QUANTILE_SUFFIX` or
+#: :data:`NOISE_SUFFIX`, and a toy
 #: prior of random linear tasks (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
 #: (:func:`check_prior`).
 PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), *(p + QUANTILE_SUFFIX for p in _TABICL_PRIORS),
-          "toy")
+          *(p + NOISE_SUFFIX for p in _TABICL_PRIORS), "toy")
 
 
 def check_prior(name: str) -> str:

@@ -28,9 +28,9 @@ import warnings
 import numpy as np
 import torch
 
-from .config import FILTER_SUFFIX, MIX_SEPARATOR, QUANTILE_SUFFIX
+from .config import FILTER_SUFFIX, MIX_SEPARATOR, NOISE_SUFFIX, QUANTILE_SUFFIX
 
-__all__ = ["ToyPrior", "MixedPrior", "QuantileClasses", "quantile_classes", "make_prior", "prior_stream", "prior_batch",
+__all__ = ["ToyPrior", "MixedPrior", "QuantileClasses", "NoisyLabels", "quantile_classes", "make_prior", "prior_stream", "prior_batch",
            "fix_hash_seed", "hash_seed_fixed"]
 
 
@@ -157,6 +157,42 @@ class QuantileClasses(torch.utils.data.IterableDataset):
         return self.get_batch()
 
 
+class NoisyLabels(torch.utils.data.IterableDataset):
+    """Tables with label noise that keeps each table's class frequencies: a table is made noisy with probability
+    ``share``; then each of its rows, with probability ``rate`` (uniform in ``[0, max_rate]`` per table), takes the
+    label of a row drawn uniformly from the same table (context and test rows alike, so the test labels are as noisy
+    as the context's). Draws come from NumPy's global generator, seeded by the caller as tabicl's priors are.
+
+    The expected class frequencies stay those of the clean table; what changes is how far the features decide the
+    label. A model pretrained on it should lean on a short context's class frequencies where the features say little
+    (the book's small-context failure on imbalanced real tables, e.g. ``nwtco_rel`` at 8 rows).
+    """
+
+    def __init__(self, prior, share: float = 0.5, max_rate: float = 0.5):
+        if not 0 <= share <= 1 or not 0 <= max_rate <= 1:
+            raise ValueError(f"share and max_rate must lie in [0, 1], got {share!r} and {max_rate!r}")
+        self.prior, self.share, self.max_rate = prior, float(share), float(max_rate)
+
+    def get_batch(self):
+        X, y, d, seq_lens, train_sizes = self.prior.get_batch()
+        y = y.clone()
+        for b in range(y.shape[0]):
+            if np.random.random() >= self.share:
+                continue
+            n = int(seq_lens[b]) if seq_lens is not None else y.shape[1]
+            rate = np.random.uniform(0.0, self.max_rate)
+            flip = np.flatnonzero(np.random.random(n) < rate)
+            if len(flip):
+                y[b, torch.as_tensor(flip)] = y[b, torch.as_tensor(np.random.randint(0, n, len(flip)))]
+        return X, y, d, seq_lens, train_sizes
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get_batch()
+
+
 def make_prior(stage: dict, prior_type: str, device: str = "cpu"):
     """The generator of one curriculum stage: ``tabicl.prior.PriorDataset`` (tabicl's defaults) or :class:`ToyPrior`.
 
@@ -165,7 +201,8 @@ def make_prior(stage: dict, prior_type: str, device: str = "cpu"):
     bootstrapped out-of-bag extra-trees predictions do not beat the class frequencies (p >= 0.05). Names joined
     by :data:`MIX_SEPARATOR` (``"graph_scm|tree_scm+filter"``) give a :class:`MixedPrior` of those priors. A name
     with :data:`QUANTILE_SUFFIX` (``"graph_scm+quantiles"``) draws tabicl's regression tables of that generator and
-    cuts their targets into equal-frequency classes (:class:`QuantileClasses`). ``device`` is where tabicl generates
+    cuts their targets into equal-frequency classes (:class:`QuantileClasses`). A name with :data:`NOISE_SUFFIX`
+    (``"graph_scm+noisy"``) adds label noise to that generator's tables (:class:`NoisyLabels`). ``device`` is where tabicl generates
     (training uses the CPU, in DataLoader workers; tabicl 2.2.0's ``graph_scm`` runs only there,
     ``scripts/prior_throughput.py``).
     """
@@ -190,6 +227,8 @@ def make_prior(stage: dict, prior_type: str, device: str = "cpu"):
     from tabicl.prior import PriorDataset
     from tabicl.prior.graph_lib._config import PriorConfig
 
+    if prior_type.endswith(NOISE_SUFFIX):
+        return NoisyLabels(make_prior(stage, prior_type.removesuffix(NOISE_SUFFIX), device))
     if prior_type.endswith(QUANTILE_SUFFIX):
         regression = PriorDataset(**common, prior_type=prior_type.removesuffix(QUANTILE_SUFFIX), regression=True,
                                   n_jobs=1, device=device)
