@@ -280,3 +280,16 @@ def test_fallback_quality_bar_counts_the_spread_over_context_draws():
     # binomial se alone: sqrt(0.21 / 100) = 0.046 -> -2.2 se (fails); with the draws' spread: se 0.205 -> -0.5 se
     assert "(-0.5 se)" in an.fallback_quality_bar(bench, [r])["measured"].iloc[2]
     assert an.fallback_quality_bar(bench, [r])["met"].iloc[2]
+
+
+def test_majority_margins_lists_every_table_and_size_from_the_most_negative():
+    good = _result(name="good", none=(0.5, 0.6, 0.7, 0.8), majority=0.5)
+    bad = _result(name="imbalanced", none=(0.9, 0.9, 0.5, 0.9), majority=0.8)
+    m = an.majority_margins([good, bad])
+    sizes = [n for n in good["context_sizes"] if n >= 8]
+    assert len(m) == 2 * len(sizes) and set(m["n"]) == set(sizes)
+    first = m.iloc[0]
+    assert (first["table"], first["n"]) == ("imbalanced", 8)
+    np.testing.assert_allclose(first["margin_se"], (0.5 - 0.8) / np.sqrt(0.25 / 100))  # -6 se
+    assert m["margin_se"].is_monotonic_increasing
+    assert len(an.majority_margins([good, bad], small=16)) == 2 * len([n for n in sizes if n >= 16])

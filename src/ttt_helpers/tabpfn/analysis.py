@@ -53,6 +53,7 @@ __all__ = [
     "goal_table",
     "validation_ceiling",
     "fallback_quality_bar",
+    "majority_margins",
     "recipe_table",
     "prediction_table",
     "merge_labels",
@@ -524,6 +525,30 @@ def goal_table(results: list, label: str, *, min_classes: int = 8, small: int = 
     return pd.DataFrame(rows).set_index("goal")
 
 
+def majority_margins(results: list, label: str = "none", *, small: int = 8) -> "pd.DataFrame":
+    """How far each table's accuracy lies above its majority rate (on the same test rows), in standard errors, at
+    every context size ``>= small``, for the ``label`` curve of a Figure-3 run; most negative first.
+
+    The standard error combines the test rows' binomial noise, ``p (1 - p) / n_query``, and the spread over the
+    repetitions' context draws, ``var(reps) / reps`` (from ``acc_reps``, when there are two or more). Columns:
+    ``table``, ``n``, ``acc``, ``majority``, ``margin_se``."""
+    import pandas as pd
+
+    sizes = results[0]["context_sizes"]
+    rows = []
+    for r in results:
+        reps = r.get("acc_reps", {}).get(label)
+        for i, (n, a) in enumerate(zip(sizes, r["acc"][label])):
+            if n < small:
+                continue
+            var = max(a * (1 - a), 1e-12) / r["n_query"]
+            if reps is not None and len(reps[i]) >= 2:
+                var += float(np.var(reps[i], ddof=1)) / len(reps[i])
+            rows.append({"table": r["name"], "n": int(n), "acc": float(a), "majority": _majority(r),
+                         "margin_se": float((a - _majority(r)) / np.sqrt(var))})
+    return pd.DataFrame(rows).sort_values("margin_se", kind="stable").reset_index(drop=True)
+
+
 def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none", small: int = 8, z: float = 2.0):
     """Issue 11's quality bar for a pretrained checkpoint, each criterion with the measured value and whether it is met.
 
@@ -534,9 +559,7 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
     1. one member at or above HistGradientBoosting;
     2. the default ensemble at least 3 points above HistGradientBoosting;
     3. no table below its majority rate (on the same test rows) by more than ``z`` standard errors at any context
-       size ``>= small``; the standard error combines the test rows' binomial noise, ``p (1 - p) / n_query``, and
-       the spread over the repetitions' context draws, ``var(reps) / reps`` (from ``acc_reps``, when there are two
-       or more);
+       size ``>= small`` (:func:`majority_margins`);
     4. mean accuracy non-decreasing in context size within noise: no step from one size to the next whose mean
        paired difference over tables is below zero by more than ``z`` standard errors.
     """
@@ -544,18 +567,9 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
 
     one, ens = benchmark["n_estimators=1"]["mean_accuracy"], benchmark["n_estimators=auto"]["mean_accuracy"]
     sizes = results[0]["context_sizes"]
-    worst, worst_at = np.inf, None
-    for r in results:
-        reps = r.get("acc_reps", {}).get(label)
-        for i, (n, a) in enumerate(zip(sizes, r["acc"][label])):
-            if n < small:
-                continue
-            var = max(a * (1 - a), 1e-12) / r["n_query"]
-            if reps is not None and len(reps[i]) >= 2:
-                var += float(np.var(reps[i], ddof=1)) / len(reps[i])
-            margin = (a - _majority(r)) / np.sqrt(var)
-            if margin < worst:
-                worst, worst_at = margin, (r["name"], n, a, _majority(r))
+    margins = majority_margins(results, label, small=small)
+    w = margins.iloc[0]
+    worst, worst_at = w["margin_se"], (w["table"], int(w["n"]), w["acc"], w["majority"])
     step_mean, _, lows = mean_curve_with_band(np.diff([r["acc"][label] for r in results], axis=1), z=z)
     drop = int(np.argmin(lows))
     rows = [
