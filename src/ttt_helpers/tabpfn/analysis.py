@@ -570,8 +570,8 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
     margins = majority_margins(results, label, small=small)
     w = margins.iloc[0]
     worst, worst_at = w["margin_se"], (w["table"], int(w["n"]), w["acc"], w["majority"])
-    step_mean, _, lows = mean_curve_with_band(np.diff([r["acc"][label] for r in results], axis=1), z=z)
-    drop = int(np.argmin(lows))
+    step_mean, _, uppers = mean_curve_with_band(np.diff([r["acc"][label] for r in results], axis=1), z=z)
+    drop = int(np.argmin(uppers))
     rows = [
         {"criterion": "one member >= HistGradientBoosting (1,000 rows)",
          "measured": f"{one['tabpfn_fallback']:.3f} vs {one['hist_gradient_boosting']:.3f}",
@@ -585,8 +585,8 @@ def fallback_quality_bar(benchmark: dict, results: list, *, label: str = "none",
          "met": bool(worst >= -z)},
         {"criterion": f"mean accuracy non-decreasing in n within noise ({z:g} se)",
          "measured": f"weakest step {step_mean[drop]:+.3f} from n = {sizes[drop]} to {sizes[drop + 1]} "
-                     f"(upper end {lows[drop]:+.3f})",
-         "met": bool(np.all(lows >= 0))},
+                     f"(upper end {uppers[drop]:+.3f})",
+         "met": bool(np.all(uppers >= 0))},
     ]
     return pd.DataFrame(rows).set_index("criterion")
 
