@@ -293,7 +293,7 @@ def load_state(clf, state: dict) -> None:
 
 
 #: Name prefixes of the output head's parameters: the MLP that turns a test row's target-column token into class
-#: logits, in every architecture tabpfn 9.2 ships (v2, v2.5, v2.6).
+#: logits (``tabpfn`` 9.2's v2 and v2.6 architectures: the fallback and the candidate).
 HEAD_PREFIXES = ("output_projection.",)
 
 

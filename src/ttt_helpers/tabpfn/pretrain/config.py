@@ -50,8 +50,8 @@ FILTER_SUFFIX = "+filter"
 #: classes, ``K`` uniform in ``2..max_classes`` per table (``"graph_scm+quantiles"``; :class:`.prior.QuantileClasses`).
 QUANTILE_SUFFIX = "+quantiles"
 #: Suffix of a prior name that replaces part of each table's labels by labels drawn from the same table
-#: (``"graph_scm+noisy"``; :class:`.prior.NoisyLabels`): real tables are often barely predictable, and a prior of
-#: cleanly predictable tables teaches a model to trust a few context rows more than their class frequencies.
+#: (``"graph_scm+noisy"``; :class:`.prior.NoisyLabels`), so that fewer prior tables are cleanly predictable from
+#: their features; it did not fix the small-context failure it was aimed at (the pretraining appendix).
 NOISE_SUFFIX = "+noisy"
 #: Separator of the parts of a mixed prior (``"graph_scm|tree_scm+filter"``; :class:`.prior.MixedPrior`).
 MIX_SEPARATOR = "|"
