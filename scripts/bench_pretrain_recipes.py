@@ -136,7 +136,7 @@ def recipe_config(name: str, args):
     """The configuration of recipe ``name`` (``"v1:autocast=true,sdpa=\"no_cudnn\""``: a recipe with changes):
     the command's options (device, workers, evaluation period, seed, held-out tasks) first, then ``--set`` and the
     recipe's own fields, which override them (``name:workers=8``)."""
-    overrides = _key_json(args.set)
+    overrides = pt.key_json(args.set)
     base, _, variant = name.partition(":")
     overrides.update(variant_overrides(variant))
     return pt.recipe(base, **{"device": args.device, "workers": args.workers, "eval_every": args.eval_every_s,
@@ -185,12 +185,7 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
 def variant_overrides(variant: str) -> dict:
     """``'key=json,key=json'`` as a dict; a value may hold commas (a JSON list or object, e.g. a curriculum):
     the string is split only at commas followed by ``name=``."""
-    return _key_json(item for item in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", variant) if item)
-
-
-def _key_json(items) -> dict:
-    """``["key=json", ...]`` (``--set``, or the parts of a variant) as a dict."""
-    return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
+    return pt.key_json(item for item in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", variant) if item)
 
 
 def _slug(name: str) -> str:
@@ -238,7 +233,7 @@ def run_parallel(args, argv: list, out: Path, deadline: float) -> dict:
 
 def time_to_quality(recipes: dict, reference: str) -> dict:
     """Training minutes each recipe needs to reach the best development accuracy ``reference`` reaches."""
-    target = max(r[2] for r in recipes[reference]["curve"])
+    target = pe.best_dev(recipes[reference]["curve"])
     ttq = {name: pe.time_to_quality(pe.dev_curve(rec["curve"]), target) for name, rec in recipes.items()}
     out = {"reference_recipe": reference, "target_dev_acc": target, "train_minutes": ttq}
     if ttq[reference]:
@@ -281,7 +276,7 @@ def main(argv=None):
         write_provenance(
             out / "pretrain_recipes.provenance.json", command=command, files=[merged],
             seeds={"seed": 0, "dev_split_seed": 0},
-            results={"dev_acc_best": {n: max(c[2] for c in r["curve"]) for n, r in record["recipes"].items()},
+            results={"dev_acc_best": {n: pe.best_dev(r["curve"]) for n, r in record["recipes"].items()},
                      "dev_acc_reference_fallback": record.get("reference", {}).get("dev_acc"),
                      "data_wait_fraction": {n: r["data_wait_fraction"] for n, r in record["recipes"].items()},
                      "time_to_quality": ttq},
@@ -322,7 +317,7 @@ def main(argv=None):
     path.write_text(json.dumps(result, indent=1) + "\n")
     print("BENCH", json.dumps({n: {k: r[k] for k in ("steps", "train_minutes", "tables_processed_per_s",
                                                       "prior_tables_per_s", "data_wait_fraction", "step_ms")}
-                               | {"best_dev": max(c[2] for c in r["curve"])}
+                               | {"best_dev": pe.best_dev(r["curve"])}
                                for n, r in result["recipes"].items()}), flush=True)
     print("TTQ", json.dumps(result["time_to_quality"]), flush=True)
     return 0

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from ttt_helpers.provenance import command_line, data_dir, write_provenance
+from ttt_helpers.tabpfn.pretrain_eval import best_dev
 
 
 def parse_args(argv=None):
@@ -49,7 +50,7 @@ def ship_bench(record: dict, out: Path, name: str, note: str, command: str) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     recipes = record["recipes"]
-    results = {"dev_acc_best": {n: max(c[2] for c in r["curve"]) for n, r in recipes.items()},
+    results = {"dev_acc_best": {n: best_dev(r["curve"]) for n, r in recipes.items()},
                "train_minutes": {n: r["train_minutes"] for n, r in recipes.items()},
                "data_wait_fraction": {n: r["data_wait_fraction"] for n, r in recipes.items()},
                "prior_tables_per_s": {n: r["prior_tables_per_s"] for n, r in recipes.items()}}

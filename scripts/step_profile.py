@@ -105,7 +105,6 @@ def main(argv=None):
                    help="override fields of the recipe, e.g. emsize=16 nlayers=1 (smoke tests)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     import torch
 
@@ -113,6 +112,8 @@ def main(argv=None):
     from ttt_helpers.tabpfn import pretrain as pt
     from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa, forward_loss, to_task
     from ttt_helpers.tabpfn.pretrain.state import make_model, make_optimizers
+
+    overrides = pt.key_json(args.set)
 
     command, commit = command_line(argv), git_commit()
     cuda = args.device.startswith("cuda")

@@ -493,3 +493,11 @@ def test_noisy_labels_keep_class_frequencies_and_weaken_the_features():
     assert pt.PretrainConfig(prior="graph_scm|graph_scm+noisy").prior == "graph_scm|graph_scm+noisy"
     with pytest.raises(ValueError):
         pt.PretrainConfig(prior="graph_scm+filter+noisy")
+
+
+def test_key_json_reads_recipe_overrides():
+    assert pt.key_json(["emsize=16", 'prior="toy"', 'curriculum=[{"batch": 2}]']) == {
+        "emsize": 16, "prior": "toy", "curriculum": [{"batch": 2}]}
+    assert pt.key_json([]) == {}
+    with pytest.raises(ValueError):
+        pt.key_json(["emsize"])

@@ -390,3 +390,8 @@ def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
     loop = record["loop"]  # the real training loop, phase by phase
     assert loop["steps"] >= 1 and set(loop["phases_ms"]) == {"next_batch", "to_task", "train_step", "log_window"}
     assert sum(loop["phases_ms"].values()) <= loop["ms_per_step"] * 1.5 and 0 <= loop["data_wait_fraction"] <= 1
+
+
+def test_best_dev_is_the_best_development_accuracy_of_a_recorded_curve():
+    rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.63, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
+    assert pe.best_dev(rows) == 0.63

@@ -50,6 +50,7 @@ __all__ = [
     "Evaluator",
     "time_to_quality",
     "dev_curve",
+    "best_dev",
     "dev_context_curve",
     "benchmark_checkpoint",
     "recipe_summary",
@@ -525,7 +526,7 @@ def recipe_summary(record: dict):
             "tables per s (trained on)": r["tables_processed_per_s"],
             "tables per s (from the prior)": r["prior_tables_per_s"],
             "data wait (fraction of step time)": r["data_wait_fraction"],
-            "best dev accuracy": max(c[2] for c in r["curve"]),
+            "best dev accuracy": best_dev(r["curve"]),
         }
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
@@ -538,6 +539,11 @@ def dev_curve(rows) -> list:
     ``"curve"`` of a recipe in ``scripts/bench_pretrain_recipes.py``'s record), for :func:`time_to_quality`."""
     minutes, dev = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("dev_acc")
     return [(row[minutes], row[dev]) for row in rows]
+
+
+def best_dev(rows) -> float:
+    """The best development accuracy of a recorded curve (rows of :data:`CURVE_COLUMNS`)."""
+    return max(acc for _, acc in dev_curve(rows))
 
 
 def run_fields(*, train_s: float, steps: int, tables: int, prior_tables: int | None, data_wait_s: float,

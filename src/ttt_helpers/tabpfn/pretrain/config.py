@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 __all__ = [
     "CURRICULUM",
@@ -26,6 +27,7 @@ __all__ = [
     "recipe",
     "tiny_config",
     "stage_index",
+    "key_json",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -292,3 +294,9 @@ def stage_index(stages, progress: float) -> int:
         if progress >= s["start"]:
             idx = i
     return idx
+
+
+def key_json(items) -> dict:
+    """``["key=json", ...]`` as a dict of overrides for :func:`recipe` (the scripts' ``--set``, or the parts of a
+    benchmark variant): ``["emsize=16", 'prior="toy"']`` -> ``{"emsize": 16, "prior": "toy"}``."""
+    return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
