@@ -15,6 +15,8 @@ Where each piece lives, in the order a training step uses them:
 - :mod:`~ttt_helpers.tabpfn.pretrain.prior`        :func:`prior_stream`: an iterator over prior batches of one
   curriculum stage (seeded per call and stage, as the shipped fallback was trained, or per batch, so that a
   resumed run draws exactly the batches an uninterrupted run draws); :func:`make_prior`, :class:`ToyPrior`;
+- :mod:`~ttt_helpers.tabpfn.pretrain.real`         :class:`RealTables`: tasks cut from real tables that neither
+  the benchmark nor the development set holds (:func:`real_pool`), for continued pretraining (``--prior real``);
 - :mod:`~ttt_helpers.tabpfn.pretrain.forward`      :func:`to_task`: a prior batch as the model's inputs, with a
   random label permutation (and, when a batch is reused, a fresh context/test split); :func:`forward_loss`:
   logits, masked to each task's classes (:func:`masked_logits`), and the cross-entropy; :func:`configure_sdpa`:
@@ -36,12 +38,14 @@ works.
 
 from __future__ import annotations
 
-from . import config, distributed, forward, prior, state, trainer
+from . import config, distributed, forward, prior, real, state, trainer
 from .config import *  # noqa: F401,F403  (each module's __all__)
 from .distributed import *  # noqa: F401,F403
 from .forward import *  # noqa: F401,F403
 from .prior import *  # noqa: F401,F403
+from .real import *  # noqa: F401,F403
 from .state import *  # noqa: F401,F403
 from .trainer import *  # noqa: F401,F403
 
-__all__ = [*config.__all__, *prior.__all__, *forward.__all__, *state.__all__, *distributed.__all__, *trainer.__all__]
+__all__ = [*config.__all__, *prior.__all__, *real.__all__, *forward.__all__, *state.__all__, *distributed.__all__,
+           *trainer.__all__]

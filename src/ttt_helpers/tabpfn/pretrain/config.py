@@ -59,11 +59,11 @@ NOISE_SUFFIX = "+noisy"
 MIX_SEPARATOR = "|"
 _TABICL_PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm")
 #: Prior types: tabicl's generators, each also with :data:`FILTER_SUFFIX`, :data:`QUANTILE_SUFFIX` or
-#: :data:`NOISE_SUFFIX`, and a toy
-#: prior of random linear tasks (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
+#: :data:`NOISE_SUFFIX`; ``"real"``, tasks cut from real tables that neither the benchmark nor the development set
+#: holds (:mod:`.real`); and a toy prior of random linear tasks (tests, smoke runs). Several names joined by :data:`MIX_SEPARATOR` mix those priors batch by batch
 #: (:func:`check_prior`).
 PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), *(p + QUANTILE_SUFFIX for p in _TABICL_PRIORS),
-          *(p + NOISE_SUFFIX for p in _TABICL_PRIORS), "toy")
+          *(p + NOISE_SUFFIX for p in _TABICL_PRIORS), "real", "toy")
 
 
 def check_prior(name: str) -> str:

@@ -204,7 +204,8 @@ def make_prior(stage: dict, prior_type: str, device: str = "cpu"):
     by :data:`MIX_SEPARATOR` (``"graph_scm|tree_scm+filter"``) give a :class:`MixedPrior` of those priors. A name
     with :data:`QUANTILE_SUFFIX` (``"graph_scm+quantiles"``) draws tabicl's regression tables of that generator and
     cuts their targets into equal-frequency classes (:class:`QuantileClasses`). A name with :data:`NOISE_SUFFIX`
-    (``"graph_scm+noisy"``) adds label noise to that generator's tables (:class:`NoisyLabels`). ``device`` is where tabicl generates
+    (``"graph_scm+noisy"``) adds label noise to that generator's tables (:class:`NoisyLabels`). ``"real"`` cuts tasks
+    from real tables that neither the benchmark nor the development set holds (:class:`.real.RealTables`). ``device`` is where tabicl generates
     (training uses the CPU, in DataLoader workers; tabicl 2.2.0's ``graph_scm`` runs only there,
     ``scripts/prior_throughput.py``).
     """
@@ -222,6 +223,10 @@ def make_prior(stage: dict, prior_type: str, device: str = "cpu"):
         return MixedPrior([make_prior(stage, part, device) for part in prior_type.split(MIX_SEPARATOR)])
     if prior_type == "toy":
         return ToyPrior(**common)
+    if prior_type == "real":
+        from .real import RealTables, real_pool
+
+        return RealTables(real_pool(), **common)
     if not hash_seed_fixed():
         warnings.warn("Python's string hashing is randomised in this process (PYTHONHASHSEED is not set), so "
                       "tabicl's graph_scm tables depend on the process, not only on the seeds; run scripts through "
