@@ -14,6 +14,11 @@ provenance into ``--out``.
 Example (what made the shipped ``data/results/prior_signal.json``)::
 
     python scripts/prior_signal.py --out data/results
+
+The real-table prior (``--prior real`` of ``scripts/pretrain_tabpfn.py``; its first batch includes building the
+pool, about 40 s) went into ``data/results/prior_signal_real.json``::
+
+    python scripts/prior_signal.py --priors real --name prior_signal_real --out data/results
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--tables", type=int, default=8, help="tables per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/prior_signal")
+    p.add_argument("--name", default="prior_signal", help="file stem of the result and its provenance")
     return p.parse_args(argv)
 
 
@@ -103,9 +109,9 @@ def main(argv=None):
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "prior_signal.json"
+    path = out / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / "prior_signal.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
+    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
                      results={p: {k: round(r[k], 4) for k in HEADLINE} for p, r in result["priors"].items()},
                      files=[path], extra={"wall_seconds": result["seconds"]})
     return 0
