@@ -395,3 +395,16 @@ def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
 def test_best_dev_is_the_best_development_accuracy_of_a_recorded_curve():
     rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.63, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
     assert pe.best_dev(rows) == 0.63
+
+
+def test_plot_recipe_curves_draws_each_recipe_and_names_the_machine():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.63, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
+    record = {"recipes": {"a": {"curve": rows}, "b": {"curve": rows[:2]}}, "reference": {"dev_acc": 0.6}}
+    ax_dev, ax_val = pe.plot_recipe_curves(record, machine="2 CPU cores")
+    assert [len(line.get_xdata()) for line in ax_dev.get_lines()] == [3, 2, 2]  # two recipes and the reference
+    assert list(ax_val.get_lines()[0].get_ydata()) == [1.7, 1.6, 1.5]
+    assert ax_dev.get_xlabel() == ax_val.get_xlabel() == "training minutes on 2 CPU cores"
+    assert "GPU" in pe.plot_recipe_curves(record)[0].get_xlabel()

@@ -602,11 +602,12 @@ def load_bench_run(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def plot_recipe_curves(record: dict, axes=None):
+def plot_recipe_curves(record: dict, axes=None, *, machine: str = "one GPU"):
     """Development-set accuracy (left) and held-out prior loss (right) against training minutes, per recipe.
 
     ``record`` is a result of ``scripts/bench_pretrain_recipes.py``; the reference checkpoint's development-set
-    accuracy, if recorded, is drawn as a dashed line. Returns the two axes.
+    accuracy, if recorded, is drawn as a dashed line. ``machine`` names what the minutes were spent on, in the axis
+    labels. Returns the two axes.
     """
     import matplotlib.pyplot as plt
 
@@ -620,8 +621,8 @@ def plot_recipe_curves(record: dict, axes=None):
     ref = record.get("reference")
     if ref:
         ax_dev.axhline(ref["dev_acc"], color="k", ls="--", label="shipped fallback (35 H100-minutes)")
-    ax_dev.set(xlabel="training minutes on one GPU", ylabel="mean accuracy on the development tables")
-    ax_val.set(xlabel="training minutes on one GPU", ylabel="cross-entropy on held-out prior tasks")
+    ax_dev.set(xlabel=f"training minutes on {machine}", ylabel="mean accuracy on the development tables")
+    ax_val.set(xlabel=f"training minutes on {machine}", ylabel="cross-entropy on held-out prior tasks")
     ax_dev.legend(loc="center right")
     ax_val.legend()
     return axes
