@@ -225,6 +225,9 @@ def test_exported_checkpoint_loads_in_tabpfn_and_carries_provenance(tmp_path, ar
     verify_sha256(ckpt, ckpt.with_suffix(".json"))
     assert prov["results"]["steps"] == 4 and prov["command"] == "pytest"
     assert prov["pretrain_config"]["architecture"] == architecture
+    # the commit is the one the call started from (a commit made while a long run trains must not be named)
+    assert prov["git_commit"] == prov["calls"][-1]["git_commit"] == trainer.meta["calls"][-1]["git_commit"]
+    assert "on the prior 'toy'" in prov["description"] and "warm-started" not in prov["description"]
     record = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert record["architecture_name"] == tm.ARCHITECTURES[architecture][0]
     rng = np.random.default_rng(0)
@@ -256,6 +259,7 @@ def test_a_warm_start_begins_from_the_exported_weights_and_records_them(tmp_path
     assert warm.run(2)
     prov = json.loads(warm.export(tmp_path / "export2").with_suffix(".json").read_text())
     assert prov["init_from"] == warm.meta["init_from"] and prov["pretrain_config"]["init_from"] == str(ckpt)
+    assert f"warm-started from {ckpt}" in prov["description"]
     with pytest.raises(ValueError, match="do not fit"):
         pt.Trainer(toy_config(architecture="v2.6", num_thinking_rows=4, emsize=32, init_from=str(ckpt)),
                    out_dir=tmp_path / "d", log=lambda s: None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...provenance import git_commit
 from .. import checkpoints as tm
 from .config import PretrainConfig, stage_index
 from .distributed import DistInfo, all_gather, barrier, from_rank0
@@ -111,7 +112,8 @@ class Trainer:
             self.meta = load_state(resume, self.model, self.optimizers, self.device)
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
         self.call_index = len(self.meta["calls"])
-        self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "git_commit": git_commit()})  # the code this call runs, not the tree at its end
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -493,8 +495,9 @@ class Trainer:
         }
         results.update(extra_results or {})
         record_extra = {
-            "description": f"TabPFN-{cfg.architecture}-architecture classifier pretrained by us on tabicl's "
-            "synthetic SCM prior; NOT the official TabPFN weights",
+            "description": f"TabPFN-{cfg.architecture}-architecture classifier pretrained by us on the prior "
+            f"{cfg.prior!r} (pretrain.make_prior)" + (f", warm-started from {cfg.init_from}" if cfg.init_from else "")
+            + "; NOT the official TabPFN weights",
             "config": self._provenance_config(),
             "calls": meta["calls"],
             "loss_curve_columns": ["step", "train_minutes", "stage", "train_loss", "train_acc"],
@@ -513,6 +516,7 @@ class Trainer:
             results=results,
             files=[ckpt],
             extra=record_extra,
+            commit=meta["calls"][-1].get("git_commit"),  # a call that started before the field: detected now
         )
         self.log(f"exported {ckpt} and its provenance to {export_dir}")
         return ckpt
