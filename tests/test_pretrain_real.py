@@ -112,3 +112,20 @@ def test_make_prior_real_uses_the_pool(monkeypatch):
     assert pt.PretrainConfig(prior="real|graph_scm").prior == "real|graph_scm"
     with pytest.raises(ValueError, match="empty"):
         real.RealTables(((), {}), batch_size=1, max_features=1, max_classes=2, min_seq_len=2, max_seq_len=4)
+
+
+def test_real_pool_script_records_the_pool_with_its_provenance(tmp_path, monkeypatch):
+    import json
+
+    from script_modules import load_script
+
+    script = load_script("real_pool")
+    excluded = {"plm/Males": "males_industry", "Ecdat/Car": real.PROTECTED_ITEM}
+    monkeypatch.setattr(script.real, "real_pool", lambda min_rows: (_pool()[0], excluded))
+    assert script.main(["--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "real_pool.json").read_text())
+    assert [t["item"] for t in record["pool"]] == ["t1", "t2"] and record["excluded"] == excluded
+    assert record["pool"][0] == {"item": "t1", "rows": 400, "columns": 4, "categorical": 1}
+    prov = json.loads((tmp_path / "real_pool.provenance.json").read_text())
+    assert prov["results"] == {"tables": 2, "rows_total": 650, "excluded_items": 1, "excluded_copies": 1}
+    assert "real_pool.json" in prov["files"]
