@@ -137,22 +137,14 @@ def find_overlaps(frames: dict, protected: dict) -> dict:
 
 
 def _encode(df) -> tuple[np.ndarray, np.ndarray]:
-    """All columns as float32 numbers (categories as codes of their sorted levels, NaN kept) and, per column,
-    whether it is categorical."""
-    import pandas as pd
+    """All columns as float32 numbers by the benchmark's rules (:func:`.benchmark._encode_features`: categories as
+    codes of their sorted levels, NaN kept) and, per column, whether it is categorical."""
+    from .. import benchmark as td
 
-    cols, cat = [], []
-    for c in df.columns:
-        col = df[c]
-        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
-            cols.append(col.astype(float).to_numpy())
-            cat.append(False)
-        else:
-            codes = pd.Categorical(col.astype("string")).codes.astype(float)
-            codes[codes < 0] = np.nan
-            cols.append(codes)
-            cat.append(True)
-    return np.column_stack(cols).astype(np.float32), np.asarray(cat)
+    X, categorical = td._encode_features(df)
+    cat = np.zeros(X.shape[1], dtype=bool)
+    cat[categorical] = True
+    return X.astype(np.float32), cat
 
 
 @functools.lru_cache(maxsize=4)
