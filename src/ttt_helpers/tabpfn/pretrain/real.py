@@ -89,18 +89,30 @@ def _value_sets(df) -> list:
     return out
 
 
-def _shared_rows(df, other) -> bool:
+def _row_strings(df, columns: tuple, cache: dict) -> "pd.Series":
+    """Each row of ``df`` on ``columns`` as one string, remembered in ``cache`` under ``(id(df), columns)`` (one
+    :func:`find_overlaps` call compares each protected table with many candidates on the same columns)."""
+    key = (id(df), columns)
+    if key not in cache:
+        cache[key] = df[list(columns)].astype("string").fillna("").agg("|".join, axis=1)
+    return cache[key]
+
+
+def _shared_rows(df, other, cache: dict) -> bool:
     """Whether at least half of ``df``'s rows occur in ``other`` on the columns whose names (case aside) the two
     share, where those columns nearly tell ``df``'s rows apart (as many distinct rows as half the rows)."""
     lower = {str(c).lower(): c for c in other.columns}
-    common = [c for c in df.columns if str(c).lower() in lower]
+    common = tuple(c for c in df.columns if str(c).lower() in lower)
     if len(common) < 2:
         return False
-    a = df[common].astype("string").fillna("").agg("|".join, axis=1)
+    a = _row_strings(df, common, cache)
     if a.nunique() < 0.5 * len(a):
         return False
-    b = set(other[[lower[str(c).lower()] for c in common]].astype("string").fillna("").agg("|".join, axis=1))
-    return a.isin(b).mean() >= 0.5
+    theirs = tuple(lower[str(c).lower()] for c in common)
+    key = ("set", id(other), theirs)
+    if key not in cache:
+        cache[key] = set(_row_strings(other, theirs, cache))
+    return a.isin(cache[key]).mean() >= 0.5
 
 
 def find_overlaps(frames: dict, protected: dict) -> dict:
@@ -114,7 +126,7 @@ def find_overlaps(frames: dict, protected: dict) -> dict:
         for j, values in enumerate(_value_sets(df)):
             for v in values:
                 index.setdefault(v, set()).add((name, j))
-    out = {}
+    out, cache = {}, {}
     for name, df in frames.items():
         key = (len(df), tuple(sorted(map(str, df.columns))))
         if key in shapes:
@@ -130,7 +142,7 @@ def find_overlaps(frames: dict, protected: dict) -> dict:
             for t in {pc[0] for pc, k in counts.items() if k >= _CONTAINED * len(values)}:
                 hits[t] = hits.get(t, 0) + 1
         found = [t for t, k in hits.items() if k >= min(2, len(sets))]
-        found = found or [t for t, other in protected.items() if _shared_rows(df, other)]
+        found = found or [t for t, other in protected.items() if _shared_rows(df, other, cache)]
         if found:
             out[name] = sorted(found)[0]
     return out
@@ -222,14 +234,14 @@ class RealTables(torch.utils.data.IterableDataset):
     """Batches of tasks cut from real tables, in the format of ``tabicl.prior.PriorDataset``:
     ``(X[B, T, max_features], y[B, T], d[B], seq_lens[B], train_sizes[B])`` (see the module's docstring).
 
-    ``T`` is drawn uniformly in ``[min_seq_len, max_seq_len]`` and capped by the smallest table of the batch (whose
+    ``pool`` is :func:`real_pool`'s pair ``(tables, excluded)``. ``T`` is drawn uniformly in ``[min_seq_len, max_seq_len]`` and capped by the smallest table of the batch (whose
     rows with a missing target are dropped); the context is the first ``T * U(min_train_size, max_train_size)``
     rows. Each table's feature count is uniform in ``min_features..min(max_features, its other columns)``.
     """
 
     def __init__(self, pool, *, batch_size, max_features, max_classes, min_seq_len, max_seq_len,
                  min_features=1, min_train_size=0.3, max_train_size=0.9, squash_share: float = 0.5):
-        tables = pool[0] if isinstance(pool, tuple) and len(pool) == 2 and isinstance(pool[1], dict) else pool
+        tables, _excluded = pool  # real_pool()'s pair
         if not tables:
             raise ValueError("the pool of real tables is empty")
         if max_classes < 2:
