@@ -6,8 +6,9 @@ count of its arithmetic (about 3 TFLOP per step, forward and backward) puts the 
 This script times one training step of :func:`ttt_helpers.tabpfn.pretrain.recipe` ``("v2.6-muon")`` in pieces
 and in variants, so that a change to the loop is chosen on a measurement:
 
-* ``trainer``: what :meth:`Trainer._train_step` does (bf16 autocast, ``no_cudnn`` attention, fused AdamW plus
-  ``torch.optim.Muon``, gradient clipping) and the logging's ``float(loss)``;
+* ``trainer``: what :meth:`Trainer._train_step` does, through the same function
+  (:func:`ttt_helpers.tabpfn.pretrain.trainer.optimise`: bf16 autocast, ``no_cudnn`` attention, fused AdamW plus
+  ``torch.optim.Muon``, gradient clipping), and the logging's ``float(loss)``;
 * ``fwd_bwd``: forward and backward only; ``forward``: forward only, without gradients;
 * ``adamw_only``: AdamW on every weight (Muon's Newton-Schulz iterations left out);
 * ``batch16``: 16 tables per step instead of 8;
@@ -112,6 +113,7 @@ def main(argv=None):
     from ttt_helpers.tabpfn import pretrain as pt
     from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa, forward_loss, to_task
     from ttt_helpers.tabpfn.pretrain.state import make_model, make_optimizers
+    from ttt_helpers.tabpfn.pretrain.trainer import optimise
 
     overrides = pt.key_json(args.set)
 
@@ -144,14 +146,11 @@ def main(argv=None):
                     loss, _, _ = forward_loss(fwd_model, task, cuda and cfg.autocast)
                 return loss
             loss, correct, n = forward_loss(fwd_model, task, cuda and cfg.autocast)
-            for opt, _ in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
             if variant == "fwd_bwd":
+                loss.backward()
+                model.zero_grad(set_to_none=True)
                 return loss
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            for opt, _ in opts:
-                opt.step()
+            optimise(model, opts, loss, cfg.grad_clip)
             if variant != "trainer_async":
                 float(loss.detach()), float(correct), int(n)  # the loop's logging: a host sync per step
             return loss

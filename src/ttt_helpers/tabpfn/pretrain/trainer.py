@@ -442,12 +442,7 @@ class Trainer:
         loss, correct, n = forward_loss(self.ddp or self.model, task, self.autocast)
         if cfg.random_column_embeddings:
             self.model.seed = self.model_config.seed  # evaluation and export use the seed tabpfn uses at inference
-        for opt, _ in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        for opt, _ in self.optimizers:
-            opt.step()
+        optimise(self.model, self.optimizers, loss, cfg.grad_clip)
         return loss, correct, n
 
     # -- export --------------------------------------------------------------------------------------------
@@ -461,7 +456,7 @@ class Trainer:
             self.model_config,
             self.model.state_dict() if state_dict is None else state_dict,
             path,
-            extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": f"tabicl {self.cfg.prior}"}},
+            extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": self.cfg.prior}},
             inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
         )
         return path
@@ -553,6 +548,18 @@ class Trainer:
             "inference_overrides": tm.FALLBACK_INFERENCE_OVERRIDES,
             budget_key: round(self.budget / 60, 3) if cfg.clock == "time" else self.budget,
         }
+
+
+def optimise(model, optimizers, loss, grad_clip: float) -> None:
+    """One step of every optimiser of ``optimizers`` (``(optimiser, base learning rates)`` pairs) on ``loss``:
+    gradients zeroed, back-propagated, clipped to ``grad_clip`` in global norm. The step of
+    :meth:`Trainer._train_step`, and of ``scripts/step_profile.py``'s timings."""
+    for opt, _ in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt, _ in optimizers:
+        opt.step()
 
 
 def _mark_drawn(cursor: dict, index: int) -> None:
