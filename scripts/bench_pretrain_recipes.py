@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -189,8 +190,12 @@ def variant_overrides(variant: str) -> dict:
 
 
 def _slug(name: str) -> str:
-    """A recipe's name as a folder name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    """A recipe's name as a folder name: its characters outside ``[A-Za-z0-9._-]`` replaced, and a long name cut to
+    80 characters plus a hash of the whole (a file name may have at most 255 bytes; a curriculum makes names long)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    if len(slug) > 100:
+        slug = f"{slug[:80]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return slug
 
 
 def _without(argv: list, flag: str, n_values: int | None) -> list:

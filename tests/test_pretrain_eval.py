@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -307,6 +308,17 @@ def test_bench_script_variant_overrides_take_json_lists():
     got = script.variant_overrides("lr=0.00025,curriculum=" + json.dumps([stage]) + ",muon_lr=0.00125")
     assert got == {"lr": 0.00025, "curriculum": [stage], "muon_lr": 0.00125}
     assert script.variant_overrides("") == {}
+
+
+def test_bench_script_folder_names_stay_short_and_distinct():
+    """A recipe with a two-stage curriculum made a 260-character folder name, which stopped a GPU bench."""
+    script = load_script("bench_pretrain_recipes")
+    assert script._slug("v2.6-muon:lr=0.00025") == "v2.6-muon_lr_0.00025"
+    stage = '{"start":0,"min_rows":800,"max_rows":1200,"batch":8,"max_features":%d,"max_classes":10,"reuse":1}'
+    names = [f"v2.6-muon:warmup_steps=30,curriculum=[{stage % k},{stage % 32}]" for k in (4, 8)]
+    slugs = [script._slug(n) for n in names]
+    assert all(len(s) <= 100 for s in slugs) and slugs[0] != slugs[1]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in slugs)
 
 
 def test_prior_signal_scores_a_table_against_its_majority_class():
