@@ -316,8 +316,7 @@ def main(argv=None):
         share = time.time() + (deadline - time.time()) / left
         result["recipes"][name] = run_recipe(name, args, dev, out, share if left > 1 else deadline, command)
         path.write_text(json.dumps(result, indent=1) + "\n")
-    ref = args.recipes[0] if args.recipes[0] == "v1" else args.recipes[-1]
-    result["time_to_quality"] = time_to_quality(result["recipes"], ref)
+    result["time_to_quality"] = time_to_quality(result["recipes"], next(iter(result["recipes"])))  # the first
     result["seconds"] = round(time.time() - t0, 1)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print("BENCH", json.dumps({n: {k: r[k] for k in ("steps", "train_minutes", "tables_processed_per_s",

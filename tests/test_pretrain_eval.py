@@ -321,6 +321,25 @@ def test_bench_script_folder_names_stay_short_and_distinct():
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in slugs)
 
 
+def test_bench_script_runs_recipes_in_turn_and_measures_time_to_quality_against_the_first(tmp_path):
+    """The whole bench on the CPU at toy size (about 15 s): each recipe's curve, and the time-to-quality reference
+    is the first recipe, as ``--recipes`` says (it was the last, which mislabelled a GPU record)."""
+    script = load_script("bench_pretrain_recipes")
+    stage = '[{"start":0,"min_rows":20,"max_rows":40,"batch":2,"max_features":3,"max_classes":3,"reuse":1}]'
+    recipes = ["v2.6-muon:lr=0.0005", "v2.6-muon"]
+    assert script.main(["--recipes", *recipes, "--budget-min", "0.03", "--eval-every-s", "100", "--deadline-min", "2",
+                        "--device", "cpu", "--workers", "0", "--val-tasks", "2", "--out", str(tmp_path),
+                        "--set", 'prior="toy"', "emsize=24", "nlayers=1", "num_thinking_rows=2", "autocast=false",
+                        'sdpa="default"', "curriculum=" + stage]) == 0
+    record = json.loads((tmp_path / "bench_pretrain_recipes.json").read_text())
+    assert list(record["recipes"]) == recipes
+    ttq = record["time_to_quality"]
+    assert ttq["reference_recipe"] == recipes[0]
+    assert ttq["target_dev_acc"] == pe.best_dev(record["recipes"][recipes[0]]["curve"])
+    for r in record["recipes"].values():
+        assert r["steps"] > 0 and len(r["curve"]) >= 2 and r["curve"][0][0] == 0.0
+
+
 def test_prior_signal_scores_a_table_against_its_majority_class():
     script = load_script("prior_signal")
     rng = np.random.default_rng(0)
