@@ -107,6 +107,24 @@ def test_time_to_quality():
     assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0
 
 
+def test_plateau_exit_measures_from_the_early_median():
+    curve = [(0.0, 0.25), (0.1, 0.50), (0.2, 0.49), (0.3, 0.51), (0.4, 0.52), (0.5, 0.55), (0.6, 0.6)]
+    assert pe.plateau_exit(curve) == 0.5  # plateau 0.495 (median of the first four); the untrained 0.25 ignored
+    assert pe.plateau_exit(curve, rise=0.2) is None
+    assert pe.plateau_exit([(0.0, 0.5), (0.2, 0.54)]) is None  # the rise inside the early window sets the median
+    with pytest.raises(ValueError, match="first 0.3"):
+        pe.plateau_exit([(0.5, 0.5)])
+
+
+def test_plot_early_curves_labels_the_axes_and_draws_target_and_deadline():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = pe.plot_early_curves({"a": [(0.0, 0.5), (1.0, 0.6)], "b": [(0.0, 0.4), (1.0, 0.7)]}, 0.6, 0.63)
+    assert "minutes" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
+    assert len(ax.lines) == 4 and ax.lines[2].get_ydata()[0] == 0.6 and ax.lines[3].get_xdata()[0] == 0.63
+
+
 def test_select_keeps_the_weights_that_score_best_on_the_development_set(tmp_path):
     cfg = pt.tiny_config(prior="toy", clock="steps", seeding="per_batch", workers=0, emsize=16, nlayers=1, lawa=3,
                          curriculum=[dict(start=0.0, min_rows=24, max_rows=48, max_features=3, max_classes=3,

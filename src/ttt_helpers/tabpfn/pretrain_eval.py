@@ -49,6 +49,8 @@ __all__ = [
     "eval_real",
     "Evaluator",
     "time_to_quality",
+    "plateau_exit",
+    "plot_early_curves",
     "dev_curve",
     "best_dev",
     "dev_context_curve",
@@ -387,6 +389,35 @@ def time_to_quality(curve, target: float):
         if acc >= target:
             return float(minutes)
     return None
+
+
+def plateau_exit(curve, *, early_minutes: float = 0.3, rise: float = 0.03):
+    """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first rises ``rise`` above its plateau, the
+    median accuracy of its evaluations in the first ``early_minutes`` (the step-0 evaluation included: the median
+    ignores an untrained model's outlier); ``None``: it never does."""
+    early = [acc for minutes, acc in curve if minutes <= early_minutes]
+    if not early:
+        raise ValueError(f"no evaluation in the first {early_minutes} minutes")
+    return time_to_quality(curve, float(np.median(early)) + rise)
+
+
+def plot_early_curves(curves: dict, target: float, deadline: float, ax=None, *, machine: str = "one H200"):
+    """Development-set accuracy against training minutes for ``curves`` (``{label: [(minutes, accuracy), ...]}``),
+    with ``target`` (the accuracy to reach) and ``deadline`` (the minutes to reach it in) as dashed lines.
+    Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.2), layout="constrained")
+    colors = plt.get_cmap("tab20").colors  # distinct colours for up to 20 curves
+    for i, (label, c) in enumerate(curves.items()):
+        c = np.asarray(c, dtype=float)
+        ax.plot(c[:, 0], c[:, 1], ".-", lw=1, color=colors[(2 * i) % 20 + (i // 10) % 2], label=label)
+    ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.3f}")
+    ax.axvline(deadline, color="k", ls=":", lw=1, label=f"{deadline:.2f} minutes")
+    ax.set(xlabel=f"training minutes on {machine}", ylabel="mean accuracy on the development tables")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
 
 
 def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, max_test: int = 200,
