@@ -505,3 +505,25 @@ def test_key_json_reads_recipe_overrides():
     assert pt.key_json([]) == {}
     with pytest.raises(ValueError):
         pt.key_json(["emsize"])
+
+
+def test_out_init_std_draws_the_zero_initialised_block_weights():
+    """tabpfn initialises each attention's output projection and each MLP's second layer to zero; out_init_std
+    draws them from N(0, std^2) with a CPU generator of the seed, and leaves every other weight as it was."""
+    from ttt_helpers.tabpfn.pretrain.state import make_model
+
+    small = dict(emsize=48, nlayers=2, nhead=3, num_thinking_rows=2)
+    _, zero = make_model(pt.recipe("v2.6-muon", **small))
+    _, drawn = make_model(pt.recipe("v2.6-muon", out_init_std=0.05, **small))
+    _, again = make_model(pt.recipe("v2.6-muon", out_init_std=0.05, **small))
+    zeros = {n for n, p in zero.named_parameters() if n.startswith("blocks.") and p.ndim == 2 and not p.any()}
+    assert len(zeros) == 2 * 3  # per block: two attention output projections and the MLP's second layer
+    assert all(n.endswith(("out_projection.weight", "mlp.2.weight")) for n in zeros)
+    d, z, a = dict(drawn.named_parameters()), dict(zero.named_parameters()), dict(again.named_parameters())
+    for n in z:
+        if n in zeros:
+            assert d[n].any() and abs(float(d[n].std()) - 0.05) < 0.01 and torch.equal(d[n], a[n])
+        else:
+            assert torch.equal(d[n], z[n]), n
+    with pytest.raises(ValueError, match="out_init_std"):
+        pt.recipe("v2.6-muon", out_init_std=-0.1)

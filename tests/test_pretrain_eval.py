@@ -457,3 +457,28 @@ def test_plot_recipe_curves_draws_each_recipe_and_names_the_machine():
     assert list(ax_val.get_lines()[0].get_ydata()) == [1.7, 1.6, 1.5]
     assert ax_dev.get_xlabel() == ax_val.get_xlabel() == "training minutes on 2 CPU cores"
     assert "GPU" in pe.plot_recipe_curves(record)[0].get_xlabel()
+
+
+def test_plateau_probe_is_seeded_and_differs_only_by_the_initialisation():
+    threads = torch.get_num_threads()
+    a = pe.plateau_probe(0.0, 0, 4, eval_every=2)
+    b = pe.plateau_probe(0.0, 0, 4, eval_every=2)
+    c = pe.plateau_probe(0.05, 0, 4, eval_every=2)
+    assert torch.get_num_threads() == threads  # restored
+    assert [s for s, _, _ in a["curve"]] == [0, 2, 4]
+    assert a["curve"] == b["curve"]  # the same seed: the same tables, the same numbers
+    assert a["curve"][0] != c["curve"][0]  # another initialisation, another start
+    assert all(0 < loss < 5 and 0 <= acc <= 1 for _, loss, acc in a["curve"])
+
+
+def test_plateau_init_script_records_each_probe_with_its_provenance(tmp_path):
+    script = load_script("plateau_init")
+    assert script.main(["--stds", "0", "0.05", "--seeds", "1", "--steps", "2", "--eval-every", "2", "--jobs", "1",
+                        "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "plateau_init_cpu.json").read_text())
+    assert [(r["out_init_std"], r["seed"]) for r in record["runs"]] == [(0.0, 1), (0.05, 1)]
+    assert all([s for s, _, _ in r["curve"]] == [0, 2] for r in record["runs"])
+    prov = json.loads((tmp_path / "plateau_init_cpu.provenance.json").read_text())
+    assert set(prov["results"]["held_out_loss_at_the_end"]) == {"std 0, seed 1", "std 0.05, seed 1"}
+    with pytest.raises(SystemExit):
+        script.main(["--stds", "-1", "--out", str(tmp_path)])

@@ -50,6 +50,8 @@ __all__ = [
     "Evaluator",
     "time_to_quality",
     "plateau_exit",
+    "PLATEAU_PROBE",
+    "plateau_probe",
     "plot_early_curves",
     "dev_curve",
     "best_dev",
@@ -399,6 +401,46 @@ def plateau_exit(curve, *, early_minutes: float = 0.3, rise: float = 0.03):
     if not early:
         raise ValueError(f"no evaluation in the first {early_minutes} minutes")
     return time_to_quality(curve, float(np.median(early)) + rise)
+
+
+#: The model and tasks of :func:`plateau_probe`: the candidate's recipe (``"v2.6-muon"`` at 2.5e-4 / Muon 1.25e-3,
+#: held at its peak rates) shrunk to the CPU (emsize 96, 4 layers, 4 thinking rows, float32), on tables of 100 to
+#: 200 rows with at most 8 features and 4 classes, 8 per step, drawn in order from one seeded stream.
+PLATEAU_PROBE = dict(lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01, emsize=96, nlayers=4, nhead=3, num_thinking_rows=4,
+                     curriculum=[dict(start=0.0, min_rows=100, max_rows=200, max_features=8, max_classes=4, batch=8,
+                                      reuse=1)],
+                     workers=0, clock="steps", val_tasks=32, device="cpu", autocast=False, sdpa="default",
+                     eval_estimators=1, lawa=0, in_order=True, seeding="per_call", max_reuse=0)
+
+
+def plateau_probe(out_init_std: float, seed: int, steps: int, *, eval_every: int = 25, prior: str = "toy") -> dict:
+    """The early plateau at CPU size: train :data:`PLATEAU_PROBE` for ``steps`` steps from seed ``seed`` with
+    ``out_init_std`` (:class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig`; 0: ``tabpfn``'s zero initialisation)
+    and return ``{"curve": [(step, held-out loss, held-out accuracy), ...], "seconds": ...}``, evaluated every
+    ``eval_every`` steps on ``val_tasks`` held-out tasks of the prior. Runs on one CPU thread (then restores the
+    thread count), so that two probes of the same seed see the same tables and differ only by the initialisation."""
+    import tempfile
+
+    from . import pretrain as pt
+
+    pt.fix_hash_seed()
+    cfg = pt.recipe("v2.6-muon", **{**PLATEAU_PROBE, "prior": prior, "seed": int(seed), "eval_every": int(eval_every),
+                                     "out_init_std": float(out_init_std)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = pt.Trainer(cfg, out_dir=tmp, log=lambda s: None)
+            trainer.evaluator = Evaluator(cfg, trainer.device, real=False, dev=None)
+            trainer.evaluate("start")
+            t0 = time.time()
+            trainer.run(int(steps))
+            seconds = time.time() - t0
+    finally:
+        torch.set_num_threads(threads)
+    curve = [(int(e["step"]), round(float(e["val_loss"]), 4), round(float(e["val_acc"]), 4))
+             for e in trainer.meta["evals"]]
+    return {"curve": curve, "seconds": round(seconds, 1)}
 
 
 def plot_early_curves(curves: dict, target: float, deadline: float, ax=None, *, machine: str = "one H200"):

@@ -29,9 +29,20 @@ _MOMENTUM_FILE = "state_opt_momentum.pt"
 # Model, optimisers and the learning-rate schedule
 # ----------------------------------------------------------------------------------------------------------
 def make_model(cfg: PretrainConfig):
-    """(model config, freshly initialised model seeded by ``cfg.seed``) of the configured architecture."""
+    """(model config, freshly initialised model seeded by ``cfg.seed``) of the configured architecture.
+
+    With ``cfg.out_init_std > 0`` the block matrices that ``tabpfn`` initialises to zero are drawn from
+    ``N(0, out_init_std^2)`` instead, from a CPU generator seeded by ``cfg.seed`` (the same numbers on every
+    machine)."""
     model_config = tm.make_config(architecture=cfg.architecture, **cfg.model_kwargs())
-    return model_config, tm.new_model(model_config, seed=cfg.seed)
+    model = tm.new_model(model_config, seed=cfg.seed)
+    if cfg.out_init_std > 0:
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("blocks.") and p.ndim == 2 and not p.any():
+                    p.copy_(torch.randn(p.shape, generator=gen) * float(cfg.out_init_std))
+    return model_config, model
 
 
 def _is_muon_param(name: str, p: torch.Tensor) -> bool:
