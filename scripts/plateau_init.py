@@ -60,4 +60,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from ttt_helpers.tabpfn.pretrain import fix_hash_seed
+
+    fix_hash_seed()  # a graph_scm probe's tables depend on string hashing (the toy prior's do not)
     sys.exit(main())

@@ -418,12 +418,13 @@ def plateau_probe(out_init_std: float, seed: int, steps: int, *, eval_every: int
     ``out_init_std`` (:class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig`; 0: ``tabpfn``'s zero initialisation)
     and return ``{"curve": [(step, held-out loss, held-out accuracy), ...], "seconds": ...}``, evaluated every
     ``eval_every`` steps on ``val_tasks`` held-out tasks of the prior. Runs on one CPU thread (then restores the
-    thread count), so that two probes of the same seed see the same tables and differ only by the initialisation."""
+    thread count), so that two probes of the same seed see the same tables and differ only by the initialisation.
+    Safe in a notebook: the toy prior does not depend on Python's string hashing, so nothing restarts the process
+    (a ``graph_scm`` probe warns when ``PYTHONHASHSEED`` is not fixed, see :func:`.pretrain.fix_hash_seed`)."""
     import tempfile
 
     from . import pretrain as pt
 
-    pt.fix_hash_seed()
     cfg = pt.recipe("v2.6-muon", **{**PLATEAU_PROBE, "prior": prior, "seed": int(seed), "eval_every": int(eval_every),
                                      "out_init_std": float(out_init_std)})
     threads = torch.get_num_threads()
