@@ -393,14 +393,14 @@ def time_to_quality(curve, target: float):
     return None
 
 
-def plateau_exit(curve, *, early_minutes: float = 0.3, rise: float = 0.03):
-    """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first rises ``rise`` above its plateau, the
-    median accuracy of its evaluations in the first ``early_minutes`` (the step-0 evaluation included: the median
-    ignores an untrained model's outlier); ``None``: it never does."""
-    early = [acc for minutes, acc in curve if minutes <= early_minutes]
-    if not early:
-        raise ValueError(f"no evaluation in the first {early_minutes} minutes")
-    return time_to_quality(curve, float(np.median(early)) + rise)
+def plateau_exit(curve, *, early: float = 0.3, rise: float = 0.03):
+    """Where a curve ``[(x, value), ...]`` (``x`` in training minutes or steps) first rises ``rise`` above its
+    plateau, the median value of its evaluations at ``x <= early`` (the start included: the median ignores an
+    untrained model's outlier); ``None``: it never does. For a falling curve (a loss), pass its negation."""
+    early_values = [value for x, value in curve if x <= early]
+    if not early_values:
+        raise ValueError(f"no evaluation in the first {early} (minutes or steps) of the curve")
+    return time_to_quality(curve, float(np.median(early_values)) + rise)
 
 
 #: The model and tasks of :func:`plateau_probe`: the candidate's recipe (``"v2.6-muon"`` at 2.5e-4 / Muon 1.25e-3,

@@ -234,9 +234,9 @@ class RealTables(torch.utils.data.IterableDataset):
     """Batches of tasks cut from real tables, in the format of ``tabicl.prior.PriorDataset``:
     ``(X[B, T, max_features], y[B, T], d[B], seq_lens[B], train_sizes[B])`` (see the module's docstring).
 
-    ``pool`` is :func:`real_pool`'s pair ``(tables, excluded)``. ``T`` is drawn uniformly in ``[min_seq_len, max_seq_len]`` and capped by the smallest table of the batch (whose
-    rows with a missing target are dropped); the context is the first ``T * U(min_train_size, max_train_size)``
-    rows. Each table's feature count is uniform in ``min_features..min(max_features, its other columns)``.
+    ``pool`` is :func:`real_pool`'s pair ``(tables, excluded)``. ``T`` is drawn uniformly in
+    ``[min_seq_len, max_seq_len]`` and capped by the smallest table of the batch (whose rows with a missing target
+    are dropped); the context is the first ``T * U(min_train_size, max_train_size)`` rows. Each table's feature count is uniform in ``min_features..min(max_features, its other columns)``.
     """
 
     def __init__(self, pool, *, batch_size, max_features, max_classes, min_seq_len, max_seq_len,
