@@ -36,6 +36,7 @@ def main(argv=None):
     p.add_argument("--prior", default="toy")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/plateau_init")
+    p.add_argument("--name", default="plateau_init_cpu", help="the record's file name, without .json")
     args = p.parse_args(argv)
     if any(s < 0 for s in args.stds):
         p.error("--stds must be non-negative")
@@ -49,11 +50,11 @@ def main(argv=None):
     final = {f"std {r['out_init_std']:g}, seed {r['seed']}": r["curve"][-1][1] for r in runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "plateau_init_cpu.json"
+    path = out / f"{args.name}.json"
     path.write_text(json.dumps({"probe": pe.PLATEAU_PROBE, "prior": args.prior, "steps": args.steps,
                                 "eval_every": args.eval_every, "curve_columns": ["step", "val_loss", "val_acc"],
                                 "runs": runs}, indent=1) + "\n")
-    write_provenance(out / "plateau_init_cpu.provenance.json", command=command_line(argv), commit=commit,
+    write_provenance(out / f"{args.name}.provenance.json", command=command_line(argv), commit=commit,
                      seeds=args.seeds, results={"held_out_loss_at_the_end": final}, files=[path])
     print(json.dumps(final), "->", path)
     return 0

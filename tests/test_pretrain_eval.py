@@ -414,6 +414,22 @@ def test_prior_throughput_records_tables_per_second_and_errors(tmp_path):
     assert set(prov["files"]) == {"prior_throughput.json"} and prov["results"]["graph_scm cpu batch 2"] > 0
 
 
+def test_step_profile_kernel_time_leaves_out_user_annotations():
+    """The kernel time per step sums device kernels and copies as torch's table footer does, not the device ranges
+    of user annotations (they span kernels already counted) nor CPU events."""
+    from types import SimpleNamespace
+
+    def event(device, us, annotation=False):
+        return SimpleNamespace(device_type=SimpleNamespace(name=device), self_device_time_total=us,
+                               is_user_annotation=annotation)
+
+    script = load_script("step_profile")
+    events = [event("CUDA", 30.0), event("CUDA", 5.0),  # a kernel and a copy
+              event("CUDA", 35.0, annotation=True),  # Optimizer.step's range, over kernels already counted
+              event("CPU", 12.0)]  # an aten op: the device time of its kernels
+    assert script.device_kernel_us(events) == 35.0
+
+
 def test_step_profile_times_each_variant_on_prior_shaped_tables(tmp_path):
     """scripts/step_profile.py: a time per step for each variant (CPU, tiny tables), the profile of the trainer
     variant, and its provenance."""
@@ -482,3 +498,6 @@ def test_plateau_init_script_records_each_probe_with_its_provenance(tmp_path):
     assert set(prov["results"]["held_out_loss_at_the_end"]) == {"std 0, seed 1", "std 0.05, seed 1"}
     with pytest.raises(SystemExit):
         script.main(["--stds", "-1", "--out", str(tmp_path)])
+    assert script.main(["--stds", "0", "--seeds", "1", "--steps", "1", "--eval-every", "1", "--jobs", "1",
+                        "--out", str(tmp_path), "--name", "other"]) == 0  # a record under its own name
+    assert {p.name for p in tmp_path.glob("other*")} == {"other.json", "other.provenance.json"}
