@@ -58,8 +58,9 @@ def device_kernel_us(events) -> float:
     (``record_function`` ranges, the optimisers' step among them) spans kernels already counted, so counting it too
     overstated the kernel time (the shipped ``step_profile.json`` of 2026-12 has 92.95 ms per step where its own
     table says 296.676 ms for 6 steps, 49.4 ms)."""
+    devices = ("CUDA", "PrivateUse1", "MTIA", "XPU")
     return float(sum(e.self_device_time_total for e in events
-                     if e.device_type.name in ("CUDA", "PrivateUse1", "MTIA", "XPU") and not getattr(e, "is_user_annotation", False)))
+                     if e.device_type.name in devices and not getattr(e, "is_user_annotation", False)))
 
 
 def loop_phases(cfg, seconds: float, sync) -> dict:
