@@ -12,6 +12,11 @@ CPU thread each (about 105 s per probe of 300 steps on this repository's 2-core 
 Example (what made the shipped ``data/results/plateau_init_cpu.json``)::
 
     PYTHONHASHSEED=0 python scripts/plateau_init.py --stds 0 0.05 --seeds 0 1 2 --steps 300 --out data/results
+
+At twice the rates on graph_scm's tables (``--set`` changes fields of the probe)::
+
+    PYTHONHASHSEED=0 python scripts/plateau_init.py --stds 0 0.05 --seeds 0 1 2 --steps 600 --prior graph_scm \
+        --set lr=0.0005 muon_lr=0.0025 --name plateau_init_graph_scm_lr2 --out data/results
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ttt_helpers.provenance import command_line, git_commit, write_provenance
+from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
 
@@ -37,13 +43,20 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="runs/plateau_init")
     p.add_argument("--name", default="plateau_init_cpu", help="the record's file name, without .json")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                   help="change fields of pretrain_eval.PLATEAU_PROBE (lr=0.0005 muon_lr=0.0025: twice the rates)")
     args = p.parse_args(argv)
     if any(s < 0 for s in args.stds):
         p.error("--stds must be non-negative")
+    changes = pt.key_json(args.set)
+    unknown = set(changes) - set(pe.PLATEAU_PROBE)
+    if unknown:
+        p.error(f"--set names fields that PLATEAU_PROBE lacks: {sorted(unknown)}")
     commit = git_commit()  # before this run writes its own outputs into the tree
     jobs = list(itertools.product(args.stds, args.seeds))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(pe.plateau_probe, std, seed, args.steps, eval_every=args.eval_every, prior=args.prior)
+        futures = [pool.submit(pe.plateau_probe, std, seed, args.steps, eval_every=args.eval_every, prior=args.prior,
+                               changes=changes)
                    for std, seed in jobs]
         probes = [f.result() for f in futures]
     runs = [{"out_init_std": std, "seed": seed, **probe} for (std, seed), probe in zip(jobs, probes)]
@@ -51,7 +64,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.name}.json"
-    path.write_text(json.dumps({"probe": pe.PLATEAU_PROBE, "prior": args.prior, "steps": args.steps,
+    path.write_text(json.dumps({"probe": {**pe.PLATEAU_PROBE, **changes}, "prior": args.prior, "steps": args.steps,
                                 "eval_every": args.eval_every, "curve_columns": ["step", "val_loss", "val_acc"],
                                 "runs": runs}, indent=1) + "\n")
     write_provenance(out / f"{args.name}.provenance.json", command=command_line(argv), commit=commit,

@@ -501,3 +501,21 @@ def test_plateau_init_script_records_each_probe_with_its_provenance(tmp_path):
     assert script.main(["--stds", "0", "--seeds", "1", "--steps", "1", "--eval-every", "1", "--jobs", "1",
                         "--out", str(tmp_path), "--name", "other"]) == 0  # a record under its own name
     assert {p.name for p in tmp_path.glob("other*")} == {"other.json", "other.provenance.json"}
+
+
+def test_plateau_probe_changes_override_the_probe_and_are_recorded(tmp_path):
+    base = pe.plateau_probe(0.0, 0, 2, eval_every=2)
+    fast = pe.plateau_probe(0.0, 0, 2, eval_every=2, changes={"lr": 5e-4, "muon_lr": 2.5e-3})
+    assert fast["curve"][0] == base["curve"][0]  # the same start
+    assert fast["curve"][-1] != base["curve"][-1]  # other rates, other steps
+    with pytest.raises(ValueError, match="PLATEAU_PROBE"):
+        pe.plateau_probe(0.0, 0, 1, changes={"lr_typo": 1.0})
+    script = load_script("plateau_init")
+    assert script.main(["--stds", "0", "--seeds", "0", "--steps", "2", "--eval-every", "2", "--jobs", "1",
+                        "--set", "lr=0.0005", "muon_lr=0.0025", "--out", str(tmp_path), "--name", "lr2"]) == 0
+    record = json.loads((tmp_path / "lr2.json").read_text())
+    assert (record["probe"]["lr"], record["probe"]["muon_lr"]) == (5e-4, 2.5e-3)
+    assert record["probe"]["emsize"] == pe.PLATEAU_PROBE["emsize"]
+    assert record["runs"][0]["curve"] == [list(row) for row in fast["curve"]]
+    with pytest.raises(SystemExit):
+        script.main(["--set", "nonsense=1", "--out", str(tmp_path)])
