@@ -49,9 +49,10 @@ def main(argv=None):
     if any(s < 0 for s in args.stds):
         p.error("--stds must be non-negative")
     changes = pt.key_json(args.set)
-    unknown = set(changes) - set(pe.PLATEAU_PROBE)
-    if unknown:
-        p.error(f"--set names fields that PLATEAU_PROBE lacks: {sorted(unknown)}")
+    try:
+        probe_config = pe.plateau_probe_config(changes)
+    except ValueError as e:
+        p.error(f"--set: {e}")
     commit = git_commit()  # before this run writes its own outputs into the tree
     jobs = list(itertools.product(args.stds, args.seeds))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -64,7 +65,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.name}.json"
-    path.write_text(json.dumps({"probe": {**pe.PLATEAU_PROBE, **changes}, "prior": args.prior, "steps": args.steps,
+    path.write_text(json.dumps({"probe": probe_config, "prior": args.prior, "steps": args.steps,
                                 "eval_every": args.eval_every, "curve_columns": ["step", "val_loss", "val_acc"],
                                 "runs": runs}, indent=1) + "\n")
     write_provenance(out / f"{args.name}.provenance.json", command=command_line(argv), commit=commit,

@@ -52,6 +52,7 @@ __all__ = [
     "plateau_exit",
     "PLATEAU_PROBE",
     "plateau_probe",
+    "plateau_probe_config",
     "plot_early_curves",
     "dev_curve",
     "best_dev",
@@ -413,25 +414,31 @@ PLATEAU_PROBE = dict(lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01, emsize=96, nla
                      eval_estimators=1, lawa=0, in_order=True, seeding="per_call", max_reuse=0)
 
 
+def plateau_probe_config(changes: dict | None = None) -> dict:
+    """:data:`PLATEAU_PROBE` with ``changes`` applied (``{"lr": 5e-4, "muon_lr": 2.5e-3}``: twice the rates);
+    a field that the probe lacks raises ``ValueError``."""
+    changes = dict(changes or {})
+    unknown = set(changes) - set(PLATEAU_PROBE)
+    if unknown:
+        raise ValueError(f"changes must name fields of PLATEAU_PROBE ({sorted(PLATEAU_PROBE)}), got {sorted(unknown)}")
+    return {**PLATEAU_PROBE, **changes}
+
+
 def plateau_probe(out_init_std: float, seed: int, steps: int, *, eval_every: int = 25, prior: str = "toy",
                   changes: dict | None = None) -> dict:
     """The early plateau at CPU size: train :data:`PLATEAU_PROBE` for ``steps`` steps from seed ``seed`` with
     ``out_init_std`` (:class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig`; 0: ``tabpfn``'s zero initialisation)
     and return ``{"curve": [(step, held-out loss, held-out accuracy), ...], "seconds": ...}``, evaluated every
-    ``eval_every`` steps on ``val_tasks`` held-out tasks of the prior. ``changes`` overrides fields of
-    :data:`PLATEAU_PROBE` (``{"lr": 5e-4, "muon_lr": 2.5e-3}``: twice the rates). Runs on one CPU thread (then restores the
-    thread count), so that two probes of the same seed see the same tables and differ only by the initialisation.
+    ``eval_every`` steps on ``val_tasks`` held-out tasks of the prior. ``changes`` overrides fields of the probe
+    (:func:`plateau_probe_config`). Runs on one CPU thread (then restores the thread count), so that two probes of the same seed see the same tables and differ only by the initialisation.
     Safe in a notebook: the toy prior does not depend on Python's string hashing, so nothing restarts the process
     (a ``graph_scm`` probe warns when ``PYTHONHASHSEED`` is not fixed, see :func:`.pretrain.fix_hash_seed`)."""
     import tempfile
 
     from . import pretrain as pt
 
-    unknown = set(changes or {}) - set(PLATEAU_PROBE)
-    if unknown:
-        raise ValueError(f"changes must name fields of PLATEAU_PROBE ({sorted(PLATEAU_PROBE)}), got {sorted(unknown)}")
-    cfg = pt.recipe("v2.6-muon", **{**PLATEAU_PROBE, **(changes or {}), "prior": prior, "seed": int(seed), "eval_every": int(eval_every),
-                                     "out_init_std": float(out_init_std)})
+    cfg = pt.recipe("v2.6-muon", **{**plateau_probe_config(changes), "prior": prior, "seed": int(seed),
+                                     "eval_every": int(eval_every), "out_init_std": float(out_init_std)})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
