@@ -110,9 +110,10 @@ def test_a_small_context_task_scores_the_test_rows_of_present_classes_only():
 
 
 @pytest.mark.parametrize("architecture, optimizer, small", [("v2", "adamw", 0.0), ("v2.6", "muon", 0.0),
-                                                            ("v2.6", "muon", 0.5)])
+                                                            ("v2.6", "muon", 0.5), ("v2.6", "muon_batched", 0.0)])
 def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, architecture, optimizer, small):
-    kw = dict(architecture=architecture, optimizer=optimizer, min_reuse=2, small_context_frac=small)
+    kw = dict(architecture=architecture, optimizer=optimizer.removesuffix("_batched"), min_reuse=2,
+              small_context_frac=small, muon_batched=optimizer.endswith("_batched"))
     if architecture == "v2.6":
         kw["num_thinking_rows"] = 4
     budget = 9  # steps; the curriculum switches stage at step 5 (progress 0.5)
@@ -136,8 +137,10 @@ def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, architecture,
     for name in sa:
         for key, value in sa[name].items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[name][key])), (name, key)
-    if optimizer == "muon":
+    if optimizer.startswith("muon"):
         assert any("momentum_buffer" in st for st in sa.values())
+        muon_class = pt.BatchedMuon if optimizer == "muon_batched" else torch.optim.Muon
+        assert type(second.optimizers[1][0]) is type(whole.optimizers[1][0]) is muon_class
     # and the weights did move: the run is not trivially equal
     fresh = weights(pt.make_model(toy_config(**kw))[1])
     assert any(not torch.equal(fresh[k], a[k]) for k in a)
@@ -278,6 +281,66 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert in_muon and all(n.startswith("blocks.") for n in in_muon)
     assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == set(names.values())
     assert any("thinking" in n for n in in_adamw)
+
+
+def _muon_pair(shapes, seed=0, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    start = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
+    a = [torch.nn.Parameter(w.clone()) for w in start]
+    b = [torch.nn.Parameter(w.clone()) for w in start]
+    return a, b, torch.optim.Muon(a, **kw), pt.BatchedMuon(b, **kw), gen
+
+
+@pytest.mark.parametrize("kw", [dict(adjust_lr_fn="match_rms_adamw", weight_decay=0.0),
+                                dict(adjust_lr_fn="original", weight_decay=0.1),
+                                dict(adjust_lr_fn=None, weight_decay=0.0, nesterov=False, momentum=0.9)])
+def test_batched_muon_makes_torch_muons_update(kw):
+    shapes = [(16, 16)] * 3 + [(32, 16), (16, 32), (8, 24)]  # square, tall, wide, and a shape of its own
+    a, b, torch_muon, batched, gen = _muon_pair(shapes, lr=0.01, **kw)
+    for _ in range(3):
+        start = [w.detach().clone() for w in a]
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for w, v, g in zip(a, b, grads):
+            w.grad, v.grad = g.clone(), g.clone()
+        torch_muon.step()
+        batched.step()
+        for w, v, w0 in zip(a, b, start):
+            w, v = w.detach(), v.detach()
+            assert (w - w0).norm() > 0  # a real update
+            # the same update, up to the order of bfloat16 sums (on the CPU the two are identical)
+            assert float((w - v).norm() / (w - w0).norm()) < 1e-2
+        for w, v in zip(a, b):
+            assert torch.allclose(torch_muon.state[w]["momentum_buffer"], batched.state[v]["momentum_buffer"])
+            v.data.copy_(w.data)  # the next step from the same weights, so that differences cannot pile up
+
+
+def test_batched_muon_launches_a_fraction_of_torch_muons_kernels():
+    cfg = pt.recipe("v2.6-muon", nlayers=4, device="cpu")
+    model = pt.make_model(cfg)[1]
+    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
+    for p in matrices:
+        p.grad = torch.randn_like(p)
+    counts = {}
+    for cls in (torch.optim.Muon, pt.BatchedMuon):
+        opt = cls(matrices, lr=1e-3, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+        opt.step()  # the momentum buffers exist from here on, as in training
+        counts[cls] = pt.count_compute_ops(opt.step)
+    # torch's: about 23 kernels per matrix (40 matrices of 3 shapes); batched: about 20 per shape and a few more
+    assert counts[torch.optim.Muon] >= 20 * len(matrices)
+    assert counts[pt.BatchedMuon] <= 100
+
+
+def test_batched_muon_refuses_what_muon_refuses():
+    with pytest.raises(ValueError, match="2-D"):
+        pt.BatchedMuon([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="adjust_lr_fn"):
+        pt.BatchedMuon([torch.nn.Parameter(torch.zeros(3, 3))], adjust_lr_fn="other")
+    with pytest.raises(ValueError, match=">= 0"):
+        pt.BatchedMuon([torch.nn.Parameter(torch.zeros(3, 3))], lr=-1.0)
+    with pytest.raises(ValueError, match="r <= c"):
+        pt.newton_schulz_batched(torch.zeros(2, 5, 3))
+    cfg = toy_config(architecture="v2.6", optimizer="muon", num_thinking_rows=4, muon_batched=True)
+    assert isinstance(pt.make_optimizers(pt.make_model(cfg)[1], cfg)[1][0], pt.BatchedMuon)
 
 
 def test_lr_schedule_and_curriculum():

@@ -24,6 +24,8 @@ Where each piece lives, in the order a training step uses them:
 - :mod:`~ttt_helpers.tabpfn.pretrain.state`        :func:`make_model`; :func:`make_optimizers` and
   :func:`lr_at`: AdamW (or Muon on the transformer blocks' matrices plus AdamW on the rest), linear warm-up then
   cosine decay in *training progress*; the resumable training state (:func:`save_state`, :func:`load_state`);
+- :mod:`~ttt_helpers.tabpfn.pretrain.muon`         :class:`BatchedMuon`: ``torch.optim.Muon``'s update with the
+  matrices of one shape orthogonalised at once (far fewer kernel launches); :func:`count_compute_ops`;
 - :mod:`~ttt_helpers.tabpfn.pretrain.distributed`  several processes under ``torchrun`` (:func:`init_distributed`,
   :class:`DistInfo`, :func:`weights_digest`);
 - :mod:`~ttt_helpers.tabpfn.pretrain.trainer`      :class:`Trainer`: the loop, with a time or step budget
@@ -38,14 +40,15 @@ works.
 
 from __future__ import annotations
 
-from . import config, distributed, forward, prior, real, state, trainer
+from . import config, distributed, forward, muon, prior, real, state, trainer
 from .config import *  # noqa: F401,F403  (each module's __all__)
 from .distributed import *  # noqa: F401,F403
 from .forward import *  # noqa: F401,F403
+from .muon import *  # noqa: F401,F403
 from .prior import *  # noqa: F401,F403
 from .real import *  # noqa: F401,F403
 from .state import *  # noqa: F401,F403
 from .trainer import *  # noqa: F401,F403
 
-__all__ = [*config.__all__, *prior.__all__, *real.__all__, *forward.__all__, *state.__all__, *distributed.__all__,
-           *trainer.__all__]
+__all__ = [*config.__all__, *prior.__all__, *real.__all__, *forward.__all__, *muon.__all__, *state.__all__,
+           *distributed.__all__, *trainer.__all__]

@@ -18,6 +18,7 @@ import torch
 
 from .. import checkpoints as tm
 from .config import PretrainConfig
+from .muon import BatchedMuon
 
 __all__ = ["make_model", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
 
@@ -54,8 +55,9 @@ def make_optimizers(model, cfg: PretrainConfig, *, fused: bool = False):
 
     ``"adamw"``: AdamW (betas 0.9, 0.95) with weight decay on the matrices and none on vectors.
     ``"muon"``: ``torch.optim.Muon`` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, learning rate scaled to
-    match AdamW's update size, no weight decay) on the 2-D weights inside the transformer blocks; AdamW as above
-    on everything else (embeddings, thinking rows, norms, decoder).
+    match AdamW's update size, no weight decay) on the 2-D weights inside the transformer blocks, or with
+    ``cfg.muon_batched`` the same update by :class:`.muon.BatchedMuon`; AdamW as above on everything else
+    (embeddings, thinking rows, norms, decoder).
     """
     named = list(model.named_parameters())
     muon = [p for n, p in named if cfg.optimizer == "muon" and _is_muon_param(n, p)]
@@ -70,8 +72,9 @@ def make_optimizers(model, cfg: PretrainConfig, *, fused: bool = False):
     )
     out = [(adamw, [cfg.lr, cfg.lr])]
     if muon:
-        out.append((torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=0.0, momentum=0.95,
-                                     adjust_lr_fn="match_rms_adamw"), [cfg.muon_lr]))
+        muon_class = BatchedMuon if cfg.muon_batched else torch.optim.Muon
+        out.append((muon_class(muon, lr=cfg.muon_lr, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw"),
+                    [cfg.muon_lr]))
     return out
 
 

@@ -538,8 +538,9 @@ class Trainer:
         if cfg.architecture != "v2":
             model_cfg.update(architecture=cfg.architecture, num_thinking_rows=cfg.num_thinking_rows)
         if cfg.optimizer == "muon":
-            optimizer.update(muon_lr=cfg.muon_lr, muon="torch.optim.Muon(momentum=0.95, nesterov, 5 Newton-Schulz "
-                             "steps, adjust_lr_fn='match_rms_adamw', no weight decay)")
+            optimizer.update(muon_lr=cfg.muon_lr, muon=("BatchedMuon" if cfg.muon_batched else "torch.optim.Muon")
+                             + "(momentum=0.95, nesterov, 5 Newton-Schulz steps, adjust_lr_fn='match_rms_adamw', "
+                             "no weight decay)")
         budget_key = "time_budget_min" if cfg.clock == "time" else "step_budget"
         return {
             "model": model_cfg,
