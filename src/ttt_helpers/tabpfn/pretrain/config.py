@@ -95,7 +95,7 @@ class PretrainConfig:
         ``"muon"``: ``torch.optim.Muon`` on the 2-D weights inside the transformer blocks, AdamW on the rest.
     muon_batched : bool
         Muon's update made by :class:`~ttt_helpers.tabpfn.pretrain.muon.BatchedMuon` (the same update, the
-        matrices of one shape orthogonalised at once: about 60 kernel launches per step instead of about 23 per
+        matrices of one shape orthogonalised at once: about 50 kernel launches per step instead of about 23 per
         matrix) instead of ``torch.optim.Muon``.
     lr, muon_lr, min_lr_frac, decay_frac, warmup_steps, weight_decay, grad_clip
         Peak learning rates (AdamW, Muon), the cosine floor as a fraction of the peak, the final fraction of

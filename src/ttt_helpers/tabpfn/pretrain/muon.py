@@ -5,7 +5,7 @@ per matrix and step (two momentum updates, a cast, a norm, fifteen matrix produc
 candidate's recipe (40 to 60 block matrices of two shapes) that is about a thousand kernel launches per training
 step, most of all launches of a step, each of them a few microseconds of work on a GPU. :class:`BatchedMuon` makes
 the same update with the matrices of one shape stacked: momentum by ``torch._foreach_*`` over all of them, then,
-per shape, one batched Newton-Schulz loop (``baddbmm``) and one update; about sixty launches per step.
+per shape, one batched Newton-Schulz loop (``baddbmm``) and one update; about fifty launches per step.
 
 The update is ``torch.optim.Muon``'s (torch 2.11 to 2.13): Nesterov momentum ``B <- mu B + (1 - mu) g``,
 ``U = g + mu (B - g)``; ``U`` in bfloat16, a tall matrix transposed, divided by its Frobenius norm, then
@@ -114,7 +114,7 @@ def _launches_a_kernel(func) -> bool:
     """Whether an ATen operator computes (on a GPU: launches a kernel): not a view or alias of its input (a return
     that aliases an input without writing it), not an allocation, not a profiler annotation."""
     name = func.overloadpacket.__name__
-    if name.startswith(("_record_function", "empty")) or name == "lift_fresh":
+    if name.startswith(("_record_function", "empty")) or name in ("lift_fresh", "_unsafe_view"):  # no kernel
         return False
     return not any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
