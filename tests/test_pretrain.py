@@ -315,16 +315,15 @@ def test_batched_muon_makes_torch_muons_update(kw):
 
 
 def test_batched_muon_launches_a_fraction_of_torch_muons_kernels():
-    cfg = pt.recipe("v2.6-muon", nlayers=4, device="cpu")
-    model = pt.make_model(cfg)[1]
-    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
-    for p in matrices:
-        p.grad = torch.randn_like(p)
+    model = pt.make_model(pt.recipe("v2.6-muon", nlayers=4, device="cpu"))[1]
     counts = {}
-    for cls in (torch.optim.Muon, pt.BatchedMuon):
-        opt = cls(matrices, lr=1e-3, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+    for batched in (False, True):  # Muon as the trainer makes it, each way
+        opt = pt.make_optimizers(model, pt.recipe("v2.6-muon", nlayers=4, device="cpu", muon_batched=batched))[1][0]
+        matrices = opt.param_groups[0]["params"]
+        for p in matrices:
+            p.grad = torch.randn_like(p)
         opt.step()  # the momentum buffers exist from here on, as in training
-        counts[cls] = pt.count_compute_ops(opt.step)
+        counts[type(opt)] = pt.count_compute_ops(opt.step)
     # torch's: about 23 kernels per matrix (40 matrices of 3 shapes); batched: about 20 per shape and a few more
     assert counts[torch.optim.Muon] >= 20 * len(matrices)
     assert counts[pt.BatchedMuon] <= 100

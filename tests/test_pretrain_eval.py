@@ -105,6 +105,8 @@ def test_time_to_quality():
     rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.55, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
     assert pe.dev_curve(rows) == [(0.0, 0.5), (1.0, 0.55), (2.0, 0.62)]
     assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0
+    assert pe.step_at(rows, pe.time_to_quality(pe.dev_curve(rows), 0.6)) == 80
+    assert pe.step_at(rows, 1.0) == 40 and pe.step_at(rows, 1.5) is None and pe.step_at(rows, None) is None
 
 
 def test_plateau_exit_measures_from_the_early_median():

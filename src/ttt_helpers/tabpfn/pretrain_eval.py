@@ -55,6 +55,7 @@ __all__ = [
     "plateau_probe_config",
     "plot_early_curves",
     "dev_curve",
+    "step_at",
     "best_dev",
     "dev_context_curve",
     "benchmark_checkpoint",
@@ -430,7 +431,8 @@ def plateau_probe(out_init_std: float, seed: int, steps: int, *, eval_every: int
     ``out_init_std`` (:class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig`; 0: ``tabpfn``'s zero initialisation)
     and return ``{"curve": [(step, held-out loss, held-out accuracy), ...], "seconds": ...}``, evaluated every
     ``eval_every`` steps on ``val_tasks`` held-out tasks of the prior. ``changes`` overrides fields of the probe
-    (:func:`plateau_probe_config`). Runs on one CPU thread (then restores the thread count), so that two probes of the same seed see the same tables and differ only by the initialisation.
+    (:func:`plateau_probe_config`). Runs on one CPU thread (then restores the thread count), so that two probes of
+    the same seed see the same tables and differ only by the initialisation.
     Safe in a notebook: the toy prior does not depend on Python's string hashing, so nothing restarts the process
     (a ``graph_scm`` probe warns when ``PYTHONHASHSEED`` is not fixed, see :func:`.pretrain.fix_hash_seed`)."""
     import tempfile
@@ -625,6 +627,14 @@ def dev_curve(rows) -> list:
     ``"curve"`` of a recipe in ``scripts/bench_pretrain_recipes.py``'s record), for :func:`time_to_quality`."""
     minutes, dev = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("dev_acc")
     return [(row[minutes], row[dev]) for row in rows]
+
+
+def step_at(rows, minutes):
+    """The training step of a recorded curve's evaluation at ``minutes`` training minutes (rows of
+    :data:`CURVE_COLUMNS`; ``minutes`` as :func:`time_to_quality` or :func:`plateau_exit` return it); ``None`` when
+    ``minutes`` is ``None`` or no evaluation was made then."""
+    at, step = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("step")
+    return next((row[step] for row in rows if minutes is not None and row[at] == minutes), None)
 
 
 def best_dev(rows) -> float:

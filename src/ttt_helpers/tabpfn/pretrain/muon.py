@@ -7,7 +7,7 @@ step, most of all launches of a step, each of them a few microseconds of work on
 the same update with the matrices of one shape stacked: momentum by ``torch._foreach_*`` over all of them, then,
 per shape, one batched Newton-Schulz loop (``baddbmm``) and one update; about fifty launches per step.
 
-The update is ``torch.optim.Muon``'s (torch 2.11 to 2.13): Nesterov momentum ``B <- mu B + (1 - mu) g``,
+The update is ``torch.optim.Muon``'s (as in torch 2.13; its constants and learning-rate rule are imported): Nesterov momentum ``B <- mu B + (1 - mu) g``,
 ``U = g + mu (B - g)``; ``U`` in bfloat16, a tall matrix transposed, divided by its Frobenius norm, then
 ``ns_steps`` quintic iterations ``X <- a X + (b A + c A A) X`` with ``A = X X^T``; decoupled weight decay; the step
 ``-lr * adjust(shape) * X``. Only the order of the floating-point sums of the products differs, so the two agree to
