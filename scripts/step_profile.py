@@ -221,14 +221,18 @@ def main(argv=None):
                                             "cudaDeviceSynchronize", "cudaEventSynchronize")) / args.profile_steps, 1),
                     "top_gpu": ev.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                         row_limit=25),
+                    # where the host's time goes: the operators by their own CPU time (dispatch, launches)
+                    "host_ms_per_step": round(sum(e.self_cpu_time_total for e in ev) / 1000 / args.profile_steps, 2),
+                    "top_cpu": ev.table(sort_by="self_cpu_time_total", row_limit=30),
                 }
         except Exception as e:  # noqa: BLE001 - a variant that fails on this machine is a result too
             row["error"] = repr(e)[:600]
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
         if "profile" in row:
-            print({k: v for k, v in row["profile"].items() if k != "top_gpu"}, flush=True)
+            print({k: v for k, v in row["profile"].items() if k not in ("top_gpu", "top_cpu")}, flush=True)
             print(row["profile"]["top_gpu"], flush=True)
+            print(row["profile"]["top_cpu"], flush=True)
         del fwd_model
         if cuda:
             torch.cuda.empty_cache()
