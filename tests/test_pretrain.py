@@ -156,6 +156,34 @@ def test_per_batch_stream_is_the_same_for_any_number_of_workers():
         assert all(torch.equal(x, y) for x, y in zip(a, pt.prior_batch(stage, "toy", (0, 0, 0), i)))
 
 
+class _WorkerNiceness(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        import os
+
+        yield os.nice(0)
+
+
+def test_worker_nice_lowers_the_workers_priority_and_only_theirs():
+    import os
+
+    before = os.nice(0)
+    for nice in (0, 3):
+        loader = torch.utils.data.DataLoader(_WorkerNiceness(), batch_size=None, num_workers=1,
+                                             worker_init_fn=pt.prior._WorkerInit(nice=nice))
+        assert next(iter(loader)) == min(before + nice, 19)
+    assert os.nice(0) == before
+    # the per-batch stream with niced workers still hands out exactly the batches of its seeds
+    stage = dict(TOY_STAGES[0], batch=2)
+    it = pt.prior_stream(stage, "toy", workers=2, key=(0, 0, 0), worker_nice=5)
+    for i in range(3):
+        j, batch = next(it)
+        assert j == i and all(torch.equal(x, y) for x, y in zip(batch, pt.prior_batch(stage, "toy", (0, 0, 0), i)))
+    with pytest.raises(ValueError, match="worker_nice"):
+        pt.PretrainConfig(worker_nice=-1)
+    with pytest.raises(ValueError, match="worker_nice"):
+        pt.PretrainConfig(worker_nice=20)
+
+
 def slow_prior_batches(monkeypatch, slow_seeds, seconds):
     """Make ToyPrior take ``seconds`` for the batches generated right after seeding with one of ``slow_seeds``
     (0.01 s for the others); DataLoader workers, forked, inherit the patch."""

@@ -133,6 +133,9 @@ class PretrainConfig:
         0: off); :meth:`Trainer.select` keeps whichever scores best on the development set.
     workers : int
         ``DataLoader`` worker processes generating prior batches (0: in this process).
+    worker_nice : int
+        Lower the workers' scheduling priority by this much (``os.nice``; 0: unchanged), so that the training
+        loop's process, which shares the CPU cores with them, is not slowed by them.
     seeding : {"per_call", "per_batch"}
         ``"per_call"`` (the shipped fallback's scheme): each call and stage seeds its own prior stream, so a
         resumed run draws other batches than an uninterrupted one. ``"per_batch"``: batch ``i`` of a stage is
@@ -187,6 +190,7 @@ class PretrainConfig:
     max_reuse: int = 0
     lawa: int = 0
     workers: int = 14
+    worker_nice: int = 0
     seeding: str = "per_call"
     in_order: bool = True
     autocast: bool = False
@@ -226,6 +230,8 @@ class PretrainConfig:
             raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac!r}")
         if not float(self.out_init_std) >= 0.0:
             raise ValueError(f"out_init_std must be a non-negative number, got {self.out_init_std!r}")
+        if not 0 <= int(self.worker_nice) <= 19:
+            raise ValueError(f"worker_nice must be an integer from 0 to 19, got {self.worker_nice!r}")
         for key in ("min_reuse", "warmup_steps"):
             if int(getattr(self, key)) < (1 if key == "min_reuse" else 0):
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")

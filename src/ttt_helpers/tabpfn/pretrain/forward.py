@@ -49,14 +49,14 @@ def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: i
         small = small_context_size(T, gen, small_context_frac)
         if small is not None:
             n_train, reshuffle = small, True
-    X = X.float().contiguous().to(device)
-    y = y.long().contiguous().to(device)
+    X = _to_device(X.float(), device)
+    y = _to_device(y.long(), device)
     if reshuffle:  # a fresh context/test split of the same tasks
-        perm = torch.argsort(torch.rand(B, T, generator=gen, device="cpu"), dim=1).to(device)
+        perm = _to_device(torch.argsort(torch.rand(B, T, generator=gen, device="cpu"), dim=1), device)
         X = torch.gather(X, 1, perm[:, :, None].expand_as(X))
         y = torch.gather(y, 1, perm)
     # random label permutation per task (TabPFN's inference shuffles classes too)
-    lab_perm = torch.argsort(torch.rand(B, max_classes, generator=gen, device="cpu"), dim=1).to(device)
+    lab_perm = _to_device(torch.argsort(torch.rand(B, max_classes, generator=gen, device="cpu"), dim=1), device)
     y = torch.gather(lab_perm, 1, y.clamp(0, max_classes - 1))
     y_tr, y_te = y[:, :n_train], y[:, n_train:]
     present = F.one_hot(y_tr, max_classes).amax(1).bool()  # [B, K]
@@ -67,6 +67,15 @@ def to_task(batch, device, gen: torch.Generator, reshuffle: bool, max_classes: i
     n_cls = present.sum(1)  # [B]
     x = X.transpose(0, 1).contiguous()  # [T, B, C]
     return x, y_tr.transpose(0, 1).float().contiguous(), target.transpose(0, 1).contiguous(), n_cls
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` (on the CPU) as a contiguous tensor on ``device``; to a CUDA device through pinned memory without
+    waiting for the copy (a copy from pageable memory makes the host wait for the device's queue)."""
+    t = t.contiguous()
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def masked_logits(logits: torch.Tensor, n_cls: torch.Tensor) -> torch.Tensor:

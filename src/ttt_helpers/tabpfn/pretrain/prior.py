@@ -261,19 +261,21 @@ def _mix(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
 
 
-class _WorkerSeeder:
-    def __init__(self, base: int):
-        self.base = base
+class _WorkerInit:
+    """A DataLoader worker's set-up: one thread, no warnings, its scheduling priority lowered by ``nice`` (so that
+    the training loop's process, sharing the CPU cores with the workers, is not held back by them) and, with a
+    ``base`` (per-call seeding), its global generators seeded from ``base`` and its worker id."""
+
+    def __init__(self, base: int | None = None, nice: int = 0):
+        self.base, self.nice = base, int(nice)
 
     def __call__(self, worker_id: int):
-        _seed_all((self.base * 1009 + worker_id) % (2**31 - 1))
+        if self.base is not None:
+            _seed_all((self.base * 1009 + worker_id) % (2**31 - 1))
+        if self.nice:
+            os.nice(self.nice)
         torch.set_num_threads(1)
         warnings.filterwarnings("ignore")
-
-
-def _quiet_worker(worker_id: int):
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
 
 
 class _PerBatchSeeded(torch.utils.data.IterableDataset):
@@ -315,7 +317,7 @@ def prior_batch(stage: dict, prior_type: str, key: tuple, i: int):
 
 
 def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int | None = None,
-                 key: tuple | None = None, start: int = 0, skip=(), in_order: bool = True):
+                 key: tuple | None = None, start: int = 0, skip=(), in_order: bool = True, worker_nice: int = 0):
     """An endless iterator over prior batches ``(X[B,T,H], y[B,T], d, seq_lens, train_sizes)`` of one stage.
 
     Give either ``seed_base`` (the per-call scheme: the DataLoader's workers are seeded from it, or, with no
@@ -323,7 +325,8 @@ def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int |
     the iterator yields ``(i, batch)`` for the batch indexes ``i >= start`` not in ``skip``).
     ``in_order=False`` (per-batch seeding with workers): each batch is handed out as soon as a worker has made
     it, not in index order (``DataLoader(in_order=False)``), so one slow batch does not hold back the finished
-    ones behind it; the indexes say which batches were drawn.
+    ones behind it; the indexes say which batches were drawn. ``worker_nice`` lowers the workers' scheduling
+    priority by that much (``os.nice``; 0: unchanged); it changes which batch is ready when, not what a batch holds.
     """
     if (seed_base is None) == (key is None):
         raise ValueError("give exactly one of seed_base (per-call seeding) and key (per-batch seeding)")
@@ -331,10 +334,10 @@ def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int |
         raise ValueError("in_order=False needs per-batch seeding (key): only then do the batches carry their index")
     if key is not None:
         dataset = _PerBatchSeeded(stage, prior_type, tuple(key), int(start), skip)
-        init = _quiet_worker
+        init = _WorkerInit(nice=worker_nice)
     else:
         dataset = make_prior(stage, prior_type)
-        init = _WorkerSeeder(seed_base)
+        init = _WorkerInit(seed_base, nice=worker_nice)
     if workers == 0 and key is not None:
         return iter(dataset)
     loader = torch.utils.data.DataLoader(
@@ -348,7 +351,7 @@ def prior_stream(stage: dict, prior_type: str, *, workers: int, seed_base: int |
         **({} if in_order else {"in_order": False}),
     )
     if workers == 0:
-        init(0)  # seeds this process's global generators, as a worker would be
+        _WorkerInit(seed_base)(0)  # seeds this process's global generators, as a worker would be (and leaves its priority)
     return iter(loader)  # (its iterator draws one number from torch's global generator)
 
 

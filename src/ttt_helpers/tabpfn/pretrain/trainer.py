@@ -410,7 +410,7 @@ class Trainer:
         cfg = self.cfg
         stage = cfg.curriculum[s_idx]
         if cfg.seeding == "per_call":
-            it = prior_stream(stage, cfg.prior, workers=cfg.workers,
+            it = prior_stream(stage, cfg.prior, workers=cfg.workers, worker_nice=cfg.worker_nice,
                               seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx + 1_000_003 * self.rank)
             return it, (None, None), 0
         cursor = self.meta.setdefault("prior_cursor", {"stage": s_idx, "next_batch": 0, "reuse_left": 0})
@@ -419,7 +419,7 @@ class Trainer:
             cursor.update(stage=s_idx, next_batch=0, reuse_left=0)
         key = (cfg.seed, self.rank, s_idx)
         it = prior_stream(stage, cfg.prior, workers=cfg.workers, key=key, start=cursor["next_batch"],
-                          skip=cursor.get("drawn_above", ()), in_order=cfg.in_order)
+                          skip=cursor.get("drawn_above", ()), in_order=cfg.in_order, worker_nice=cfg.worker_nice)
         if cursor["reuse_left"] == 0:
             return it, (None, None), 0
         # resumed while a batch was being reused: generate it again (here) and use it for the uses it had left
