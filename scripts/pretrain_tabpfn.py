@@ -72,12 +72,12 @@ CURRICULA = {"default": pt.CURRICULUM, "speedrun": pt.SPEEDRUN_CURRICULUM}
 
 def parse_args(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default=None, choices=["v1", "v2.6-muon", "v2-muon"])
+    pre.add_argument("--recipe", default=None, choices=pt.RECIPE_NAMES)
     name = pre.parse_known_args(argv)[0].recipe
     d = pt.recipe(name) if name else pt.PretrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
-    add("--recipe", default=None, choices=["v1", "v2.6-muon", "v2-muon"], help="start from a named recipe "
+    add("--recipe", default=None, choices=pt.RECIPE_NAMES, help="start from a named recipe "
         "(ttt_helpers.tabpfn.pretrain.recipe: its curriculum and defaults); other options override it")
     add("--architecture", default=d.architecture, choices=["v2", "v2.6"])
     for name in ("emsize", "nlayers", "nhead", "features_per_group", "max_num_classes", "num_thinking_rows",

@@ -36,9 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _template(args):
     from tabpfn import TabPFNClassifier
 
+    from ttt_helpers.tabpfn.checkpoints import classifier_kwargs, load_classifier
+
     if args.model_path:
-        return TabPFNClassifier(model_path=args.model_path, device=args.device), f"checkpoint {Path(args.model_path).name}"
-    from ttt_helpers.tabpfn.checkpoints import load_classifier
+        return (TabPFNClassifier(model_path=args.model_path, **classifier_kwargs(args.device)),
+                f"checkpoint {Path(args.model_path).name}")
 
     return load_classifier(prefer=args.prefer, device=args.device)
 

@@ -120,6 +120,26 @@ def test_load_classifier_fallback_verifies_sha256(tmp_path, monkeypatch):
         tm.load_classifier(prefer="fallback")
 
 
+def test_cpu_inference_is_float32_whatever_the_cpu(tiny_ckpt, monkeypatch):
+    """tabpfn's "auto" precision turns on bfloat16 autocast on CPUs with AVX512-BF16; the book's CPU inference must
+    compute the same numbers on every CPU, so it asks for float32 there (and leaves a GPU's choice to tabpfn)."""
+    import tabpfn.utils
+
+    kw = tm.classifier_kwargs("cpu", n_estimators=1)
+    assert kw == {"n_estimators": 1, "device": "cpu", "inference_precision": torch.float32}
+    assert tm.classifier_kwargs("cpu", inference_precision="autocast")["inference_precision"] == "autocast"
+    assert "inference_precision" not in tm.classifier_kwargs("cuda")
+    X, y = _toy_table(k=3)
+    probas = []
+    for fast_bf16 in (False, True):  # a CPU without and one with bfloat16 support, as tabpfn detects them
+        monkeypatch.setattr(tabpfn.utils, "_cpu_supports_fast_bf16", lambda v=fast_bf16: v)
+        assert tabpfn.utils.infer_autocast_inference_mode([torch.device("cpu")], enable=None) is fast_bf16
+        clf = tabpfn.TabPFNClassifier(model_path=str(tiny_ckpt[0]), n_estimators=1, random_state=0,
+                                      **tm.classifier_kwargs("cpu"))
+        probas.append(clf.fit(X[:60], y[:60]).predict_proba(X[60:]))
+    np.testing.assert_array_equal(probas[0], probas[1])
+
+
 def test_load_classifier_without_any_model_raises(tmp_path, monkeypatch):
     _fake_repo(tmp_path, monkeypatch)
     monkeypatch.delenv(tm.OFFICIAL_ENV_VAR, raising=False)

@@ -166,11 +166,14 @@ def test_prefetch_says_whether_the_next_batch_is_ready():
     assert off.ready() and next(off) == 7
 
 
-@pytest.mark.parametrize("name", ["v1", "v2.6-muon", "v2-muon"])
+@pytest.mark.parametrize("name", pt.RECIPE_NAMES)
 def test_recipes(name):
     cfg = pt.recipe(name, workers=2)
     assert cfg.workers == 2
-    if name == "v1":
+    if name == "v2.6-fast":  # v2.6-muon at half its rates, 4 layers, drawn initialisation, batched Muon, more reuse
+        assert cfg == pt.recipe("v2.6-muon", workers=2, nlayers=4, lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01,
+                                out_init_std=0.05, muon_batched=True, max_reuse=8)
+    elif name == "v1":
         assert cfg.architecture == "v2" and cfg.optimizer == "adamw" and not cfg.autocast and cfg.min_reuse == 4
         assert cfg.seeding == "per_call" and cfg.in_order  # the shipped fallback's prior stream
     else:

@@ -56,6 +56,7 @@ __all__ = [
     "read_checkpoint_config",
     "read_checkpoint_inference_config",
     "load_classifier",
+    "classifier_kwargs",
 ]
 
 OFFICIAL_ENV_VAR = "TABPFN_MODEL_PATH"
@@ -434,6 +435,25 @@ def _describe_fallback(path: Path) -> str:
     return desc + "; NOT the official TabPFN v2 weights)"
 
 
+def classifier_kwargs(device, **kwargs) -> dict:
+    """Keyword arguments of ``tabpfn.TabPFNClassifier`` on ``device``: ``kwargs`` with ``device`` and, on the CPU,
+    ``inference_precision=torch.float32`` unless ``kwargs`` sets it.
+
+    ``tabpfn``'s default (``"auto"``) runs CPU inference in bfloat16 autocast on CPUs with AVX512-BF16 or AMX and in
+    float32 elsewhere, so the same cell would compute different numbers on different readers' CPUs; and torch's
+    bfloat16 attention fails on such CPUs under ``ATEN_CPU_CAPABILITY=default`` (which ``make test`` uses). On a GPU
+    ``tabpfn``'s choice (fp16 autocast) is left as it is: the book's GPU results were made with it.
+    """
+    import torch
+
+    kind = str(device)
+    cpu = kind == "cpu" or kind.startswith("cpu:") or (kind == "auto" and not torch.cuda.is_available())
+    out = dict(kwargs, device=device)
+    if cpu:
+        out.setdefault("inference_precision", torch.float32)
+    return out
+
+
 def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bool = True, **tabpfn_kwargs):
     """A ``tabpfn.TabPFNClassifier`` on the official v2 checkpoint if present, else on our fallback.
 
@@ -449,7 +469,8 @@ def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bo
         mismatch).
     **tabpfn_kwargs
         Any other ``TabPFNClassifier`` argument (``n_estimators``, ``random_state``, ...); not
-        ``model_path``.
+        ``model_path``. On the CPU, inference runs in float32 unless ``inference_precision`` is given
+        (:func:`classifier_kwargs`).
 
     Returns
     -------
@@ -484,5 +505,5 @@ def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bo
         if verify:
             verify_sha256(path)
         description = _describe_fallback(path)
-    clf = TabPFNClassifier(model_path=str(path), device=device, **tabpfn_kwargs)
+    clf = TabPFNClassifier(model_path=str(path), **classifier_kwargs(device, **tabpfn_kwargs))
     return clf, description

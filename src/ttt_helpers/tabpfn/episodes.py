@@ -70,8 +70,10 @@ def make_template(path, device: str = "cpu", categorical_indices=()):
     """A ``tabpfn.TabPFNClassifier`` on the checkpoint file ``path`` (see :func:`prepare_classifier`)."""
     from tabpfn import TabPFNClassifier
 
-    return TabPFNClassifier(model_path=str(path), device=device,
-                            categorical_features_indices=list(categorical_indices) or None)
+    from .checkpoints import classifier_kwargs
+
+    return TabPFNClassifier(model_path=str(path), **classifier_kwargs(
+        device, categorical_features_indices=list(categorical_indices) or None))
 
 
 def prepare_classifier(template, *, n_estimators: int = 1, seed: int = 0, device=None):

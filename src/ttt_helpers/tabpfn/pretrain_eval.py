@@ -306,11 +306,8 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
     for name, (Xtr, Xte, ytr, yte) in tables.items():
         clf = TabPFNClassifier(
             model_path=str(ckpt_path),
-            device=device,
-            n_estimators=n_estimators,
-            random_state=seed,
-            ignore_pretraining_limits=True,
-            inference_config=inference_config,
+            **tm.classifier_kwargs(device, n_estimators=n_estimators, random_state=seed,
+                                   ignore_pretraining_limits=True, inference_config=inference_config),
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -4,7 +4,8 @@
   classes, batch, reuse) by training progress; :func:`stage_index` says which stage is in force;
 * :class:`PretrainConfig`: the model, the optimiser, the prior, the numerics and the clock of a run, checked
   at construction;
-* :func:`recipe`: the named recipes (``"v1"``, ``"v2.6-muon"``, ``"v2-muon"``) and the measurements behind them;
+* :func:`recipe`: the named recipes (``"v1"``, ``"v2.6-muon"``, ``"v2-muon"``, ``"v2.6-fast"``) and the measurements
+  behind them;
   :func:`tiny_config`: a CPU-sized configuration for smoke runs and tests.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "check_prior",
     "PretrainConfig",
     "recipe",
+    "RECIPE_NAMES",
     "tiny_config",
     "stage_index",
     "key_json",
@@ -251,6 +253,10 @@ SPEEDRUN_CURRICULUM = [
 ]
 
 
+#: The names :func:`recipe` knows.
+RECIPE_NAMES = ("v1", "v2.6-muon", "v2-muon", "v2.6-fast")
+
+
 def recipe(name: str, **overrides) -> PretrainConfig:
     """A named pretraining recipe, with ``overrides`` applied.
 
@@ -282,8 +288,22 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     ``data/models/tabpfn_candidate.ckpt`` (6.6 H200-minutes, development accuracy 0.677 against the fallback's
     0.665); at ``"v2-muon"``'s rates it reached 0.641 in 2.4 minutes, at half of them 0.651
     (``data/results/pretrain_bench/session21_v2.6.json``).
+
+    ``"v2.6-fast"``: the recipe of the time-to-quality measurement (issue 11): ``"v2.6-muon"`` at those half rates
+    with 4 layers (1.86 M parameters), the rates held at their peak until the last 1 % of the budget
+    (``decay_frac=0.01``), the block weights that ``tabpfn`` initialises to zero drawn with standard deviation
+    0.05 (``out_init_std``), Muon batched (:class:`~ttt_helpers.tabpfn.pretrain.muon.BatchedMuon`) and a prior batch
+    used up to 8 times rather than waiting for the next (``max_reuse=8``: with batched Muon's faster steps, 4 left
+    the loop waiting for the prior a fifth of its time). On one H100 its runs of 0.9 training minutes reached
+    ``"v1"``'s best development accuracy after a median of about 0.75 minutes
+    (``data/results/pretrain_bench/session33_reuse8_*.json``; the pretraining appendix).
     """
     base = {
+        "v2.6-fast": dict(architecture="v2.6", emsize=192, nlayers=4, nhead=3, features_per_group=3,
+                          num_thinking_rows=16, optimizer="muon", muon_batched=True, lr=2.5e-4, muon_lr=1.25e-3,
+                          decay_frac=0.01, warmup_steps=100, out_init_std=0.05, autocast=True, sdpa="no_cudnn",
+                          curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM], min_reuse=1, max_reuse=8,
+                          seeding="per_batch", in_order=False, workers=15, lawa=5),
         "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
         "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
                           num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=5e-3, warmup_steps=100,
@@ -294,6 +314,7 @@ def recipe(name: str, **overrides) -> PretrainConfig:
                         autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
                         min_reuse=1, max_reuse=4, seeding="per_batch", in_order=False, workers=15, lawa=5),
     }
+    assert set(base) == set(RECIPE_NAMES)
     if name not in base:
         raise ValueError(f"recipe must be one of {sorted(base)}, got {name!r}")
     return PretrainConfig(**{**base[name], **overrides})
