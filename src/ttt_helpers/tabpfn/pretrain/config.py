@@ -137,7 +137,8 @@ class PretrainConfig:
         ``DataLoader`` worker processes generating prior batches (0: in this process).
     worker_nice : int
         Lower the workers' scheduling priority by this much (``os.nice``; 0: unchanged), so that the training
-        loop's process, which shares the CPU cores with them, is not slowed by them.
+        loop's process, which shares the CPU cores with them, is served first. Measured on an H100 machine (16
+        cores, 15 workers): nice 10 left the step's time unchanged (the pretraining appendix).
     seeding : {"per_call", "per_batch"}
         ``"per_call"`` (the shipped fallback's scheme): each call and stage seeds its own prior stream, so a
         resumed run draws other batches than an uninterrupted one. ``"per_batch"``: batch ``i`` of a stage is
@@ -295,7 +296,7 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     0.05 (``out_init_std``), Muon batched (:class:`~ttt_helpers.tabpfn.pretrain.muon.BatchedMuon`) and a prior batch
     used up to 8 times rather than waiting for the next (``max_reuse=8``: with batched Muon's faster steps, 4 left
     the loop waiting for the prior a fifth of its time). On one H100 its runs of 0.9 training minutes reached
-    ``"v1"``'s best development accuracy after a median of about 0.75 minutes
+    ``"v1"``'s best development accuracy after a median of 0.76 minutes
     (``data/results/pretrain_bench/session33_reuse8_*.json``; the pretraining appendix).
     """
     base = {

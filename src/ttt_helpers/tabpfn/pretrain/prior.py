@@ -262,9 +262,9 @@ def _mix(*parts: int) -> int:
 
 
 class _WorkerInit:
-    """A DataLoader worker's set-up: one thread, no warnings, its scheduling priority lowered by ``nice`` (so that
-    the training loop's process, sharing the CPU cores with the workers, is not held back by them) and, with a
-    ``base`` (per-call seeding), its global generators seeded from ``base`` and its worker id."""
+    """A DataLoader worker's set-up: one thread, no warnings, its scheduling priority lowered by ``nice``
+    (:attr:`.config.PretrainConfig.worker_nice`) and, with a ``base`` (per-call seeding), its global generators seeded
+    from ``base`` and its worker id."""
 
     def __init__(self, base: int | None = None, nice: int = 0):
         self.base, self.nice = base, int(nice)
