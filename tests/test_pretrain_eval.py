@@ -107,6 +107,14 @@ def test_time_to_quality():
     assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0
     assert pe.step_at(rows, pe.time_to_quality(pe.dev_curve(rows), 0.6)) == 80
     assert pe.step_at(rows, 1.0) == 40 and pe.step_at(rows, 1.5) is None and pe.step_at(rows, None) is None
+    assert pe.net_step_ms({"step_ms": 80.0, "data_wait_fraction": 0.25}) == 60.0
+
+
+def test_net_step_ms_reads_a_table_with_the_same_columns():
+    import pandas as pd
+
+    table = pd.DataFrame({"step_ms": [100.0, 50.0], "data_wait_fraction": [0.1, 0.0]})
+    assert pe.net_step_ms(table).tolist() == [90.0, 50.0]
 
 
 def test_plateau_exit_measures_from_the_early_median():

@@ -56,6 +56,7 @@ __all__ = [
     "plot_early_curves",
     "dev_curve",
     "step_at",
+    "net_step_ms",
     "best_dev",
     "dev_context_curve",
     "benchmark_checkpoint",
@@ -632,6 +633,13 @@ def step_at(rows, minutes):
     ``minutes`` is ``None`` or no evaluation was made then."""
     at, step = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("step")
     return next((row[step] for row in rows if minutes is not None and row[at] == minutes), None)
+
+
+def net_step_ms(result):
+    """A recorded run's milliseconds per step without its wait for the prior: ``step_ms * (1 - data_wait_fraction)``
+    of a recipe's result in ``scripts/bench_pretrain_recipes.py``'s record (or of a table with those two columns).
+    The wait depends on how fast the prior keeps up, not on the step, so steps are compared by this."""
+    return result["step_ms"] * (1 - result["data_wait_fraction"])
 
 
 def best_dev(rows) -> float:

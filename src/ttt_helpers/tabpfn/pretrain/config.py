@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -254,8 +255,21 @@ SPEEDRUN_CURRICULUM = [
 ]
 
 
+# The fields of each named recipe (:func:`recipe` says where each comes from); copied at every use.
+_SPEEDRUN_COMMON = dict(optimizer="muon", warmup_steps=100, autocast=True, sdpa="no_cudnn",
+                        curriculum=SPEEDRUN_CURRICULUM, min_reuse=1, max_reuse=4, seeding="per_batch",
+                        in_order=False, workers=15, lawa=5)
+_RECIPES = {
+    "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
+    "v2.6-muon": dict(_SPEEDRUN_COMMON, architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
+                      num_thinking_rows=16, lr=1e-3, muon_lr=5e-3),
+    "v2-muon": dict(_SPEEDRUN_COMMON, architecture="v2", emsize=192, nlayers=6, nhead=6, features_per_group=2,
+                    random_column_embeddings=True, lr=5e-4, muon_lr=2.5e-3),
+}
+_RECIPES["v2.6-fast"] = dict(_RECIPES["v2.6-muon"], nlayers=4, lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01,
+                             out_init_std=0.05, muon_batched=True, max_reuse=8)
 #: The names :func:`recipe` knows.
-RECIPE_NAMES = ("v1", "v2.6-muon", "v2-muon", "v2.6-fast")
+RECIPE_NAMES = tuple(_RECIPES)
 
 
 def recipe(name: str, **overrides) -> PretrainConfig:
@@ -299,26 +313,9 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     ``"v1"``'s best development accuracy after a median of 0.76 minutes
     (``data/results/pretrain_bench/session33_reuse8_*.json``; the pretraining appendix).
     """
-    base = {
-        "v2.6-fast": dict(architecture="v2.6", emsize=192, nlayers=4, nhead=3, features_per_group=3,
-                          num_thinking_rows=16, optimizer="muon", muon_batched=True, lr=2.5e-4, muon_lr=1.25e-3,
-                          decay_frac=0.01, warmup_steps=100, out_init_std=0.05, autocast=True, sdpa="no_cudnn",
-                          curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM], min_reuse=1, max_reuse=8,
-                          seeding="per_batch", in_order=False, workers=15, lawa=5),
-        "v1": dict(min_reuse=4, random_column_embeddings=True, sdpa="no_gqa", workers=15),
-        "v2.6-muon": dict(architecture="v2.6", emsize=192, nlayers=6, nhead=3, features_per_group=3,
-                          num_thinking_rows=16, optimizer="muon", lr=1e-3, muon_lr=5e-3, warmup_steps=100,
-                          autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
-                          min_reuse=1, max_reuse=4, seeding="per_batch", in_order=False, workers=15, lawa=5),
-        "v2-muon": dict(architecture="v2", emsize=192, nlayers=6, nhead=6, features_per_group=2,
-                        random_column_embeddings=True, optimizer="muon", lr=5e-4, muon_lr=2.5e-3, warmup_steps=100,
-                        autocast=True, sdpa="no_cudnn", curriculum=[dict(s) for s in SPEEDRUN_CURRICULUM],
-                        min_reuse=1, max_reuse=4, seeding="per_batch", in_order=False, workers=15, lawa=5),
-    }
-    assert set(base) == set(RECIPE_NAMES)
-    if name not in base:
-        raise ValueError(f"recipe must be one of {sorted(base)}, got {name!r}")
-    return PretrainConfig(**{**base[name], **overrides})
+    if name not in _RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")
+    return PretrainConfig(**{**copy.deepcopy(_RECIPES[name]), **overrides})
 
 
 def tiny_config(**overrides) -> PretrainConfig:
