@@ -20,7 +20,8 @@ and in variants, so that a change to the loop is chosen on a measurement:
 With ``--loop-seconds S`` it then runs the real training loop (:class:`~ttt_helpers.tabpfn.pretrain.Trainer`, the
 prior's worker processes included) for ``S`` training seconds and times its phases (the next prior batch, the task
 on the device, the training step, the logging), with the device synchronised at each phase's ends, so that what
-the loop adds to the bare step is attributed to a phase.
+the loop adds to the bare step is attributed to a phase; then runs it again as it trains (no synchronisation) for its
+own ms per step.
 
 Tables are random normal features and random labels of the prior's shapes (the arithmetic does not depend on the
 values); the table lengths rotate over four sizes, so a variant that recompiles for every shape shows it. A
@@ -63,19 +64,22 @@ def device_kernel_us(events) -> float:
                      if e.device_type.name in devices and not getattr(e, "is_user_annotation", False)))
 
 
-def loop_phases(cfg, seconds: float, sync) -> dict:
+def loop_phases(cfg, seconds: float, sync, timed: bool = True) -> dict:
     """Train ``cfg`` for ``seconds`` training seconds in :class:`Trainer` (no evaluations) and time each phase of
     its loop: ``{"steps", "ms_per_step" (the loop's own clock), "phases_ms": {phase: median ms per step},
-    "data_wait_fraction"}``. The device is synchronised before and after each phase."""
+    "phases_mean_ms": {phase: mean}, "data_wait_fraction"}``. The device is synchronised before and after each
+    phase. With ``timed=False`` the loop runs as it is (no synchronisation, no phases): its own ms per step."""
     import tempfile
     from collections import defaultdict
+
+    import torch
 
     import ttt_helpers.tabpfn.pretrain.trainer as trainer_module
     from ttt_helpers.tabpfn import pretrain as pt
 
     times = defaultdict(list)
 
-    def timed(name, fn):
+    def timed_phase(name, fn):
         def wrapper(*a, **k):
             sync()
             t0 = time.perf_counter()
@@ -88,9 +92,10 @@ def loop_phases(cfg, seconds: float, sync) -> dict:
     original_to_task = trainer_module.to_task
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pt.Trainer(cfg, out_dir=tmp, log=lambda s: None)
-        for name in ("_next_batch", "_train_step", "_log_window"):
-            setattr(trainer, name, timed(name.strip("_"), getattr(trainer, name)))
-        trainer_module.to_task = timed("to_task", original_to_task)
+        if timed:
+            for name in ("_next_batch", "_train_step", "_log_window"):
+                setattr(trainer, name, timed_phase(name.strip("_"), getattr(trainer, name)))
+            trainer_module.to_task = timed_phase("to_task", original_to_task)
         try:
             trainer.run(seconds)
         finally:
@@ -98,6 +103,8 @@ def loop_phases(cfg, seconds: float, sync) -> dict:
         steps, train_s = trainer.meta["step"], trainer.meta["train_seconds"]
         return {"seconds": seconds, "steps": steps, "ms_per_step": round(1000 * train_s / max(steps, 1), 2),
                 "phases_ms": {k: round(1000 * statistics.median(v), 2) for k, v in times.items()},
+                "phases_mean_ms": {k: round(1000 * statistics.mean(v), 2) for k, v in times.items()},
+                "main_threads": torch.get_num_threads(), "workers": cfg.workers,
                 "data_wait_fraction": round(trainer.data_wait / max(train_s, 1e-9), 4)}
 
 
@@ -240,13 +247,17 @@ def main(argv=None):
     loop = loop_phases(cfg, args.loop_seconds, sync) if args.loop_seconds > 0 else None
     if loop is not None:
         print(json.dumps(loop), flush=True)
+    # the same loop as it trains (no synchronisation between phases): its own ms per step and data wait
+    loop_plain = loop_phases(cfg, args.loop_seconds, sync, timed=False) if args.loop_seconds > 0 else None
+    if loop_plain is not None:
+        print(json.dumps({"plain": loop_plain}), flush=True)
 
     out = Path(args.out) if args.out else results_dir() / "step_profile.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "recipe": "v2.6-muon (lr 2.5e-4, Muon 1.25e-3)", "overrides": overrides,
               "rows_rotation": args.rows,
               "features": args.features, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-              "torch": torch.__version__, "variants": rows, **({"loop": loop} if loop is not None else {})}
+              "torch": torch.__version__, "variants": rows, **({"loop": loop, "loop_plain": loop_plain} if loop is not None else {})}
     out.write_text(json.dumps(record, indent=1) + "\n")
     write_provenance(out.with_name(out.stem + ".provenance.json"), command=command, commit=commit,
                      seeds={"seed": args.seed},
