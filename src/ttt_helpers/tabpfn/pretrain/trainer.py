@@ -98,6 +98,11 @@ class Trainer:
         if self.use_cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            # The loop's own CPU operators (a batch's task, the optimisers' bookkeeping) are tiny; with torch's
+            # default of one thread per core they wait for threads that the prior's workers keep busy. On one
+            # H100 with 15 workers, one thread took the 4-layer loop from 93 to 54-57 ms a step
+            # (``scripts/step_profile.py``; the pretraining appendix). Numbers do not depend on it.
+            torch.set_num_threads(1)
         _seed_all(cfg.seed)
         self.model_config, model = make_model(cfg)
         self.model = model.to(self.device)
@@ -113,7 +118,8 @@ class Trainer:
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
         self.call_index = len(self.meta["calls"])
         self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "git_commit": git_commit()})  # the code this call runs, not the tree at its end
+                                   "git_commit": git_commit(),  # the code this call runs, not the tree at its end
+                                   "host_threads": torch.get_num_threads()})
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
