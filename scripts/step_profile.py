@@ -131,7 +131,7 @@ def main(argv=None):
     from ttt_helpers.tabpfn import pretrain as pt
     from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa, forward_loss, to_task
     from ttt_helpers.tabpfn.pretrain.state import make_model, make_optimizers
-    from ttt_helpers.tabpfn.pretrain.trainer import optimise
+    from ttt_helpers.tabpfn.pretrain.trainer import configure_host, optimise
 
     overrides = pt.key_json(args.set)
 
@@ -140,6 +140,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     cfg = pt.recipe("v2.6-muon", **{"lr": 0.00025, "muon_lr": 0.00125, "device": args.device, **overrides})
     configure_sdpa(cfg.sdpa)
+    configure_host(args.device)  # as the Trainer does: on a GPU, TF32 and one CPU thread (since stop 34)
     stage_batch = int(cfg.curriculum[-1]["batch"])
     t_start = time.time()
 

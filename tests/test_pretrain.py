@@ -184,6 +184,29 @@ def test_worker_nice_lowers_the_workers_priority_and_only_theirs():
         pt.PretrainConfig(worker_nice=20)
 
 
+def test_configure_host_one_cpu_thread_on_a_gpu_and_none_changed_on_the_cpu():
+    from ttt_helpers.tabpfn.pretrain.trainer import configure_host
+
+    saved = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_num_threads(2)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        configure_host("cpu")  # on the CPU the threads do the arithmetic: left alone
+        assert torch.get_num_threads() == 2 and not torch.backends.cuda.matmul.allow_tf32
+        configure_host(torch.device("cuda", 0))  # the settings only; no GPU is needed to make them
+        assert torch.get_num_threads() == 1
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+
+
+def test_each_call_records_its_host_threads(tmp_path):
+    trainer = pt.Trainer(pt.tiny_config(prior="toy", workers=0, emsize=16, nlayers=1, nhead=1), out_dir=tmp_path,
+                         log=lambda s: None)
+    assert trainer.meta["calls"][-1]["host_threads"] == torch.get_num_threads()
+
+
 def slow_prior_batches(monkeypatch, slow_seeds, seconds):
     """Make ToyPrior take ``seconds`` for the batches generated right after seeding with one of ``slow_seeds``
     (0.01 s for the others); DataLoader workers, forked, inherit the patch."""

@@ -311,7 +311,9 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     used up to 8 times rather than waiting for the next (``max_reuse=8``: with batched Muon's faster steps, 4 left
     the loop waiting for the prior a fifth of its time). On one H100 its runs of 0.9 training minutes reached
     ``"v1"``'s best development accuracy after a median of 0.76 minutes
-    (``data/results/pretrain_bench/session33_reuse8_*.json``; the pretraining appendix).
+    (``data/results/pretrain_bench/session33_reuse8_*.json``), and of 0.50 minutes, about 12 times sooner than
+    ``"v1"``, once the :class:`~ttt_helpers.tabpfn.pretrain.Trainer` ran on one CPU thread
+    (``session34_threads_*.json``; the pretraining appendix).
     """
     if name not in _RECIPES:
         raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")

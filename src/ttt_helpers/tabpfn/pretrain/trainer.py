@@ -26,7 +26,7 @@ from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
 from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, save_state
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "configure_host"]
 
 
 @dataclasses.dataclass
@@ -95,14 +95,7 @@ class Trainer:
         self.use_cuda = self.device.type == "cuda"
         self.autocast = self.use_cuda and cfg.autocast
         configure_sdpa(cfg.sdpa)
-        if self.use_cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            # The loop's own CPU operators (a batch's task, the optimisers' bookkeeping) are tiny; with torch's
-            # default of one thread per core they wait for threads that the prior's workers keep busy. On one
-            # H100 with 15 workers, one thread took the 4-layer loop from 93 to 54-57 ms a step
-            # (``scripts/step_profile.py``; the pretraining appendix). Numbers do not depend on it.
-            torch.set_num_threads(1)
+        configure_host(self.device)
         _seed_all(cfg.seed)
         self.model_config, model = make_model(cfg)
         self.model = model.to(self.device)
@@ -555,6 +548,21 @@ class Trainer:
             "inference_overrides": tm.FALLBACK_INFERENCE_OVERRIDES,
             budget_key: round(self.budget / 60, 3) if cfg.clock == "time" else self.budget,
         }
+
+
+def configure_host(device) -> None:
+    """The process-wide torch settings of training on ``device``: on a GPU, TF32 matrix products and **one CPU
+    thread** for torch's own operators; on the CPU, nothing changes (there the threads do the arithmetic).
+
+    On a GPU the loop's CPU operators are tiny (a batch's task, the optimisers' bookkeeping), but with torch's
+    default pool of one thread per core each of them waits until all its threads are scheduled on cores that the
+    prior's workers keep busy. On one H100 with 15 workers one thread took ``v2.6-fast``'s loop from 93 to 54-57 ms
+    a step (``scripts/step_profile.py``; the pretraining appendix). What a step computes does not depend on it.
+    """
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_num_threads(1)
 
 
 def optimise(model, optimizers, loss, grad_clip: float) -> None:
