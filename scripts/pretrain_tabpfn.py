@@ -87,6 +87,9 @@ def parse_args(argv=None):
                  "out_init_std"):
         add("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     add("--optimizer", default=d.optimizer, choices=["adamw", "muon"])
+    add("--muon-batched", action=argparse.BooleanOptionalAction, default=d.muon_batched,
+        help="Muon's update for all blocks' weights of a shape at once (pretrain.muon.BatchedMuon) instead of "
+        "torch.optim.Muon's, one weight at a time")
     add("--prior", default=d.prior, type=pt.check_prior, help=f"one of {pt.PRIORS}, or several joined by '|' "
         "(mixed batch by batch); graph_scm: tabicl's structural causal models (mix_scm tasks carry almost no "
         "learnable signal, data/results/prior_signal.json); +filter: tabicl's filter of unpredictable tables; "
@@ -146,7 +149,7 @@ def parse_args(argv=None):
 
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
-             "num_thinking_rows", "optimizer", "lr", "muon_lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay",
+             "num_thinking_rows", "optimizer", "muon_batched", "lr", "muon_lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay",
              "small_context_frac", "init_from",
              "grad_clip", "out_init_std", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
              "random_column_embeddings", "clock", "val_tasks", "eval_estimators", "seed", "device")

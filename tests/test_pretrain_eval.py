@@ -281,6 +281,14 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
                                                       "--stage-batch", "4", "--device", "cpu"]))
     assert [(s["max_features"], s["batch"]) for s in wide.curriculum] == [(64, 4)]
     assert pt.SPEEDRUN_CURRICULUM[0]["max_features"] == 32
+    # a named recipe whole, and a recipe with another's Muon (the candidate's 6 layers, batched, batches reused)
+    assert script.config_from_args(script.parse_args(["--recipe", "v2.6-fast", "--device", "cpu"])) == \
+        pt.recipe("v2.6-fast", device="cpu")
+    six = script.config_from_args(script.parse_args(["--recipe", "v2.6-muon", "--muon-batched", "--max-reuse", "8",
+                                                     "--device", "cpu"]))
+    assert six.muon_batched and six.max_reuse == 8 and six.nlayers == pt.recipe("v2.6-muon").nlayers == 6
+    assert not script.config_from_args(script.parse_args(["--recipe", "v2.6-fast", "--no-muon-batched",
+                                                          "--device", "cpu"])).muon_batched
 
 
 @pytest.mark.parametrize("chosen", ["best_dev_step_2", "last"])
