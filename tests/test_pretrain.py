@@ -201,10 +201,19 @@ def test_configure_host_one_cpu_thread_on_a_gpu_and_none_changed_on_the_cpu():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
 
 
-def test_each_call_records_its_host_threads(tmp_path):
+def test_each_call_records_its_host_threads_and_too_many_workers_are_told(tmp_path):
+    from ttt_helpers.tabpfn.pretrain.trainer import _usable_cores
+
+    lines = []
     trainer = pt.Trainer(pt.tiny_config(prior="toy", workers=0, emsize=16, nlayers=1, nhead=1), out_dir=tmp_path,
-                         log=lambda s: None)
+                         log=lines.append)
     assert trainer.meta["calls"][-1]["host_threads"] == torch.get_num_threads()
+    assert not any("warning" in line for line in lines)
+    cores = _usable_cores()
+    pt.Trainer(pt.tiny_config(prior="toy", workers=cores, emsize=16, nlayers=1, nhead=1), out_dir=tmp_path,
+               log=lines.append)
+    assert any(f"{cores} prior workers on {cores} usable CPU cores" in line and f"workers={max(1, cores - 1)}" in line
+               for line in lines)
 
 
 def slow_prior_batches(monkeypatch, slow_seeds, seconds):

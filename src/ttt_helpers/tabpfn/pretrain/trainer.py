@@ -129,6 +129,11 @@ class Trainer:
         device_name = torch.cuda.get_device_name(self.device) if self.use_cuda else "cpu"
         log(f"model: TabPFN {cfg.architecture} architecture, {self.n_params:,} parameters, config "
             f"{self.model_config}; device {device_name}")
+        cores = _usable_cores()
+        if cfg.workers >= cores:
+            log(f"warning: {cfg.workers} prior workers on {cores} usable CPU cores: the workers and the training "
+                f"loop share cores (the named recipes were timed with 15 workers on 16 cores); consider "
+                f"workers={max(1, cores - 1)}")
 
     def _warm_start(self, path) -> dict:
         """Load the weights of an exported checkpoint into the freshly built model; its path and sha256."""
@@ -593,6 +598,16 @@ def _mark_drawn(cursor: dict, index: int) -> None:
     cursor.pop("drawn_above", None)
     if above:
         cursor["drawn_above"] = sorted(above)
+
+
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform tells it; else ``os.cpu_count()``)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _versions() -> dict:
