@@ -559,10 +559,11 @@ def configure_host(device) -> None:
     """The process-wide torch settings of training on ``device``: on a GPU, TF32 matrix products and **one CPU
     thread** for torch's own operators; on the CPU, nothing changes (there the threads do the arithmetic).
 
-    On a GPU the loop's CPU operators are tiny (a batch's task, the optimisers' bookkeeping), but with torch's
-    default pool of one thread per core each of them waits until all its threads are scheduled on cores that the
-    prior's workers keep busy. On one H100 with 15 workers one thread took ``v2.6-fast``'s loop from 93 to 54-57 ms
-    a step (``scripts/step_profile.py``; the pretraining appendix). What a step computes does not depend on it.
+    On a GPU the loop's CPU operators are tiny (a batch's task, the optimisers' bookkeeping), but torch runs them on
+    a pool of one thread per core, cores that the prior's workers keep busy (in our reading of the profiles, each
+    operator waits until all its threads are scheduled). On one H100 with 15 workers one thread took
+    ``v2.6-fast``'s loop from 93 to 54-57 ms a step, and moving a batch to the device from 18 to 2 ms
+    (``scripts/step_profile.py``; the pretraining appendix). What a step computes does not depend on it.
     """
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
