@@ -139,7 +139,8 @@ class PretrainConfig:
     worker_nice : int
         Lower the workers' scheduling priority by this much (``os.nice``; 0: unchanged), so that the training
         loop's process, which shares the CPU cores with them, is served first. Measured on an H100 machine (16
-        cores, 15 workers): nice 10 left the step's time unchanged (the pretraining appendix).
+        cores, 15 workers): nice 10 left the step's time unchanged (the pretraining appendix); what slowed the loop
+        was torch's pool of CPU threads, which :func:`.trainer.configure_host` now sets to one on a GPU.
     seeding : {"per_call", "per_batch"}
         ``"per_call"`` (the shipped fallback's scheme): each call and stage seeds its own prior stream, so a
         resumed run draws other batches than an uninterrupted one. ``"per_batch"``: batch ``i`` of a stage is
