@@ -73,6 +73,35 @@ def test_build_checkpoint_rejects_mismatched_weights_and_versioned_names(tmp_pat
         tm.make_config(not_a_field=1)
 
 
+def test_interpolate_checkpoints_mixes_weights_keeps_the_start_settings_and_refuses_other_models(tmp_path):
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    wa, wb = tm.new_model(config, seed=1).state_dict(), tm.new_model(config, seed=2).state_dict()
+    start = tm.build_checkpoint(config, wa, tmp_path / "start.ckpt", inference_config=tm.FALLBACK_INFERENCE_OVERRIDES)
+    end = tm.build_checkpoint(config, wb, tmp_path / "end.ckpt")
+    for alpha, expect in ((0.0, lambda k: wa[k]), (1.0, lambda k: wb[k]),
+                          (0.25, lambda k: 0.75 * wa[k] + 0.25 * wb[k])):
+        path = tm.interpolate_checkpoints(start, end, alpha, tmp_path / f"mix{alpha}.ckpt", extra={"note": "x"})
+        got = tm.load_model(path).state_dict()
+        for k in wa:
+            if wa[k].is_floating_point():
+                torch.testing.assert_close(got[k], expect(k), rtol=0, atol=1e-6)
+        if alpha in (0.0, 1.0):  # the ends are the ends, bit for bit
+            assert all(torch.equal(got[k], expect(k)) for k in wa)
+        record = torch.load(path, map_location="cpu", weights_only=False)
+        assert record["note"] == "x"
+        assert record["inference_config"]["PREPROCESS_TRANSFORMS"] == tm.read_checkpoint_inference_config(
+            start)["PREPROCESS_TRANSFORMS"]
+    mid = tm.load_model(tmp_path / "mix0.25.ckpt").state_dict()
+    assert any(not torch.equal(mid[k], wa[k]) and not torch.equal(mid[k], wb[k]) for k in wa)
+    other = tm.make_config(emsize=32, nlayers=1, nhead=2)
+    wide = tm.build_checkpoint(other, tm.new_model(other, seed=0).state_dict(), tmp_path / "wide.ckpt")
+    with pytest.raises(ValueError, match="different architectures or configurations"):
+        tm.interpolate_checkpoints(start, wide, 0.5, tmp_path / "bad.ckpt")
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="alpha"):
+            tm.interpolate_checkpoints(start, end, alpha, tmp_path / "bad.ckpt")
+
+
 def test_new_model_is_seeded_without_touching_global_state():
     config = tm.make_config(emsize=16, nlayers=1, nhead=2)
     torch.manual_seed(123)

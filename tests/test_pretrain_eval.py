@@ -540,3 +540,47 @@ def test_plateau_probe_changes_override_the_probe_and_are_recorded(tmp_path):
     assert record["runs"][0]["curve"] == [list(row) for row in fast["curve"]]
     with pytest.raises(SystemExit):
         script.main(["--set", "nonsense=1", "--out", str(tmp_path)])
+
+
+def test_interpolation_script_chooses_by_its_rule_and_exports_the_choice(tmp_path, monkeypatch):
+    """scripts/interpolate_checkpoints.py: the rule (mean development accuracy at 8, 32 and 1,000 rows; the
+    smallest alpha within 0.001 of the best), the result and provenance files, and the exported choice, whose
+    weights are the interpolation it names (the scores are faked per alpha; the weights are real)."""
+    from ttt_helpers.provenance import read_provenance, sha256_file
+    from ttt_helpers.tabpfn import checkpoints as tm
+
+    script = load_script("interpolate_checkpoints")
+    assert script.choose({"0": {"rule": 0.5}, "0.5": {"rule": 0.6}, "1": {"rule": 0.6005}}) == "0.5"
+    assert script.choose({"0": {"rule": 0.6}, "0.5": {"rule": 0.59}, "1": {"rule": 0.58}}) == "0"
+    config = tm.make_config(emsize=16, nlayers=1, nhead=2)
+    start = tm.build_checkpoint(config, tm.new_model(config, seed=1).state_dict(), tmp_path / "start.ckpt")
+    end = tm.build_checkpoint(config, tm.new_model(config, seed=2).state_dict(), tmp_path / "end.ckpt")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--start", str(start), "--end", str(end), "--alphas", "1.5"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--start", str(start), "--end", str(end), "--sizes", "2", "32"])
+    # a fake score that peaks at alpha 0.5 (the weights tell the alpha: compare with the two ends)
+    wa = tm.load_model(start).state_dict()
+    wb = tm.load_model(end).state_dict()
+    key = next(k for k in wa if wa[k].is_floating_point() and not torch.equal(wa[k], wb[k]))
+
+    def alpha_of(path):
+        w = tm.load_model(path).state_dict()[key]
+        return float(((w - wa[key]).flatten() @ (wb[key] - wa[key]).flatten())
+                     / ((wb[key] - wa[key]).flatten() @ (wb[key] - wa[key]).flatten()))
+
+    monkeypatch.setattr(pe, "dev_splits", lambda seed, cache=None: {"t": None})
+    monkeypatch.setattr(pe, "eval_real", lambda path, dev, device, n, seed: {"t": 0.7 - abs(alpha_of(path) - 0.5)})
+    monkeypatch.setattr(pe, "dev_context_curve", lambda path, sizes, reps, seed, cache: {
+        "sizes": list(sizes), "mean": [0.4 + 0.1 * alpha_of(path)] * len(sizes)})
+    out, export = tmp_path / "out", tmp_path / "chosen" / "tabpfn_interpolated.ckpt"
+    assert script.main(["--start", str(start), "--end", str(end), "--alphas", "0", "0.5", "1", "--work",
+                        str(tmp_path / "work"), "--export", str(export), "--out", str(out), "--name", "ic"]) == 0
+    result = json.loads((out / "ic.json").read_text())
+    assert result["chosen"] == "0.5"
+    np.testing.assert_allclose(result["alphas"]["0.5"]["rule"], np.mean([0.45, 0.45, 0.7]), atol=1e-4)
+    assert read_provenance(out / "ic.provenance.json")["files"] == {"ic.json": sha256_file(out / "ic.json")}
+    prov = read_provenance(export.with_suffix(".json"))
+    assert prov["results"]["alpha"] == 0.5 and prov["files"] == {export.name: sha256_file(export)}
+    assert sha256_file(export) == result["alphas"]["0.5"]["sha256"]
+    assert abs(alpha_of(export) - 0.5) < 1e-5

@@ -55,6 +55,7 @@ __all__ = [
     "load_model",
     "read_checkpoint_config",
     "read_checkpoint_inference_config",
+    "interpolate_checkpoints",
     "load_classifier",
     "classifier_kwargs",
 ]
@@ -411,6 +412,48 @@ def read_checkpoint_inference_config(path) -> dict | None:
     """The ``inference_config`` dict a checkpoint declares, or ``None`` (then ``tabpfn`` uses its v2 defaults)."""
     cfg = _load_checkpoint(path).get("inference_config")
     return None if cfg is None else dict(cfg)
+
+
+def interpolate_checkpoints(start, end, alpha: float, path, *, extra: dict | None = None) -> Path:
+    """Write the checkpoint whose weights are ``(1 - alpha) * start + alpha * end``, element by element.
+
+    Linear interpolation of two checkpoints' weights (the "WiSE-FT" of Wortsman et al., arXiv 2109.01903, between
+    a pretrained model and one fine-tuned from it) is meaningful only where ``end`` was trained from ``start``
+    (a warm start, ``--init-from``): both then lie in one basin. Both files must hold the same architecture and
+    configuration; the new file keeps ``start``'s ``inference_config``. ``alpha`` 0 gives ``start``'s weights and
+    1 gives ``end``'s, exactly; non-float tensors must be equal in both.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file (:func:`build_checkpoint`).
+    """
+    import torch
+
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    a, b = _load_checkpoint(start), _load_checkpoint(end)
+    if a.get("architecture_name") != b.get("architecture_name") or dict(a["config"]) != dict(b["config"]):
+        raise ValueError(f"{start} and {end} hold different architectures or configurations; "
+                         "only a model and its own warm start can be interpolated")
+    sa, sb = a["state_dict"], b["state_dict"]
+    if set(sa) != set(sb):
+        raise ValueError(f"{start} and {end} hold different weights: {sorted(set(sa) ^ set(sb))[:5]}")
+    state = {}
+    for k, va in sa.items():
+        vb = sb[k]
+        if va.shape != vb.shape:
+            raise ValueError(f"weight {k!r} has shape {tuple(va.shape)} in {start} and {tuple(vb.shape)} in {end}")
+        if va.is_floating_point():
+            va32, vb32 = va.detach().float(), vb.detach().float()
+            mixed = va32 if alpha == 0.0 else vb32 if alpha == 1.0 else torch.lerp(va32, vb32, alpha)
+            state[k] = mixed.to(va.dtype)
+        elif torch.equal(va, vb):
+            state[k] = va
+        else:
+            raise ValueError(f"non-float weight {k!r} differs between {start} and {end}")
+    return build_checkpoint(a["config"], state, path, extra=extra, inference_config=a.get("inference_config"))
 
 
 def _describe_fallback(path: Path) -> str:
