@@ -17,6 +17,12 @@ One pretraining run whose checkpoint is not shipped (to ``data/results/NAME.json
 
     python scripts/ship_device_result.py --export /work/.device/3/tabpfn_fallback.json \\
         --name pretrain_v2muon_emsize256 --note "v2-muon at emsize 256"
+
+Any other checkpoint's provenance, with the benchmark entries ``scripts/pretrain_tabpfn.py --benchmark`` added to
+it, its checkpoint not shipped (e.g. the choice of ``scripts/interpolate_checkpoints.py --export``)::
+
+    python scripts/ship_device_result.py --model runs/wise/chosen/tabpfn_interpolated.json \\
+        --name tabpfn_interpolated --note "the candidate and its warm start, interpolated"
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def parse_args(argv=None):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--bench", metavar="JSON", help="a record of scripts/bench_pretrain_recipes.py")
     what.add_argument("--export", metavar="JSON", help="the provenance a scripts/pretrain_tabpfn.py export wrote")
+    what.add_argument("--model", metavar="JSON", help="a checkpoint's provenance with its benchmark entries")
     p.add_argument("--name", required=True, help="file name (without .json) of the shipped result")
     p.add_argument("--note", required=True, help="what the run was, in a sentence")
     p.add_argument("--prior-tables", type=int, default=None,
@@ -83,6 +90,26 @@ def ship_export(export: dict, out: Path, name: str, note: str, command: str, pri
     return path
 
 
+def ship_model(record: dict, out: Path, name: str, note: str, command: str) -> Path:
+    """A checkpoint's provenance (the checkpoint not shipped), with the benchmark entries that
+    :func:`ttt_helpers.tabpfn.pretrain_eval.benchmark_checkpoint` added to it, as ``out/name.json``."""
+    if not record.get("benchmark_offline_tables"):
+        raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
+    shipped = {k: v for k, v in record.items() if k != "files"}
+    shipped["checkpoint_not_shipped"] = dict(record.get("files", {}))
+    shipped["note"] = note
+    path = out / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(shipped, indent=1) + "\n")
+    results = {k: v["mean_accuracy"] for k, v in record["results"]["benchmark"].items()}
+    write_provenance(out / f"{name}.provenance.json", command=record["command"], commit=record["git_commit"],
+                     seeds=record.get("seeds"), results=results, files=[path],
+                     extra={"machine": record["machine"], "date_utc": record["date_utc"],
+                            "benchmark_commands": {k: v["command"] for k, v in record["benchmark_offline_tables"].items()},
+                            "note": note, "shipped_by": command})
+    return path
+
+
 def main(argv=None):
     args = parse_args(argv)
     command = command_line(argv)
@@ -90,6 +117,9 @@ def main(argv=None):
     if args.bench:
         out = Path(args.out_dir) if args.out_dir else results / "pretrain_bench"
         path = ship_bench(json.loads(Path(args.bench).read_text()), out, args.name, args.note, command)
+    elif args.model:
+        out = Path(args.out_dir) if args.out_dir else results
+        path = ship_model(json.loads(Path(args.model).read_text()), out, args.name, args.note, command)
     else:
         out = Path(args.out_dir) if args.out_dir else results
         path = ship_export(json.loads(Path(args.export).read_text()), out, args.name, args.note, command,

@@ -253,6 +253,20 @@ def test_ship_device_result_keeps_the_device_provenance(tmp_path):
     assert prov["machine"] == device and prov["git_commit"] == "def5678" and prov["calls"] == export["calls"]
     assert prov["results"]["dev_acc_best"] == 0.62 and prov["results"]["dev_acc_final"] == 0.6
     assert pe.export_record(shipped, "single")["recipes"]["single"]["data_wait_fraction"] == 0.0125
+    model = {"command": "python scripts/interpolate_checkpoints.py --export x", "git_commit": "0a1b2c3",
+             "machine": {"platform": "cpu-host", "accelerator": "none (CPU)"}, "date_utc": "2026-12-05T21:30:00+00:00",
+             "seeds": {"seed": 1}, "files": {"tabpfn_interpolated.ckpt": "11ee"}, "results": {"alpha": 0.5}}
+    with pytest.raises(ValueError, match="no benchmark entries"):
+        ship.ship_model(model, tmp_path, "mixed", "a third note", "python ship")
+    model["benchmark_offline_tables"] = {"n_estimators=1": {"command": "python scripts/pretrain_tabpfn.py --benchmark x"}}
+    model["results"]["benchmark"] = {"n_estimators=1": {"mean_accuracy": {"tabpfn_fallback": 0.57}}}
+    path = ship.ship_model(model, tmp_path, "mixed", "a third note", "python ship")
+    shipped, prov = json.loads(path.read_text()), read_provenance(tmp_path / "mixed.provenance.json")
+    assert shipped["checkpoint_not_shipped"] == {"tabpfn_interpolated.ckpt": "11ee"} and "files" not in shipped
+    assert prov["git_commit"] == "0a1b2c3" and prov["machine"] == model["machine"] and prov["note"] == "a third note"
+    assert prov["results"] == {"n_estimators=1": {"tabpfn_fallback": 0.57}}
+    assert prov["benchmark_commands"] == {"n_estimators=1": "python scripts/pretrain_tabpfn.py --benchmark x"}
+    assert all(row["sha256_ok"] is not False for row in provenance_table(tmp_path))
 
 
 def test_pretrain_script_curriculum_flag_overrides_the_recipe():
