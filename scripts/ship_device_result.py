@@ -69,15 +69,23 @@ def ship_bench(record: dict, out: Path, name: str, note: str, command: str) -> P
     return path
 
 
-def ship_export(export: dict, out: Path, name: str, note: str, command: str, prior_tables=None) -> Path:
-    """An export's provenance (its checkpoint not shipped) as ``out/name.json`` with its provenance."""
-    record = {k: v for k, v in export.items() if k != "files"}  # the checkpoint it names is not shipped
-    record["prior_tables"] = prior_tables
-    record["checkpoint_not_shipped"] = dict(export.get("files", {}))
-    record["note"] = note
+def _write_without_checkpoint(record: dict, out: Path, name: str, note: str, **fields) -> Path:
+    """``record`` as ``out/name.json``, the checkpoint it names not shipped: its ``files`` become
+    ``checkpoint_not_shipped`` (else the reproducibility appendix looks for a file that is not there), after any
+    ``fields``, then the ``note``."""
+    shipped = {k: v for k, v in record.items() if k != "files"}
+    shipped.update(fields)
+    shipped["checkpoint_not_shipped"] = dict(record.get("files", {}))
+    shipped["note"] = note
     path = out / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(json.dumps(shipped, indent=1) + "\n")
+    return path
+
+
+def ship_export(export: dict, out: Path, name: str, note: str, command: str, prior_tables=None) -> Path:
+    """An export's provenance (its checkpoint not shipped) as ``out/name.json`` with its provenance."""
+    path = _write_without_checkpoint(export, out, name, note, prior_tables=prior_tables)
     res, sel = export["results"], export.get("selection") or {}
     results = {"dev_acc_final": export["evals"][-1]["dev_acc"],
                "dev_acc_best": max(e["dev_acc"] for e in export["evals"]),
@@ -95,12 +103,7 @@ def ship_model(record: dict, out: Path, name: str, note: str, command: str) -> P
     :func:`ttt_helpers.tabpfn.pretrain_eval.benchmark_checkpoint` added to it, as ``out/name.json``."""
     if not record.get("benchmark_offline_tables"):
         raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
-    shipped = {k: v for k, v in record.items() if k != "files"}
-    shipped["checkpoint_not_shipped"] = dict(record.get("files", {}))
-    shipped["note"] = note
-    path = out / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(shipped, indent=1) + "\n")
+    path = _write_without_checkpoint(record, out, name, note)
     results = {k: v["mean_accuracy"] for k, v in record["results"]["benchmark"].items()}
     write_provenance(out / f"{name}.provenance.json", command=record["command"], commit=record["git_commit"],
                      seeds=record.get("seeds"), results=results, files=[path],
