@@ -33,22 +33,18 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
-#: Context sizes whose development accuracies the rule averages (1,000 rows: one member through tabpfn).
-RULE_SIZES = (8, 32, 1000)
-RULE_TIE = 0.001
+RULE_SIZES = pe.RULE_SIZES  # the rule (pretrain_eval.dev_rule_score / choose_by_rule), shared with compare_checkpoints.py
 
 
 def choose(scores: dict) -> str:
     """The ``alpha`` (a key of ``scores``, ``{alpha: {"rule": mean accuracy}}``) that the rule picks: the highest
-    ``rule`` score, or the smallest ``alpha`` within :data:`RULE_TIE` of it."""
-    best = max(s["rule"] for s in scores.values())
-    return min((a for a, s in scores.items() if s["rule"] >= best - RULE_TIE), key=float)
+    ``rule`` score, or the smallest ``alpha`` within :data:`~ttt_helpers.tabpfn.pretrain_eval.RULE_TIE` of it."""
+    return pe.choose_by_rule(scores, key=float)
 
 
 def parse_args(argv=None):
@@ -90,20 +86,16 @@ def main(argv=None):
               "end": {"path": args.end, "sha256": sha256_file(args.end)}, "sizes": args.sizes, "reps": args.reps,
               "seed": args.seed, "dev_seed": args.dev_seed,
               "rule": f"highest mean development accuracy at {', '.join(map(str, RULE_SIZES))} context rows "
-                      f"(1,000 rows: one member through tabpfn); within {RULE_TIE} of the best, the smallest alpha",
+                      f"(1,000 rows: one member through tabpfn); within {pe.RULE_TIE} of the best, the smallest alpha",
               "alphas": {}}
     for alpha in args.alphas:
         t = time.time()
         key = f"{alpha:g}"
         path = tm.interpolate_checkpoints(args.start, args.end, alpha, work / f"tabpfn_alpha{key}.ckpt")
-        at_1000 = pe.eval_real(path, dev, args.device, 1, args.dev_seed)
-        curve = pe.dev_context_curve(path, sizes=args.sizes, reps=args.reps, seed=args.seed, cache=args.dev_cache)
-        by_size = dict(zip(curve["sizes"], curve["mean"]))
-        dev_1000 = round(float(np.mean(list(at_1000.values()))), 4)
-        rule = round(float(np.mean([by_size[n] for n in RULE_SIZES[:-1]] + [dev_1000])), 4)
-        result["alphas"][key] = {"sha256": sha256_file(path), "dev_1000_one_member": dev_1000,
-                                 "dev_1000_per_table": {k: round(v, 4) for k, v in at_1000.items()},
-                                 "short": curve, "rule": rule, "seconds": round(time.time() - t, 1)}
+        score = pe.dev_rule_score(path, dev, device=args.device, dev_seed=args.dev_seed, sizes=args.sizes,
+                                  reps=args.reps, seed=args.seed, cache=args.dev_cache)
+        by_size, dev_1000, rule = dict(zip(score["short"]["sizes"], score["short"]["mean"])), score["dev_1000_one_member"], score["rule"]
+        result["alphas"][key] = {"sha256": sha256_file(path), **score, "seconds": round(time.time() - t, 1)}
         print(f"alpha {key:>5s}: 1,000 rows {dev_1000:.4f}  "
               + "  ".join(f"n={n}: {a:.4f}" for n, a in by_size.items()) + f"  rule {rule:.4f}", flush=True)
     chosen = choose(result["alphas"])

@@ -598,3 +598,57 @@ def test_interpolation_script_chooses_by_its_rule_and_exports_the_choice(tmp_pat
     assert prov["results"]["alpha"] == 0.5 and prov["files"] == {export.name: sha256_file(export)}
     assert sha256_file(export) == result["alphas"]["0.5"]["sha256"]
     assert abs(alpha_of(export) - 0.5) < 1e-5
+
+
+def test_choose_by_rule_breaks_ties_towards_the_first_listed_and_refuses_nothing():
+    scores = {"incumbent": {"rule": 0.6}, "new": {"rule": 0.6008}, "worse": {"rule": 0.59}}
+    assert pe.choose_by_rule(scores) == "incumbent"  # within RULE_TIE: the first listed stays
+    assert pe.choose_by_rule({**scores, "new": {"rule": 0.602}}) == "new"
+    assert pe.choose_by_rule({"1": {"rule": 0.5}, "0": {"rule": 0.5}}, key=float) == "0"
+    with pytest.raises(ValueError):
+        pe.choose_by_rule({})
+    with pytest.raises(ValueError, match="sizes must include"):
+        pe.dev_rule_score("x.ckpt", {}, sizes=(2, 32))
+
+
+def test_compare_checkpoints_script_scores_each_and_together_by_its_rules(tmp_path, monkeypatch):
+    """scripts/compare_checkpoints.py: each checkpoint by the selection rule (the first listed wins ties), the
+    default ensembles of each and of all together (a list of paths to tabpfn), the second rule, and its files
+    (the scores are faked per checkpoint)."""
+    from ttt_helpers.provenance import read_provenance, sha256_file
+
+    script = load_script("compare_checkpoints")
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    for bad in (["--model", f"a{a}"], ["--model", f"a={a}", "--model", f"a={b}"], ["--model", f"a={tmp_path / 'none'}"],
+                ["--model", f"a={a}", "--ensembles"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
+    one = {str(a): 0.70, str(b): 0.69}
+    short = {str(a): [0.45, 0.54, 0.60], str(b): [0.44, 0.53, 0.62]}
+    seen = []
+
+    def fake_eval(path, dev, device, n, seed):
+        seen.append((path, n))
+        if n == 1:
+            return {"t": one[str(path)]}
+        return {"t": 0.75 if isinstance(path, list) else 0.74}
+
+    monkeypatch.setattr(pe, "dev_splits", lambda seed, cache=None: {"t": None})
+    monkeypatch.setattr(pe, "eval_real", fake_eval)
+    monkeypatch.setattr(pe, "dev_context_curve", lambda path, sizes, reps, seed, cache: {
+        "sizes": list(sizes), "mean": short[str(path)]})
+    out = tmp_path / "out"
+    assert script.main(["--model", f"old={a}", "--model", f"new={b}", "--ensembles", "--out", str(out), "--name", "cc"]) == 0
+    result = json.loads((out / "cc.json").read_text())
+    # rule: old (0.54 + 0.60 + 0.70) / 3 = 0.6133, new (0.53 + 0.62 + 0.69) / 3 = 0.6133: a tie, the first listed stays
+    assert result["chosen"] == "old"
+    np.testing.assert_allclose(result["models"]["new"]["rule"], np.mean([0.53, 0.62, 0.69]), atol=1e-4)
+    assert result["models"]["old"]["sha256"] == sha256_file(a)
+    assert ([str(a), str(b)], "auto") in seen
+    assert result["ensembles"]["together_minus_chosen"] == pytest.approx(0.01)
+    assert result["ensembles"]["together_chosen"] is True
+    prov = read_provenance(out / "cc.provenance.json")
+    assert prov["files"] == {"cc.json": sha256_file(out / "cc.json")}
+    assert prov["results"]["default_ensemble"] == {"old": 0.74, "new": 0.74, "together": 0.75}

@@ -297,6 +297,8 @@ def real_baselines(tables: dict, seed: int) -> dict:
 def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inference_config=None) -> dict:
     """Test accuracy of ``TabPFNClassifier(model_path=ckpt_path)`` on each table, ``{name: accuracy}``.
 
+    ``ckpt_path`` may be a list of checkpoints: ``tabpfn`` then spreads the ensemble's members over them.
+
     ``tables`` maps names to ``(X_context, X_test, y_context, y_test)`` (:func:`dev_splits`); ``inference_config``
     (a dict of ``tabpfn.inference_config.InferenceConfig`` fields, e.g. one of
     :data:`.checkpoints.INFERENCE_VARIANTS`) overrides the settings stored in the checkpoint.
@@ -306,7 +308,7 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
     res = {}
     for name, (Xtr, Xte, ytr, yte) in tables.items():
         clf = TabPFNClassifier(
-            model_path=str(ckpt_path),
+            model_path=[str(p) for p in ckpt_path] if isinstance(ckpt_path, (list, tuple)) else str(ckpt_path),
             **tm.classifier_kwargs(device, n_estimators=n_estimators, random_state=seed,
                                    ignore_pretraining_limits=True, inference_config=inference_config),
         )
@@ -473,6 +475,42 @@ def plot_early_curves(curves: dict, target: float, deadline: float, ax=None, *, 
     ax.set(xlabel=f"training minutes on {machine}", ylabel="mean accuracy on the development tables")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
+
+
+#: Context sizes whose development accuracies the selection rule of :func:`dev_rule_score` averages (1,000 rows:
+#: one member through ``tabpfn``), and the margin within which :func:`choose_by_rule` calls two scores a tie.
+RULE_SIZES = (8, 32, 1000)
+RULE_TIE = 0.001
+
+
+def dev_rule_score(ckpt, dev: dict, *, device: str = "cpu", dev_seed: int = 0, sizes=(2, 8, 32), reps: int = 3,
+                   seed: int = 1, cache=None) -> dict:
+    """A checkpoint's development accuracies and the selection rule's score (never the benchmark).
+
+    With 1,000 context rows and one member through ``tabpfn`` on the splits ``dev`` (:func:`dev_splits` with
+    ``dev_seed``; :func:`eval_real`), and at ``sizes`` context rows without TTT (:func:`dev_context_curve`, the
+    Figure-3 pipeline, episodes seeded by ``seed``). ``"rule"`` is the mean of the accuracies at
+    :data:`RULE_SIZES`: the context sizes of issue 11's quality bar. Returns ``dev_1000_one_member``,
+    ``dev_1000_per_table``, ``short`` (the curve's record) and ``rule``.
+    """
+    if not set(RULE_SIZES[:-1]) <= set(sizes):
+        raise ValueError(f"sizes must include {RULE_SIZES[:-1]} (the rule's short contexts), got {sizes}")
+    at_1000 = eval_real(ckpt, dev, device, 1, dev_seed)
+    curve = dev_context_curve(ckpt, sizes=sizes, reps=reps, seed=seed, cache=cache)
+    by_size = dict(zip(curve["sizes"], curve["mean"]))
+    dev_1000 = round(float(np.mean(list(at_1000.values()))), 4)
+    return {"dev_1000_one_member": dev_1000, "dev_1000_per_table": {k: round(v, 4) for k, v in at_1000.items()},
+            "short": curve, "rule": round(float(np.mean([by_size[n] for n in RULE_SIZES[:-1]] + [dev_1000])), 4)}
+
+
+def choose_by_rule(scores: dict, key=None):
+    """The key of ``scores`` (``{name: {"rule": score}}``) that the selection rule picks: the highest ``rule``, and
+    within :data:`RULE_TIE` of it the smallest ``key(name)`` (default: the first listed, e.g. the incumbent)."""
+    if not scores:
+        raise ValueError("no scores to choose from")
+    order = {name: i for i, name in enumerate(scores)}
+    best = max(s["rule"] for s in scores.values())
+    return min((n for n, s in scores.items() if s["rule"] >= best - RULE_TIE), key=key or order.__getitem__)
 
 
 def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, max_test: int = 200,

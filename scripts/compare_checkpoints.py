@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Checkpoints compared on the development tables only, by the selection rule fixed before the runs.
+
+Each checkpoint named on the command line (the incumbent first) is scored by
+:func:`ttt_helpers.tabpfn.pretrain_eval.dev_rule_score`: with 1,000 context rows and one ensemble member through
+``tabpfn``, and at 2, 8 and 32 context rows without TTT (the Figure-3 pipeline). The rule, the one of
+``scripts/interpolate_checkpoints.py``: the highest mean of the development accuracies at 8, 32 and 1,000 rows;
+within 0.001 of the best, the one listed first (:func:`~ttt_helpers.tabpfn.pretrain_eval.choose_by_rule`).
+
+``--ensembles`` also scores, with 1,000 context rows, ``tabpfn``'s default ensemble (``n_estimators="auto"``) on
+each checkpoint and on all of them at once (``TabPFNClassifier(model_path=[...])``: ``tabpfn`` spreads the members
+over the checkpoints). The second rule, fixed before the runs: the checkpoints together replace the chosen one's
+ensemble only if their development accuracy is higher by more than 0.001.
+
+The result (``--name``, default ``checkpoint_comparison``) and its provenance go into ``--out``, with each
+checkpoint's sha256. Example (CPU, 2 cores: about 40 seconds per checkpoint, 2 minutes per ensemble)::
+
+    python scripts/compare_checkpoints.py --model candidate=data/models/tabpfn_candidate.ckpt \\
+        --model six_layer=runs/six/tabpfn_fallback.ckpt --ensembles
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.tabpfn import pretrain_eval as pe
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+                   help="a checkpoint, with its name in the result (repeatable; the incumbent first)")
+    p.add_argument("--ensembles", action="store_true",
+                   help="also the default ensemble of each checkpoint and of all of them together (1,000 rows)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[2, 8, 32], help="short contexts (dev_context_curve)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1, help="seed of the short-context episodes")
+    p.add_argument("--dev-seed", type=int, default=0, help="seed of the 1,000-row development split and of tabpfn")
+    p.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(data_dir() / "results"))
+    p.add_argument("--name", default="checkpoint_comparison")
+    args = p.parse_args(argv)
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model takes NAME=PATH, got {item!r}")
+        if name in models:
+            p.error(f"--model name {name!r} given twice")
+        if not Path(path).is_file():
+            p.error(f"no checkpoint at {path}")
+        models[name] = path
+    if args.ensembles and len(models) < 2:
+        p.error("--ensembles needs at least two checkpoints")
+    args.models = models
+    return args
+
+
+def mean_accuracy(per_table: dict) -> float:
+    return round(float(np.mean(list(per_table.values()))), 4)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    command, commit, t0 = command_line(argv), git_commit(), time.time()
+    dev = pe.dev_splits(args.dev_seed, cache=args.dev_cache)
+    result = {"command": command, "sizes": args.sizes, "reps": args.reps, "seed": args.seed, "dev_seed": args.dev_seed,
+              "rule": f"highest mean development accuracy at {', '.join(map(str, pe.RULE_SIZES))} context rows "
+                      f"(1,000 rows: one member through tabpfn); within {pe.RULE_TIE} of the best, the first listed",
+              "models": {}}
+    for name, path in args.models.items():
+        t = time.time()
+        score = pe.dev_rule_score(path, dev, device=args.device, dev_seed=args.dev_seed, sizes=args.sizes,
+                                  reps=args.reps, seed=args.seed, cache=args.dev_cache)
+        result["models"][name] = {"path": path, "sha256": sha256_file(path), **score, "seconds": round(time.time() - t, 1)}
+        print(f"{name}: 1,000 rows {score['dev_1000_one_member']:.4f}  "
+              + "  ".join(f"n={n}: {a:.4f}" for n, a in zip(score["short"]["sizes"], score["short"]["mean"]))
+              + f"  rule {score['rule']:.4f}", flush=True)
+    chosen = pe.choose_by_rule(result["models"])
+    result["chosen"] = chosen
+    print(f"chosen: {chosen}", flush=True)
+    if args.ensembles:
+        ens = {}
+        for name, path in [*args.models.items(), ("together", list(args.models.values()))]:
+            t = time.time()
+            per = pe.eval_real(path, dev, args.device, "auto", args.dev_seed)
+            ens[name] = {"dev_1000_auto": mean_accuracy(per), "dev_1000_auto_per_table": {k: round(v, 4) for k, v in per.items()},
+                         "seconds": round(time.time() - t, 1)}
+            print(f"default ensemble, {name}: {ens[name]['dev_1000_auto']:.4f}", flush=True)
+        gain = round(ens["together"]["dev_1000_auto"] - ens[chosen]["dev_1000_auto"], 4)
+        result["ensembles"] = {**ens, "together_minus_chosen": gain, "together_chosen": bool(gain > pe.RULE_TIE),
+                               "rule": f"the checkpoints together replace the chosen one's default ensemble only if "
+                                       f"higher by more than {pe.RULE_TIE} on the development tables"}
+        print(f"together minus {chosen}: {gain:+.4f} -> {'together' if gain > pe.RULE_TIE else chosen}", flush=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / f"{args.name}.json"
+    res_path.write_text(json.dumps(result, indent=1) + "\n")
+    headline = {n: {"dev_1000_one_member": r["dev_1000_one_member"], "rule": r["rule"]} for n, r in result["models"].items()}
+    if args.ensembles:
+        headline["default_ensemble"] = {n: r["dev_1000_auto"] for n, r in result["ensembles"].items() if isinstance(r, dict) and "dev_1000_auto" in r}
+    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
+                     seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline},
+                     files=[res_path], extra={"wall_seconds": result["seconds"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
