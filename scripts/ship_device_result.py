@@ -23,16 +23,23 @@ it, its checkpoint not shipped (e.g. the choice of ``scripts/interpolate_checkpo
 
     python scripts/ship_device_result.py --model runs/wise/chosen/tabpfn_interpolated.json \\
         --name tabpfn_interpolated --note "the candidate and its warm start, interpolated"
+
+The same with its weights shipped (``--weights``: the checkpoint the record names, copied to
+``data/models/NAME.ckpt``; the record, naming that file and its sha256, to ``data/models/NAME.json``)::
+
+    python scripts/ship_device_result.py --model runs/six/tabpfn_fallback.json --weights runs/six/tabpfn_fallback.ckpt \\
+        --name tabpfn_six_layer --note "the 6-layer run's selected weights"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from ttt_helpers.provenance import command_line, data_dir, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, models_dir, sha256_file, write_provenance
 from ttt_helpers.tabpfn.pretrain_eval import best_dev
 
 
@@ -46,9 +53,15 @@ def parse_args(argv=None):
     p.add_argument("--note", required=True, help="what the run was, in a sentence")
     p.add_argument("--prior-tables", type=int, default=None,
                    help="--export: the tables drawn from the prior (from the state's state_meta.json), if known")
+    p.add_argument("--weights", metavar="CKPT", default=None,
+                   help="--model: ship this checkpoint too (it must be the one the record names, by sha256), as "
+                        "data/models/NAME.ckpt beside the record")
     p.add_argument("--out-dir", default=None,
-                   help="default: data/results (data/results/pretrain_bench for --bench)")
-    return p.parse_args(argv)
+                   help="default: data/results (data/results/pretrain_bench for --bench; data/models with --weights)")
+    args = p.parse_args(argv)
+    if args.weights and not args.model:
+        p.error("--weights goes with --model")
+    return args
 
 
 def ship_bench(record: dict, out: Path, name: str, note: str, command: str) -> Path:
@@ -113,6 +126,24 @@ def ship_model(record: dict, out: Path, name: str, note: str, command: str) -> P
     return path
 
 
+def ship_model_with_weights(record: dict, weights: Path, out: Path, name: str, note: str, command: str) -> Path:
+    """A checkpoint and its provenance with its benchmark entries, shipped together: ``weights`` copied to
+    ``out/name.ckpt`` and the record, its ``files`` naming that copy, to ``out/name.json``. ``weights`` must be the
+    one checkpoint the record lists (same sha256)."""
+    if not record.get("benchmark_offline_tables"):
+        raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
+    listed = record.get("files") or {}
+    digest = sha256_file(weights)
+    if list(listed.values()) != [digest]:
+        raise ValueError(f"{weights} (sha256 {digest[:12]}) is not the one checkpoint the record lists: {listed}")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(shutil.copyfile(weights, out / f"{name}.ckpt"))
+    shipped = {**record, "files": {ckpt.name: digest}, "note": note, "shipped_by": command}
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(shipped, indent=1) + "\n")
+    return path
+
+
 def main(argv=None):
     args = parse_args(argv)
     command = command_line(argv)
@@ -120,6 +151,10 @@ def main(argv=None):
     if args.bench:
         out = Path(args.out_dir) if args.out_dir else results / "pretrain_bench"
         path = ship_bench(json.loads(Path(args.bench).read_text()), out, args.name, args.note, command)
+    elif args.model and args.weights:
+        out = Path(args.out_dir) if args.out_dir else models_dir()
+        path = ship_model_with_weights(json.loads(Path(args.model).read_text()), Path(args.weights), out, args.name,
+                                       args.note, command)
     elif args.model:
         out = Path(args.out_dir) if args.out_dir else results
         path = ship_model(json.loads(Path(args.model).read_text()), out, args.name, args.note, command)

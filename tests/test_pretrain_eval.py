@@ -267,6 +267,21 @@ def test_ship_device_result_keeps_the_device_provenance(tmp_path):
     assert prov["results"] == {"n_estimators=1": {"tabpfn_fallback": 0.57}}
     assert prov["benchmark_commands"] == {"n_estimators=1": "python scripts/pretrain_tabpfn.py --benchmark x"}
     assert all(row["sha256_ok"] is not False for row in provenance_table(tmp_path))
+    # --weights: the checkpoint shipped beside the record, only if it is the one the record lists
+    ckpt = tmp_path / "w.ckpt"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(ValueError, match="not the one checkpoint"):
+        ship.ship_model_with_weights(model, ckpt, tmp_path / "models", "six", "a note", "python ship")
+    from ttt_helpers.provenance import sha256_file
+
+    model["files"] = {"tabpfn_fallback.ckpt": sha256_file(ckpt)}
+    path = ship.ship_model_with_weights(model, ckpt, tmp_path / "models", "six", "a note", "python ship")
+    shipped = json.loads(path.read_text())
+    assert shipped["files"] == {"six.ckpt": sha256_file(ckpt)} and (tmp_path / "models" / "six.ckpt").read_bytes() == b"weights"
+    assert shipped["note"] == "a note" and shipped["git_commit"] == "0a1b2c3"
+    assert [row["sha256_ok"] for row in provenance_table(tmp_path / "models")] == [True]
+    with pytest.raises(SystemExit):
+        ship.parse_args(["--bench", "x.json", "--weights", "w.ckpt", "--name", "n", "--note", "t"])
 
 
 def test_pretrain_script_curriculum_flag_overrides_the_recipe():
