@@ -313,8 +313,12 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     the loop waiting for the prior a fifth of its time). On one H100 its runs of 0.9 training minutes reached
     ``"v1"``'s best development accuracy after a median of 0.76 minutes
     (``data/results/pretrain_bench/session33_reuse8_*.json``), and of 0.50 minutes, about 12 times sooner than
-    ``"v1"``, once the :class:`~ttt_helpers.tabpfn.pretrain.Trainer` ran on one CPU thread
-    (``session34_threads_*.json``; the pretraining appendix).
+    ``"v1"`` as ``"v1"`` first ran (sharing its GPU with another run), once the
+    :class:`~ttt_helpers.tabpfn.pretrain.Trainer` ran on one CPU thread (``session34_threads_*.json``). Against
+    ``"v1"`` alone on the same card and in the same loop (``session36_v1_one_thread.json``) the runs long enough to
+    reach its best got there 7 to 9 times sooner, and the 6-layer ``"v2.6-muon"`` at the half rates with batched
+    Muon and ``max_reuse=8`` about 5 times sooner, going on past LogisticRegression (``session36_six_layer.json``;
+    the pretraining appendix).
     """
     if name not in _RECIPES:
         raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")
