@@ -40,25 +40,13 @@ def parse_args(argv=None):
                    help="a checkpoint, with its name in the result (repeatable; the incumbent first)")
     p.add_argument("--ensembles", action="store_true",
                    help="also the default ensemble of each checkpoint and of all of them together (1,000 rows)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[2, 8, 32], help="short contexts (dev_context_curve)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--seed", type=int, default=1, help="seed of the short-context episodes")
-    p.add_argument("--dev-seed", type=int, default=0, help="seed of the 1,000-row development split and of tabpfn")
-    p.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
-    p.add_argument("--device", default="cpu")
+    pe.add_dev_rule_arguments(p)
     p.add_argument("--out", default=str(data_dir() / "results"))
     p.add_argument("--name", default="checkpoint_comparison")
     args = p.parse_args(argv)
-    models = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            p.error(f"--model takes NAME=PATH, got {item!r}")
-        if name in models:
-            p.error(f"--model name {name!r} given twice")
-        if not Path(path).is_file():
-            p.error(f"no checkpoint at {path}")
-        models[name] = path
+    models = pe.named_checkpoints(p, args.model)
+    if not set(pe.RULE_SIZES[:-1]) <= set(args.sizes):
+        p.error(f"--sizes must include {pe.RULE_SIZES[:-1]} (the rule's short contexts)")
     if args.ensembles and len(models) < 2:
         p.error("--ensembles needs at least two checkpoints")
     args.models = models

@@ -39,14 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(data_dir() / "results"))
     p.add_argument("--name", default="dev_context_check", help="file stem of the result and its provenance")
     args = p.parse_args(argv)
-    models = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            p.error(f"--model wants NAME=PATH, got {item!r}")
-        if not Path(path).is_file():
-            p.error(f"--model {name}: no file {path}")
-        models[name] = Path(path)
+    models = {name: Path(path) for name, path in pe.named_checkpoints(p, args.model).items()}
     args.models = models
     return args
 

@@ -637,7 +637,7 @@ def test_compare_checkpoints_script_scores_each_and_together_by_its_rules(tmp_pa
     a.write_bytes(b"a")
     b.write_bytes(b"b")
     for bad in (["--model", f"a{a}"], ["--model", f"a={a}", "--model", f"a={b}"], ["--model", f"a={tmp_path / 'none'}"],
-                ["--model", f"a={a}", "--ensembles"]):
+                ["--model", f"a={a}", "--ensembles"], ["--model", f"a={a}", "--sizes", "2", "32"]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     one = {str(a): 0.70, str(b): 0.69}

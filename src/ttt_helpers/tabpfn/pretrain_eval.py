@@ -503,6 +503,33 @@ def dev_rule_score(ckpt, dev: dict, *, device: str = "cpu", dev_seed: int = 0, s
             "short": curve, "rule": round(float(np.mean([by_size[n] for n in RULE_SIZES[:-1]] + [dev_1000])), 4)}
 
 
+def add_dev_rule_arguments(parser) -> None:
+    """The command-line options of :func:`dev_rule_score` (``--sizes``, ``--reps``, ``--seed``, ``--dev-seed``,
+    ``--dev-cache``, ``--device``), for the scripts that choose checkpoints by the rule."""
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 8, 32], help="short contexts (dev_context_curve)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the short-context episodes")
+    parser.add_argument("--dev-seed", type=int, default=0, help="seed of the 1,000-row development split and of tabpfn")
+    parser.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
+    parser.add_argument("--device", default="cpu")
+
+
+def named_checkpoints(parser, items) -> dict:
+    """``{name: path}`` from command-line items ``NAME=PATH`` (in order); ``parser.error`` on a malformed item, a name
+    given twice or a missing file."""
+    models = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--model takes NAME=PATH, got {item!r}")
+        if name in models:
+            parser.error(f"--model name {name!r} given twice")
+        if not Path(path).is_file():
+            parser.error(f"--model {name}: no checkpoint at {path}")
+        models[name] = path
+    return models
+
+
 def choose_by_rule(scores: dict, key=None):
     """The key of ``scores`` (``{name: {"rule": score}}``) that the selection rule picks: the highest ``rule``, and
     within :data:`RULE_TIE` of it the smallest ``key(name)`` (default: the first listed, e.g. the incumbent)."""
