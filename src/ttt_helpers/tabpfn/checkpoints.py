@@ -40,6 +40,7 @@ __all__ = [
     "FALLBACK_NAME",
     "CANDIDATE_NAME",
     "SIX_LAYER_NAME",
+    "SIX_INTERPOLATED_NAME",
     "official_v2_classifier_names",
     "official_checkpoint_path",
     "fallback_checkpoint_path",
@@ -71,6 +72,10 @@ CANDIDATE_NAME = "tabpfn_candidate.ckpt"
 #: the pretraining appendix): chosen over the candidate by the development-set rule
 #: (``data/results/checkpoint_comparison.json``), the best checkpoint so far; issue 11's bar is not met either.
 SIX_LAYER_NAME = "tabpfn_six_layer.ckpt"
+#: Three quarters of the way from :data:`SIX_LAYER_NAME` to the last weights of its warm start on real tables (the
+#: weight interpolation chosen on the development tables, ``data/results/interpolation_check_six.json``): the best
+#: checkpoint so far, the first to meet three of issue 11's four criteria (not the default-ensemble one).
+SIX_INTERPOLATED_NAME = "tabpfn_six_interpolated.ckpt"
 
 def _transform(name: str, categorical: str = "numeric", **kw) -> dict:
     """One entry of ``InferenceConfig.PREPROCESS_TRANSFORMS`` (a ``PreprocessorConfig`` as a dict)."""
