@@ -35,7 +35,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ttt_helpers.provenance import command_line, git_commit, machine_description, write_provenance
@@ -129,8 +128,7 @@ def diagnose_bf16(names=None) -> dict:
 # Recipes side by side
 # ----------------------------------------------------------------------------------------------------------
 def reference_dev_accuracy(ckpt, dev, device) -> float:
-    per = pe.eval_direct(tm.load_model(ckpt).to(device), dev, device)
-    return round(float(np.mean(list(per.values()))), 4)
+    return pe.mean_accuracy(pe.eval_direct(tm.load_model(ckpt).to(device), dev, device))
 
 
 def recipe_config(name: str, args):

@@ -28,8 +28,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
@@ -45,16 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--name", default="checkpoint_comparison")
     args = p.parse_args(argv)
     models = pe.named_checkpoints(p, args.model)
-    if not set(pe.RULE_SIZES[:-1]) <= set(args.sizes):
-        p.error(f"--sizes must include {pe.RULE_SIZES[:-1]} (the rule's short contexts)")
+    pe.check_dev_rule_arguments(p, args)
     if args.ensembles and len(models) < 2:
         p.error("--ensembles needs at least two checkpoints")
     args.models = models
     return args
-
-
-def mean_accuracy(per_table: dict) -> float:
-    return round(float(np.mean(list(per_table.values()))), 4)
 
 
 def main(argv=None):
@@ -63,17 +56,14 @@ def main(argv=None):
     command, commit, t0 = command_line(argv), git_commit(), time.time()
     dev = pe.dev_splits(args.dev_seed, cache=args.dev_cache)
     result = {"command": command, "sizes": args.sizes, "reps": args.reps, "seed": args.seed, "dev_seed": args.dev_seed,
-              "rule": f"highest mean development accuracy at {', '.join(map(str, pe.RULE_SIZES))} context rows "
-                      f"(1,000 rows: one member through tabpfn); within {pe.RULE_TIE} of the best, the first listed",
+              "rule": pe.rule_description("the first listed"),
               "models": {}}
     for name, path in args.models.items():
         t = time.time()
         score = pe.dev_rule_score(path, dev, device=args.device, dev_seed=args.dev_seed, sizes=args.sizes,
                                   reps=args.reps, seed=args.seed, cache=args.dev_cache)
         result["models"][name] = {"path": path, "sha256": sha256_file(path), **score, "seconds": round(time.time() - t, 1)}
-        print(f"{name}: 1,000 rows {score['dev_1000_one_member']:.4f}  "
-              + "  ".join(f"n={n}: {a:.4f}" for n, a in zip(score["short"]["sizes"], score["short"]["mean"]))
-              + f"  rule {score['rule']:.4f}", flush=True)
+        print(f"{name}: {pe.format_rule_score(score)}", flush=True)
     chosen = pe.choose_by_rule(result["models"])
     result["chosen"] = chosen
     print(f"chosen: {chosen}", flush=True)
@@ -82,7 +72,7 @@ def main(argv=None):
         for name, path in [*args.models.items(), ("together", list(args.models.values()))]:
             t = time.time()
             per = pe.eval_real(path, dev, args.device, "auto", args.dev_seed)
-            ens[name] = {"dev_1000_auto": mean_accuracy(per), "dev_1000_auto_per_table": {k: round(v, 4) for k, v in per.items()},
+            ens[name] = {"dev_1000_auto": pe.mean_accuracy(per), "dev_1000_auto_per_table": {k: round(v, 4) for k, v in per.items()},
                          "seconds": round(time.time() - t, 1)}
             print(f"default ensemble, {name}: {ens[name]['dev_1000_auto']:.4f}", flush=True)
         gain = round(ens["together"]["dev_1000_auto"] - ens[chosen]["dev_1000_auto"], 4)
@@ -97,7 +87,7 @@ def main(argv=None):
     res_path.write_text(json.dumps(result, indent=1) + "\n")
     headline = {n: {"dev_1000_one_member": r["dev_1000_one_member"], "rule": r["rule"]} for n, r in result["models"].items()}
     if args.ensembles:
-        headline["default_ensemble"] = {n: r["dev_1000_auto"] for n, r in result["ensembles"].items() if isinstance(r, dict) and "dev_1000_auto" in r}
+        headline["default_ensemble"] = {n: r["dev_1000_auto"] for n, r in ens.items()}
     write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
                      seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline},
                      files=[res_path], extra={"wall_seconds": result["seconds"]})

@@ -58,7 +58,7 @@ def scores(model, tables, variant, estimators, device, seed):
     out = {}
     for k in estimators:
         acc = pe.eval_real(model, tables, device, k, seed, inference_config=tm.INFERENCE_VARIANTS[variant])
-        out[f"n_estimators={k}"] = {"mean": round(float(np.mean(list(acc.values()))), 4), "per_table": acc}
+        out[f"n_estimators={k}"] = {"mean": pe.mean_accuracy(acc), "per_table": acc}
     return out
 
 

@@ -33,13 +33,9 @@ import time
 import warnings
 from pathlib import Path
 
-
 from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain_eval as pe
-
-RULE_SIZES = pe.RULE_SIZES  # the rule (pretrain_eval.dev_rule_score / choose_by_rule), shared with compare_checkpoints.py
-
 
 def choose(scores: dict) -> str:
     """The ``alpha`` (a key of ``scores``, ``{alpha: {"rule": mean accuracy}}``) that the rule picks: the highest
@@ -58,8 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(data_dir() / "results"))
     p.add_argument("--name", default="interpolation_check")
     args = p.parse_args(argv)
-    if not set(RULE_SIZES[:-1]) <= set(args.sizes):
-        p.error(f"--sizes must include {RULE_SIZES[:-1]} (the rule's short contexts)")
+    pe.check_dev_rule_arguments(p, args)
     for a in args.alphas:
         if not 0.0 <= a <= 1.0:
             p.error(f"--alphas must lie in [0, 1], got {a}")
@@ -80,8 +75,7 @@ def main(argv=None):
     result = {"command": command, "start": {"path": args.start, "sha256": sha256_file(args.start)},
               "end": {"path": args.end, "sha256": sha256_file(args.end)}, "sizes": args.sizes, "reps": args.reps,
               "seed": args.seed, "dev_seed": args.dev_seed,
-              "rule": f"highest mean development accuracy at {', '.join(map(str, RULE_SIZES))} context rows "
-                      f"(1,000 rows: one member through tabpfn); within {pe.RULE_TIE} of the best, the smallest alpha",
+              "rule": pe.rule_description("the smallest alpha"),
               "alphas": {}}
     for alpha in args.alphas:
         t = time.time()
@@ -89,10 +83,8 @@ def main(argv=None):
         path = tm.interpolate_checkpoints(args.start, args.end, alpha, work / f"tabpfn_alpha{key}.ckpt")
         score = pe.dev_rule_score(path, dev, device=args.device, dev_seed=args.dev_seed, sizes=args.sizes,
                                   reps=args.reps, seed=args.seed, cache=args.dev_cache)
-        by_size, dev_1000, rule = dict(zip(score["short"]["sizes"], score["short"]["mean"])), score["dev_1000_one_member"], score["rule"]
         result["alphas"][key] = {"sha256": sha256_file(path), **score, "seconds": round(time.time() - t, 1)}
-        print(f"alpha {key:>5s}: 1,000 rows {dev_1000:.4f}  "
-              + "  ".join(f"n={n}: {a:.4f}" for n, a in by_size.items()) + f"  rule {rule:.4f}", flush=True)
+        print(f"alpha {key:>5s}: {pe.format_rule_score(score)}", flush=True)
     chosen = choose(result["alphas"])
     result["chosen"] = chosen
     result["seconds"] = round(time.time() - t0, 1)

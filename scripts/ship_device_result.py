@@ -111,11 +111,15 @@ def ship_export(export: dict, out: Path, name: str, note: str, command: str, pri
     return path
 
 
+def _require_benchmark(record: dict) -> None:
+    if not record.get("benchmark_offline_tables"):
+        raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
+
+
 def ship_model(record: dict, out: Path, name: str, note: str, command: str) -> Path:
     """A checkpoint's provenance (the checkpoint not shipped), with the benchmark entries that
     :func:`ttt_helpers.tabpfn.pretrain_eval.benchmark_checkpoint` added to it, as ``out/name.json``."""
-    if not record.get("benchmark_offline_tables"):
-        raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
+    _require_benchmark(record)
     path = _write_without_checkpoint(record, out, name, note)
     results = {k: v["mean_accuracy"] for k, v in record["results"]["benchmark"].items()}
     write_provenance(out / f"{name}.provenance.json", command=record["command"], commit=record["git_commit"],
@@ -130,8 +134,7 @@ def ship_model_with_weights(record: dict, weights: Path, out: Path, name: str, n
     """A checkpoint and its provenance with its benchmark entries, shipped together: ``weights`` copied to
     ``out/name.ckpt`` and the record, its ``files`` naming that copy, to ``out/name.json``. ``weights`` must be the
     one checkpoint the record lists (same sha256)."""
-    if not record.get("benchmark_offline_tables"):
-        raise ValueError("the record holds no benchmark entries: run scripts/pretrain_tabpfn.py --benchmark first")
+    _require_benchmark(record)
     listed = record.get("files") or {}
     digest = sha256_file(weights)
     if list(listed.values()) != [digest]:

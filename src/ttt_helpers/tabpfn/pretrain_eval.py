@@ -294,6 +294,11 @@ def real_baselines(tables: dict, seed: int) -> dict:
     return {name: baseline_accuracies(Xtr, ytr, Xte, yte, seed=seed) for name, (Xtr, Xte, ytr, yte) in tables.items()}
 
 
+def mean_accuracy(per_table: dict) -> float:
+    """The mean of per-table accuracies ``{name: accuracy}``, rounded to 4 digits as the shipped results are."""
+    return round(float(np.mean(list(per_table.values()))), 4)
+
+
 def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inference_config=None) -> dict:
     """Test accuracy of ``TabPFNClassifier(model_path=ckpt_path)`` on each table, ``{name: accuracy}``.
 
@@ -381,7 +386,7 @@ class Evaluator:
             t0 = time.time()
             real = eval_real(ckpt_path, self.tables, str(self.device), self.cfg.eval_estimators, self.cfg.seed)
             ev["real"] = {k: round(v, 4) for k, v in real.items()}
-            ev["real_mean"] = round(float(np.mean(list(real.values()))), 4)
+            ev["real_mean"] = mean_accuracy(real)
             ev["eval_seconds"] = round(time.time() - t0, 1)
         return ev
 
@@ -481,6 +486,20 @@ def plot_early_curves(curves: dict, target: float, deadline: float, ax=None, *, 
 #: one member through ``tabpfn``), and the margin within which :func:`choose_by_rule` calls two scores a tie.
 RULE_SIZES = (8, 32, 1000)
 RULE_TIE = 0.001
+_RULE_SIZES_MESSAGE = f"sizes must include {RULE_SIZES[:-1]} (the rule's short contexts)"
+
+
+def rule_description(tie_break: str) -> str:
+    """The rule in words, as the results record it; ``tie_break`` names what wins within :data:`RULE_TIE`."""
+    return (f"highest mean development accuracy at {', '.join(map(str, RULE_SIZES))} context rows "
+            f"(1,000 rows: one member through tabpfn); within {RULE_TIE} of the best, {tie_break}")
+
+
+def format_rule_score(score: dict) -> str:
+    """One line for a log: a :func:`dev_rule_score` result's accuracies and its rule score."""
+    return (f"1,000 rows {score['dev_1000_one_member']:.4f}  "
+            + "  ".join(f"n={n}: {a:.4f}" for n, a in zip(score["short"]["sizes"], score["short"]["mean"]))
+            + f"  rule {score['rule']:.4f}")
 
 
 def dev_rule_score(ckpt, dev: dict, *, device: str = "cpu", dev_seed: int = 0, sizes=(2, 8, 32), reps: int = 3,
@@ -494,11 +513,11 @@ def dev_rule_score(ckpt, dev: dict, *, device: str = "cpu", dev_seed: int = 0, s
     ``dev_1000_per_table``, ``short`` (the curve's record) and ``rule``.
     """
     if not set(RULE_SIZES[:-1]) <= set(sizes):
-        raise ValueError(f"sizes must include {RULE_SIZES[:-1]} (the rule's short contexts), got {sizes}")
+        raise ValueError(_RULE_SIZES_MESSAGE + f", got {sizes}")
     at_1000 = eval_real(ckpt, dev, device, 1, dev_seed)
     curve = dev_context_curve(ckpt, sizes=sizes, reps=reps, seed=seed, cache=cache)
     by_size = dict(zip(curve["sizes"], curve["mean"]))
-    dev_1000 = round(float(np.mean(list(at_1000.values()))), 4)
+    dev_1000 = mean_accuracy(at_1000)
     return {"dev_1000_one_member": dev_1000, "dev_1000_per_table": {k: round(v, 4) for k, v in at_1000.items()},
             "short": curve, "rule": round(float(np.mean([by_size[n] for n in RULE_SIZES[:-1]] + [dev_1000])), 4)}
 
@@ -512,6 +531,12 @@ def add_dev_rule_arguments(parser) -> None:
     parser.add_argument("--dev-seed", type=int, default=0, help="seed of the 1,000-row development split and of tabpfn")
     parser.add_argument("--dev-cache", default=None, help="development tables from pretrain_eval.write_dev_cache")
     parser.add_argument("--device", default="cpu")
+
+
+def check_dev_rule_arguments(parser, args) -> None:
+    """``parser.error`` unless the parsed ``--sizes`` hold the rule's short contexts (:data:`RULE_SIZES`)."""
+    if not set(RULE_SIZES[:-1]) <= set(args.sizes):
+        parser.error("--" + _RULE_SIZES_MESSAGE)
 
 
 def named_checkpoints(parser, items) -> dict:
