@@ -667,3 +667,16 @@ def test_compare_checkpoints_script_scores_each_and_together_by_its_rules(tmp_pa
     prov = read_provenance(out / "cc.provenance.json")
     assert prov["files"] == {"cc.json": sha256_file(out / "cc.json")}
     assert prov["results"]["default_ensemble"] == {"old": 0.74, "new": 0.74, "together": 0.75}
+
+
+def test_step_ms_between_reads_one_stretch_of_a_curve():
+    from ttt_helpers.tabpfn import pretrain_eval as pe
+
+    # minutes, step, dev, val loss, val acc: 100 steps in the first half minute (300 ms), 600 in the second (50 ms)
+    rows = [[0.0, 0, 0.5, 1.0, 0.3], [0.25, 40, 0.5, 1.0, 0.3], [0.5, 100, 0.55, 0.9, 0.4], [1.0, 700, 0.6, 0.8, 0.5]]
+    assert pe.step_ms_between(rows, 0.0, 0.5) == pytest.approx(300.0)
+    assert pe.step_ms_between(rows, 0.5, 1.0) == pytest.approx(50.0)
+    # the last evaluation at or before each end: 0.6 reads the one at 0.5
+    assert pe.step_ms_between(rows, 0.25, 0.6) == pytest.approx(60_000 * 0.25 / 60)
+    with pytest.raises(ValueError, match="no training steps"):
+        pe.step_ms_between(rows, 0.5, 0.6)

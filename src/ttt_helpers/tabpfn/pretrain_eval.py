@@ -56,6 +56,7 @@ __all__ = [
     "plot_early_curves",
     "dev_curve",
     "step_at",
+    "step_ms_between",
     "net_step_ms",
     "best_dev",
     "dev_context_curve",
@@ -723,6 +724,19 @@ def step_at(rows, minutes):
     ``minutes`` is ``None`` or no evaluation was made then."""
     at, step = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("step")
     return next((row[step] for row in rows if minutes is not None and row[at] == minutes), None)
+
+
+def step_ms_between(rows, start: float, end: float) -> float:
+    """Milliseconds per training step of a recorded curve (rows of :data:`CURVE_COLUMNS`) between its last evaluation
+    at or before ``start`` training minutes and its last at or before ``end`` (the prior's wait included, the
+    evaluations not): how long the steps of one stretch of a run took, e.g. a curriculum stage. ``ValueError`` when
+    the two evaluations are the same one."""
+    at, step = CURVE_COLUMNS.index("train_minutes"), CURVE_COLUMNS.index("step")
+    first = [row for row in rows if row[at] <= start]
+    last = [row for row in rows if row[at] <= end]
+    if not first or last[-1][step] <= first[-1][step]:
+        raise ValueError(f"no training steps recorded between {start} and {end} minutes")
+    return 60_000.0 * (last[-1][at] - first[-1][at]) / (last[-1][step] - first[-1][step])
 
 
 def net_step_ms(result):

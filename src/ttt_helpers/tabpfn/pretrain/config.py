@@ -317,8 +317,10 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     :class:`~ttt_helpers.tabpfn.pretrain.Trainer` ran on one CPU thread (``session34_threads_*.json``). Against
     ``"v1"`` alone on the same card and in the same loop (``session36_v1_one_thread.json``) the runs long enough to
     reach its best got there 7 to 9 times sooner, and the 6-layer ``"v2.6-muon"`` at the half rates with batched
-    Muon and ``max_reuse=8`` about 5 times sooner, going on past LogisticRegression (``session36_six_layer.json``;
-    the pretraining appendix).
+    Muon and ``max_reuse=8`` 5 to 6 times sooner with each of three seeds, going on past LogisticRegression
+    (``session36_six_layer.json``, ``session37_six_layer_seed1.json`` and ``_seed2.json``; the pretraining appendix).
+    Tables of 200 to 400 rows in the first half minute shortened a step by at most a quarter and brought no variant
+    within ten-fold (``session37_small_tables.json``).
     """
     if name not in _RECIPES:
         raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")
