@@ -15,7 +15,11 @@ and in variants, so that a change to the loop is chosen on a measurement:
 * ``trainer_async``: the ``trainer`` step without the host sync of the logging, timed over all steps at once, so
   the CPU queues a step while the GPU still runs the one before;
 * ``compiled``: the model under ``torch.compile`` (on this repository's CPU torch, ``dynamic=True`` failed in
-  inductor's shape reasoning after 215 s of compiling).
+  inductor's shape reasoning after 215 s of compiling);
+* ``compiled_graphs``: the model under ``torch.compile(mode="reduce-overhead")``, which on a GPU replays the
+  forward and backward passes as CUDA graphs (one launch each instead of one per kernel). A graph holds one shape:
+  time it with one table length (``--rows 1000``), as a test of whether a step of the recipe is bound by the host's
+  kernel launches (the pretraining appendix: 200- to 400-row tables shortened a step by at most a quarter).
 
 With ``--loop-seconds S`` it then runs the real training loop (:class:`~ttt_helpers.tabpfn.pretrain.Trainer`, the
 prior's worker processes included) for ``S`` training seconds and times its phases (the next prior batch, the task
@@ -40,7 +44,7 @@ import statistics
 import time
 from pathlib import Path
 
-VARIANTS = ("trainer", "trainer_async", "fwd_bwd", "forward", "adamw_only", "batch16", "compiled")
+VARIANTS = ("trainer", "trainer_async", "fwd_bwd", "forward", "adamw_only", "batch16", "compiled", "compiled_graphs")
 
 
 def synthetic_batch(gen, B: int, T: int, C: int, max_classes: int):
@@ -180,7 +184,9 @@ def main(argv=None):
         row, fwd_model = {"variant": variant}, None
         try:
             model, opts = build(variant)
-            fwd_model = torch.compile(model) if variant == "compiled" else model
+            fwd_model = (torch.compile(model) if variant == "compiled"
+                         else torch.compile(model, mode="reduce-overhead", dynamic=False) if variant == "compiled_graphs"
+                         else model)
             B = 16 if variant == "batch16" else stage_batch
             ts = tasks(B)
             step = step_fn(variant, model, opts, fwd_model)
