@@ -37,6 +37,7 @@ from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_fi
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
+
 def choose(scores: dict) -> str:
     """The ``alpha`` (a key of ``scores``, ``{alpha: {"rule": mean accuracy}}``) that the rule picks: the highest
     ``rule`` score, or the smallest ``alpha`` within :data:`~ttt_helpers.tabpfn.pretrain_eval.RULE_TIE` of it."""
