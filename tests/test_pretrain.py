@@ -418,6 +418,64 @@ def test_lr_schedule_and_curriculum():
     assert [pt.stage_index(pt.CURRICULUM, p) for p in (0.0, 0.2, 0.5, 0.99)] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("mode", ["short_math", "short_efficient", "row_math"])
+def test_short_sequence_modes_route_the_feature_attention_and_keep_the_forward(monkeypatch, mode):
+    """The short-sequence modes hand the attention between a row's feature groups (a few tokens) to their kernels,
+    leave the attention between a column's cells (the table's rows) to tabpfn's dispatch, and compute the same
+    forward pass as tabpfn's own dispatch (on a CPU every kernel is exact up to float32 rounding)."""
+    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
+    from torch.nn.attention import SDPBackend
+
+    cfg = pt.recipe("v2.6-muon", nlayers=1, emsize=32, nhead=2, device="cpu")
+    torch.manual_seed(0)
+    model = pt.make_model(cfg)[1].eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(pt.SHORT_SEQUENCE + 40, 3, 7, generator=gen)  # more rows than SHORT_SEQUENCE, 7 features
+    y = torch.randint(0, 3, (50, 3), generator=gen).float()
+    try:
+        pt.configure_sdpa("default")
+        with torch.no_grad():
+            reference = model(x, y)
+        seen = []
+        original = pt.forward._SDPA_DEFAULTS["torch_sdpa"]
+
+        def spy(q, k, v, backends=None):
+            seen.append((q.shape[1], k.shape[1], None if backends is None else tuple(backends)))
+            return original(q, k, v, backends)
+
+        monkeypatch.setitem(pt.forward._SDPA_DEFAULTS, "torch_sdpa", spy)
+        pt.configure_sdpa(mode)
+        with torch.no_grad():
+            out = model(x, y)
+    finally:
+        pt.configure_sdpa("default")
+    chosen = (SDPBackend.MATH,) if mode != "short_efficient" else (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    short = [b for q, k, b in seen if q <= pt.SHORT_SEQUENCE and k <= pt.SHORT_SEQUENCE]
+    long = [b for q, k, b in seen if q > pt.SHORT_SEQUENCE]
+    assert short and long, seen
+    assert all(b == chosen for b in short) and all(b is None for b in long)
+    assert sdpa._SDPA_BACKENDS == pt.forward._SDPA_DEFAULTS["backends"]  # restored by "default"
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_configure_sdpa_drops_cudnn_in_the_short_modes_and_rejects_unknown_modes():
+    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
+    from torch.nn.attention import SDPBackend
+
+    try:
+        for mode in ("short_math", "short_efficient", "no_cudnn"):
+            pt.configure_sdpa(mode)
+            assert SDPBackend.CUDNN_ATTENTION not in sdpa._SDPA_BACKENDS
+            assert SDPBackend.FLASH_ATTENTION in sdpa._SDPA_BACKENDS
+        with pytest.raises(ValueError, match="short_efficient"):
+            pt.configure_sdpa("fastest")
+        with pytest.raises(ValueError, match="sdpa"):
+            pt.PretrainConfig(sdpa="fastest")
+    finally:
+        pt.configure_sdpa("default")
+    assert SDPBackend.CUDNN_ATTENTION in sdpa._SDPA_BACKENDS
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="architecture"):
         pt.PretrainConfig(architecture="v3")

@@ -25,6 +25,7 @@ __all__ = [
     "NOISE_SUFFIX",
     "PRIORS",
     "check_prior",
+    "SDPA_MODES",
     "PretrainConfig",
     "recipe",
     "RECIPE_NAMES",
@@ -77,6 +78,8 @@ def check_prior(name: str) -> str:
         raise ValueError(f"prior must be one of {PRIORS} or several different ones joined by "
                          f"{MIX_SEPARATOR!r}, got {name!r}")
     return name
+#: How tabpfn's attention dispatch may run in training (:func:`.forward.configure_sdpa` says what each does).
+SDPA_MODES = ("default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn", "short_math", "short_efficient")
 _STAGE_KEYS = ("start", "min_rows", "max_rows", "max_features", "max_classes", "batch", "reuse")
 
 
@@ -154,7 +157,7 @@ class PretrainConfig:
         drawn (the state records the lowest index not drawn and the drawn ones above it).
     autocast : bool
         bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
-    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"}
+    sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn", "short_math", "short_efficient"}
         How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`).
     random_column_embeddings : bool
         v2 only: draw tabpfn_v2's random column embeddings from a new seed at every step (tabpfn draws them at
@@ -213,7 +216,7 @@ class PretrainConfig:
             "architecture": ("v2", "v2.6"),
             "optimizer": ("adamw", "muon"),
             "seeding": ("per_call", "per_batch"),
-            "sdpa": ("default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"),
+            "sdpa": SDPA_MODES,
             "clock": ("time", "steps"),
         }
         for key, allowed in choices.items():

@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_task", "small_context_size", "masked_logits", "configure_sdpa", "forward_loss"]
+from .config import SDPA_MODES
+
+__all__ = ["to_task", "small_context_size", "masked_logits", "configure_sdpa", "SHORT_SEQUENCE", "forward_loss"]
 
 
 def small_context_size(T: int, gen: torch.Generator, frac: float) -> int | None:
@@ -86,6 +88,9 @@ def masked_logits(logits: torch.Tensor, n_cls: torch.Tensor) -> torch.Tensor:
 
 
 _SDPA_DEFAULTS: dict = {}
+#: The longest query or key sequence that ``"row_math"``, ``"short_math"`` and ``"short_efficient"`` count as the
+#: short attention between a row's feature groups (tables hold hundreds of rows, rows a few dozen groups).
+SHORT_SEQUENCE = 64
 
 
 def configure_sdpa(mode: str) -> None:
@@ -97,6 +102,11 @@ def configure_sdpa(mode: str) -> None:
     everywhere; ``"no_cudnn"``: tabpfn's dispatch without cuDNN's fused attention, whose bf16 backward failed on
     the H200 (torch 2.11) with ``mha_graph.execute(...).is_good()`` after about 190 steps of tables of varying
     length, after NaN losses and 0.5 s steps (a known defect: pytorch issues 122695, 134001);
+    ``"short_math"`` and ``"short_efficient"``: ``"no_cudnn"`` for the long attention between a column's cells, and
+    for the short attention between the feature groups of a row (both sequences of at most
+    :data:`SHORT_SEQUENCE` tokens) torch's math kernel, or its memory-efficient kernel (math where that kernel is
+    absent, as on a CPU). FlashAttention pads a sequence to blocks of 128 queries, so the dozen feature groups of a
+    row cost it about as much as 128 would (the step profile: its backward was the largest GPU time of a step);
     ``"default"``: tabpfn's own dispatch. Each call first restores tabpfn's dispatch, so modes do not pile up.
     """
     from torch.nn.attention import SDPBackend
@@ -114,22 +124,31 @@ def configure_sdpa(mode: str) -> None:
         sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
     elif mode == "row_math":
         sdpa.gqa_is_supported = lambda: False
-        original = _SDPA_DEFAULTS["torch_sdpa"]
-
-        def short_sequences_on_math(q_BSHD, k_BSJD, v_BSJD, _backends_override=None):
-            # (batch, seq, heads, dim): the attention between the few feature groups of a row
-            if _backends_override is None and q_BSHD.shape[1] <= 64 and k_BSJD.shape[1] <= 64:
-                _backends_override = [SDPBackend.MATH]
-            return original(q_BSHD, k_BSJD, v_BSJD, _backends_override)
-
-        sdpa._torch_sdpa = short_sequences_on_math
+        sdpa._torch_sdpa = _short_sequences_on([SDPBackend.MATH])
+    elif mode in ("short_math", "short_efficient"):
+        sdpa._SDPA_BACKENDS[:] = [b for b in _SDPA_DEFAULTS["backends"] if b != SDPBackend.CUDNN_ATTENTION]
+        sdpa._torch_sdpa = _short_sequences_on([SDPBackend.MATH] if mode == "short_math"
+                                               else [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
     elif mode == "math":
         sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
     elif mode == "no_cudnn":
         sdpa._SDPA_BACKENDS[:] = [b for b in _SDPA_DEFAULTS["backends"] if b != SDPBackend.CUDNN_ATTENTION]
     elif mode != "default":
-        raise ValueError("sdpa mode must be 'default', 'no_gqa', 'no_flash', 'row_math', 'math' or 'no_cudnn', "
-                         f"got {mode!r}")
+        raise ValueError(f"sdpa mode must be one of {SDPA_MODES}, got {mode!r}")
+
+
+def _short_sequences_on(backends: list):
+    """tabpfn's torch SDPA path with ``backends`` for a call whose query and key sequences are both at most
+    :data:`SHORT_SEQUENCE` long (tensors are ``(batch, sequence, heads, dim)``); other calls as tabpfn's dispatch
+    chooses."""
+    original = _SDPA_DEFAULTS["torch_sdpa"]
+
+    def short_sequences_on(q_BSHD, k_BSJD, v_BSJD, _backends_override=None):
+        if _backends_override is None and q_BSHD.shape[1] <= SHORT_SEQUENCE and k_BSJD.shape[1] <= SHORT_SEQUENCE:
+            _backends_override = list(backends)
+        return original(q_BSHD, k_BSJD, v_BSJD, _backends_override)
+
+    return short_sequences_on
 
 
 def forward_loss(model, task, autocast: bool):
