@@ -8,12 +8,13 @@ and in variants, so that a change to the loop is chosen on a measurement:
 
 * ``trainer``: what :meth:`Trainer._train_step` does, through the same function
   (:func:`ttt_helpers.tabpfn.pretrain.trainer.optimise`: bf16 autocast, ``no_cudnn`` attention, fused AdamW plus
-  ``torch.optim.Muon``, gradient clipping), and the logging's ``float(loss)``;
+  ``torch.optim.Muon``, gradient clipping), timed from a synchronised device to a synchronised device (until
+  stop 38 it also read the loss, as the loop's logging then did at every step);
 * ``fwd_bwd``: forward and backward only; ``forward``: forward only, without gradients;
 * ``adamw_only``: AdamW on every weight (Muon's Newton-Schulz iterations left out);
 * ``batch16``: 16 tables per step instead of 8;
-* ``trainer_async``: the ``trainer`` step without the host sync of the logging, timed over all steps at once, so
-  the CPU queues a step while the GPU still runs the one before;
+* ``trainer_async``: the ``trainer`` step timed over all steps at once, so the CPU queues a step while the GPU
+  still runs the one before;
 * ``compiled``: the model under ``torch.compile`` (on this repository's CPU torch, ``dynamic=True`` failed in
   inductor's shape reasoning after 215 s of compiling);
 * ``compiled_graphs``: the model under ``torch.compile(mode="reduce-overhead")``, which on a GPU replays the
@@ -134,7 +135,7 @@ def main(argv=None):
     from ttt_helpers.provenance import command_line, git_commit, results_dir, write_provenance
     from ttt_helpers.tabpfn import pretrain as pt
     from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa, forward_loss, to_task
-    from ttt_helpers.tabpfn.pretrain.state import make_model, make_optimizers
+    from ttt_helpers.tabpfn.pretrain.state import make_model, make_optimizers, model_to_device
     from ttt_helpers.tabpfn.pretrain.trainer import configure_host, optimise
 
     overrides = pt.key_json(args.set)
@@ -151,7 +152,7 @@ def main(argv=None):
     def build(variant):
         torch.manual_seed(args.seed)
         _, model = make_model(cfg)
-        model.to(args.device).train()
+        model_to_device(model, args.device).train()
         opt_cfg = cfg if variant != "adamw_only" else pt.recipe("v2.6-muon", **{**overrides, "optimizer": "adamw",
                                                                                   "lr": 0.00025})
         opts = make_optimizers(model, opt_cfg, fused=cuda)
@@ -174,8 +175,6 @@ def main(argv=None):
                 model.zero_grad(set_to_none=True)
                 return loss
             optimise(model, opts, loss, cfg.grad_clip)
-            if variant != "trainer_async":
-                float(loss.detach()), float(correct), int(n)  # the loop's logging: a host sync per step
             return loss
         return step
 

@@ -476,6 +476,28 @@ def test_configure_sdpa_drops_cudnn_in_the_short_modes_and_rejects_unknown_modes
     assert SDPBackend.CUDNN_ATTENTION in sdpa._SDPA_BACKENDS
 
 
+def test_model_to_device_moves_the_v26_column_embeddings_and_keeps_their_numbers():
+    cfg = pt.recipe("v2.6-muon", nlayers=1, emsize=32, nhead=2, device="cpu")
+    model = pt.make_model(cfg)[1]
+    before = model.pre_generated_column_embeddings.clone()
+    moved = pt.model_to_device(model, "meta")  # a device other than the CPU, without a GPU
+    assert moved.pre_generated_column_embeddings.device.type == "meta"
+    assert next(moved.parameters()).device.type == "meta"
+    assert moved.pre_generated_column_embeddings.shape == before.shape
+    assert "pre_generated_column_embeddings" not in moved.state_dict()  # no checkpoint holds them
+    model = pt.model_to_device(pt.make_model(cfg)[1], "cpu")
+    torch.testing.assert_close(model.pre_generated_column_embeddings, before, rtol=0, atol=0)
+
+
+def test_the_loss_curve_logs_each_window_of_25_steps_with_its_mean_loss_and_accuracy(tmp_path):
+    trainer = pt.Trainer(toy_config(), out_dir=tmp_path, log=lambda s: None)
+    trainer.run(60)
+    curve = trainer.meta["loss_curve"]
+    assert [row[0] for row in curve] == [25, 50]
+    for _, _, _, loss, acc in curve:
+        assert 0.1 < loss < 3.0 and 0.0 <= acc <= 1.0
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="architecture"):
         pt.PretrainConfig(architecture="v3")

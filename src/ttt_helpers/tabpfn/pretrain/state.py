@@ -20,7 +20,7 @@ from .. import checkpoints as tm
 from .config import PretrainConfig
 from .muon import BatchedMuon
 
-__all__ = ["make_model", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
+__all__ = ["make_model", "model_to_device", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
 
 STATE_FILES = ("state_model.pt", "state_opt_avg.pt", "state_opt_avg_sq.pt", "state_meta.json")
 _MOMENTUM_FILE = "state_opt_momentum.pt"
@@ -44,6 +44,20 @@ def make_model(cfg: PretrainConfig):
                 if name.startswith("blocks.") and p.ndim == 2 and not p.any():
                     p.copy_(torch.randn(p.shape, generator=gen) * float(cfg.out_init_std))
     return model_config, model
+
+
+def model_to_device(model, device):
+    """``model`` moved to ``device``, with tabpfn v2.6's pre-generated column embeddings too.
+
+    v2.6 keeps them as a plain tensor attribute (not a parameter or buffer, so ``Module.to`` leaves them on the CPU
+    and no checkpoint holds them) and copies them to the device in every forward pass: on a GPU a copy from pageable
+    memory, which makes the host wait until the device has run everything queued before it. On the device once,
+    they are the same numbers (a copy), cast on the device at each forward."""
+    model = model.to(device)
+    embeddings = getattr(model, "pre_generated_column_embeddings", None)
+    if torch.is_tensor(embeddings):
+        model.pre_generated_column_embeddings = embeddings.to(device)
+    return model
 
 
 def _is_muon_param(name: str, p: torch.Tensor) -> bool:

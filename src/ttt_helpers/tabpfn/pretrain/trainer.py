@@ -24,7 +24,7 @@ from .config import PretrainConfig, stage_index
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
-from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, save_state
+from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, model_to_device, save_state
 
 __all__ = ["Trainer", "configure_host"]
 
@@ -43,8 +43,7 @@ class _CallLoop:
     index: int | None = None  # its index in the stage's stream (per-batch seeding)
     reuse_left: int = 0  # its required uses left
     uses: int = 0  # its uses so far
-    log_loss: float = 0.0  # the logging window's sums and count
-    log_acc: float = 0.0
+    log_sums: torch.Tensor | None = None  # the logging window's sums of loss and accuracy (on the device), count
     log_n: int = 0
 
     def close(self) -> None:
@@ -98,7 +97,7 @@ class Trainer:
         configure_host(self.device)
         _seed_all(cfg.seed)
         self.model_config, model = make_model(cfg)
-        self.model = model.to(self.device)
+        self.model = model_to_device(model, self.device)
         self.model.train()
         self.n_params = tm.count_parameters(self.model)
         self.optimizers = make_optimizers(self.model, cfg, fused=self.use_cuda)
@@ -347,14 +346,18 @@ class Trainer:
         return loop.batch, fresh
 
     def _log_window(self, loop: _CallLoop, s_idx: int, loss, correct, n) -> None:
-        """Add a step to the logging window; every 25 steps, a row of ``meta["loss_curve"]`` and a progress line."""
+        """Add a step to the logging window; every 25 steps, a row of ``meta["loss_curve"]`` and a progress line.
+
+        The window's sums stay on the device and are read once per window: a read of each step's loss made the host
+        wait for the device at the end of every step, so the next step's host work (the task, the launches) could
+        not overlap the device's work on this one."""
         meta = self.meta
-        loop.log_loss += float(loss.detach())
-        loop.log_acc += float(correct) / max(int(n), 1)
+        stats = torch.stack([loss.detach().float(), correct.float() / n.clamp(min=1).float()])
+        loop.log_sums = stats if loop.log_sums is None else loop.log_sums + stats
         loop.log_n += 1
         if loop.log_n < 25:
             return
-        mean_loss, mean_acc = loop.log_loss / loop.log_n, loop.log_acc / loop.log_n
+        mean_loss, mean_acc = (loop.log_sums.double() / loop.log_n).tolist()
         meta["loss_curve"].append([meta["step"], round(meta["train_seconds"] / 60, 3), s_idx,
                                    round(mean_loss, 4), round(mean_acc, 4)])
         loop.bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}", stage=s_idx, lr=f"{self._last_lr:.1e}")
@@ -362,7 +365,7 @@ class Trainer:
             self.log(f"step {meta['step']} t={meta['train_seconds'] / 60:.2f}min stage {s_idx} "
                      f"lr {self._last_lr:.2e} loss {mean_loss:.4f} acc {mean_acc:.4f} "
                      f"data_wait {self.data_wait:.0f}s")
-        loop.log_loss, loop.log_acc, loop.log_n = 0.0, 0.0, 0
+        loop.log_sums, loop.log_n = None, 0
 
     def _evaluate_if_due(self, loop: _CallLoop) -> None:
         """Evaluate and save the state (process 0) every ``cfg.eval_every`` seconds (time clock) or steps."""
