@@ -491,11 +491,21 @@ def test_model_to_device_moves_the_v26_column_embeddings_and_keeps_their_numbers
 
 def test_the_loss_curve_logs_each_window_of_25_steps_with_its_mean_loss_and_accuracy(tmp_path):
     trainer = pt.Trainer(toy_config(), out_dir=tmp_path, log=lambda s: None)
+    real_step = trainer._train_step
+
+    def known_step(task, gen):  # train as usual, then report a loss of step/10 and k of 4 rows correct, k = step % 5
+        real_step(task, gen)
+        k = trainer.meta["step"] % 5
+        return torch.tensor(trainer.meta["step"] / 10), torch.tensor(k), torch.tensor(4)
+
+    trainer._train_step = known_step
     trainer.run(60)
     curve = trainer.meta["loss_curve"]
     assert [row[0] for row in curve] == [25, 50]
-    for _, _, _, loss, acc in curve:
-        assert 0.1 < loss < 3.0 and 0.0 <= acc <= 1.0
+    for end, (_, _, _, loss, acc) in zip((25, 50), curve):
+        steps = np.arange(end - 25, end)  # meta["step"] before each step's increment
+        assert loss == pytest.approx(round(steps.mean() / 10, 4), abs=1e-4)
+        assert acc == pytest.approx(round(np.mean((steps % 5) / 4), 4), abs=1e-4)
 
 
 def test_config_rejects_bad_values():

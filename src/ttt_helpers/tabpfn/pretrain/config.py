@@ -158,7 +158,10 @@ class PretrainConfig:
     autocast : bool
         bf16 autocast on CUDA (float32 with TF32 matrix products otherwise).
     sdpa : {"default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn", "short_math", "short_efficient"}
-        How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`).
+        How tabpfn's attention dispatch runs in training (:func:`configure_sdpa`). On one H100 (stop 38,
+        ``data/results/step_profile_sdpa``) ``"short_efficient"`` made the bare step of ``"v2.6-fast"`` and of the
+        6-layer recipe about a fifth shorter than ``"no_cudnn"``, and the 6-layer loop's steps about a tenth; the
+        named recipes keep ``"no_cudnn"``, the setting their recorded runs used.
     random_column_embeddings : bool
         v2 only: draw tabpfn_v2's random column embeddings from a new seed at every step (tabpfn draws them at
         inference from the config seed with a generator on the model's device; CUDA and CPU differ).
@@ -323,7 +326,8 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     Muon and ``max_reuse=8`` 5 to 6 times sooner with each of three seeds, going on past LogisticRegression
     (``session36_six_layer.json``, ``session37_six_layer_seed1.json`` and ``_seed2.json``; the pretraining appendix).
     Tables of 200 to 400 rows in the first half minute shortened a step by at most a quarter and brought no variant
-    within ten-fold (``session37_small_tables.json``).
+    within ten-fold (``session37_small_tables.json``), nor did the short attention on the memory-efficient kernel
+    (``sdpa="short_efficient"``; ``session38_*.json``).
     """
     if name not in _RECIPES:
         raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")
