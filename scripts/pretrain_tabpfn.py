@@ -131,7 +131,7 @@ def parse_args(argv=None):
     add("--bf16", action="store_true", default=d.autocast, help="bf16 autocast on the GPU (default: float32 with TF32 "
         "matmuls, or the recipe's choice)")
     add("--no-autocast", action="store_true", help="float32 (the default; overrides --bf16)")
-    add("--sdpa", default=d.sdpa, choices=["default", "no_gqa", "no_flash", "row_math", "math", "no_cudnn"])
+    add("--sdpa", default=d.sdpa, choices=pt.SDPA_MODES)
     add("--random-column-embeddings", action="store_true", default=d.random_column_embeddings,
         help="v2: fresh column embeddings at every step")
     add("--no-real-eval", action="store_true", help="no scikit-learn tables through tabpfn in the evaluations")

@@ -62,32 +62,15 @@ def _configs(args):
     return out
 
 
-def _configure_sdpa(mode: str) -> None:
-    """Restrict the torch SDPA kernels inside tabpfn's own attention dispatch (a workaround switch for GPUs
-    where a kernel fails; same switch as scripts/pretrain_tabpfn.py)."""
-    if mode == "default":
-        return
-    from torch.nn.attention import SDPBackend
-
-    import tabpfn.architectures.shared.scaled_dot_product_attention as sdpa
-
-    if mode == "no_gqa":
-        sdpa.gqa_is_supported = lambda: False
-    elif mode == "no_flash":
-        sdpa._SDPA_BACKENDS[:] = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
-    elif mode == "math":
-        sdpa._SDPA_BACKENDS[:] = [SDPBackend.MATH]
-    else:
-        raise ValueError(f"unknown --sdpa mode {mode!r}")
-
-
 def _worker(name, args):
     import warnings
 
     warnings.filterwarnings("ignore")
     import torch
 
-    _configure_sdpa(args.sdpa)
+    from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa
+
+    configure_sdpa(args.sdpa)
 
     torch.set_num_threads(max(1, args.threads))
     if args.device.startswith("cuda"):
@@ -157,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-cpu", action="store_true", help="also measure the cost on the CPU")
     p.add_argument("--cost-cpu-sizes", nargs="*", type=int, default=[2, 16, 128, 1000])
     p.add_argument("--cost-cpu-steps", type=int, default=3)
-    p.add_argument("--sdpa", default="default", choices=["default", "no_gqa", "no_flash", "math"])
+    p.add_argument("--sdpa", default="default", choices=["default", "no_gqa", "no_flash", "math"],
+                   help="torch attention kernels inside tabpfn's dispatch (pretrain.forward.configure_sdpa; a "
+                        "workaround switch for GPUs where a kernel fails)")
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -177,6 +162,7 @@ def main(argv=None):
     from ttt_helpers.tabpfn.analysis import summarise
     from ttt_helpers.tabpfn.episodes import CONTEXT_SIZES
     from ttt_helpers.tabpfn.finetune import TTTConfig
+    from ttt_helpers.tabpfn.pretrain.forward import configure_sdpa
     from ttt_helpers.tabpfn.protocol import measure_cost
 
     t0 = time.time()
@@ -189,7 +175,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else results_dir() / (
         "tabpfn_baselines.json" if args.baselines_only else "tabpfn_ttt_full.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _configure_sdpa(args.sdpa)
+    configure_sdpa(args.sdpa)
     template, description = _template(args)
     print(f"model: {description}; device {args.device}; {len(names)} tables; workers {args.workers}", flush=True)
     configs = _configs(args)
