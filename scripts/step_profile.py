@@ -169,7 +169,7 @@ def main(argv=None):
                 with torch.no_grad():
                     loss, _, _ = forward_loss(fwd_model, task, cuda and cfg.autocast)
                 return loss
-            loss, correct, n = forward_loss(fwd_model, task, cuda and cfg.autocast)
+            loss, _, _ = forward_loss(fwd_model, task, cuda and cfg.autocast)
             if variant == "fwd_bwd":
                 loss.backward()
                 model.zero_grad(set_to_none=True)
