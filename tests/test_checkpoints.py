@@ -275,7 +275,8 @@ def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
         tm.inference_config_for_checkpoint(["FINGERPRINT_FEATURE"])
 
 
-@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.CANDIDATE_NAME, tm.SIX_LAYER_NAME, tm.SIX_INTERPOLATED_NAME])
+@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.CANDIDATE_NAME, tm.SIX_LAYER_NAME, tm.SIX_INTERPOLATED_NAME,
+                                  tm.SIX_LONG_NAME])
 def test_shipped_checkpoints_match_their_sha256_and_declare_their_inference_config(name):
     from ttt_helpers.provenance import models_dir, verify_sha256
 

@@ -667,6 +667,14 @@ def test_compare_checkpoints_script_scores_each_and_together_by_its_rules(tmp_pa
     prov = read_provenance(out / "cc.provenance.json")
     assert prov["files"] == {"cc.json": sha256_file(out / "cc.json")}
     assert prov["results"]["default_ensemble"] == {"old": 0.74, "new": 0.74, "together": 0.75}
+    table = pe.comparison_table(result, together="both")
+    assert list(table.index) == ["old", "new", "both"]
+    assert list(table.columns) == ["2 rows", "8 rows", "32 rows", "1,000 rows, one member", "rule",
+                                   "1,000 rows, default ensemble"]
+    assert table.at["new", "32 rows"] == 0.62 and table.at["old", "1,000 rows, one member"] == 0.70
+    assert table.at["both", "1,000 rows, default ensemble"] == 0.75 and np.isnan(table.at["both", "rule"])
+    without = dict(result, ensembles=None)
+    assert "1,000 rows, default ensemble" not in pe.comparison_table(without).columns
 
 
 def test_step_ms_between_reads_one_stretch_of_a_curve():

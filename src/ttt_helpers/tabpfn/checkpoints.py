@@ -41,6 +41,7 @@ __all__ = [
     "CANDIDATE_NAME",
     "SIX_LAYER_NAME",
     "SIX_INTERPOLATED_NAME",
+    "SIX_LONG_NAME",
     "official_v2_classifier_names",
     "official_checkpoint_path",
     "fallback_checkpoint_path",
@@ -76,6 +77,11 @@ SIX_LAYER_NAME = "tabpfn_six_layer.ckpt"
 #: weight interpolation chosen on the development tables, ``data/results/interpolation_check_six.json``): the best
 #: checkpoint so far, the first to meet three of issue 11's four criteria (not the default-ensemble one).
 SIX_INTERPOLATED_NAME = "tabpfn_six_interpolated.ckpt"
+#: :data:`SIX_LAYER_NAME`'s recipe trained three times as long (22 minutes, three resumed calls on one H100, the short
+#: attention on torch's memory-efficient kernel), the weights it selected on the development tables: better at 1,000
+#: rows than :data:`SIX_INTERPOLATED_NAME`, worse with short contexts (the pretraining appendix, "Three times the
+#: minutes"); issue 11's bar is not met.
+SIX_LONG_NAME = "tabpfn_six_long.ckpt"
 
 def _transform(name: str, categorical: str = "numeric", **kw) -> dict:
     """One entry of ``InferenceConfig.PREPROCESS_TRANSFORMS`` (a ``PreprocessorConfig`` as a dict)."""

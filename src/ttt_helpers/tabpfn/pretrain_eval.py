@@ -59,6 +59,7 @@ __all__ = [
     "step_ms_between",
     "net_step_ms",
     "best_dev",
+    "comparison_table",
     "dev_context_curve",
     "benchmark_checkpoint",
     "recipe_summary",
@@ -564,6 +565,26 @@ def choose_by_rule(scores: dict, key=None):
     order = {name: i for i, name in enumerate(scores)}
     best = max(s["rule"] for s in scores.values())
     return min((n for n, s in scores.items() if s["rule"] >= best - RULE_TIE), key=key or order.__getitem__)
+
+
+def comparison_table(result: dict, together: str = "together"):
+    """One row per checkpoint of a ``scripts/compare_checkpoints.py`` result: the development accuracy at each short
+    context size, with 1,000 rows and one member, the rule's score and (with ``--ensembles``) the default ensemble;
+    with ``--ensembles`` a last row, named ``together``, holds the ensemble spread over all the checkpoints.
+
+    Returns a :class:`pandas.DataFrame` indexed by the checkpoints' names, in the order of the result.
+    """
+    import pandas as pd
+
+    ens = result.get("ensembles") or {}
+    rows = {name: {**{f"{n} rows": v for n, v in zip(r["short"]["sizes"], r["short"]["mean"])},
+                   "1,000 rows, one member": r["dev_1000_one_member"], "rule": r["rule"],
+                   **({"1,000 rows, default ensemble": ens[name]["dev_1000_auto"]} if ens else {})}
+            for name, r in result["models"].items()}
+    table = pd.DataFrame(rows).T
+    if ens:
+        table.loc[together, "1,000 rows, default ensemble"] = ens["together"]["dev_1000_auto"]
+    return table
 
 
 def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, max_test: int = 200,
