@@ -276,7 +276,7 @@ def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
 
 
 @pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.CANDIDATE_NAME, tm.SIX_LAYER_NAME, tm.SIX_INTERPOLATED_NAME,
-                                  tm.SIX_LONG_NAME])
+                                  tm.SIX_LONG_NAME, tm.SIX_LONG_INTERPOLATED_NAME])
 def test_shipped_checkpoints_match_their_sha256_and_declare_their_inference_config(name):
     from ttt_helpers.provenance import models_dir, verify_sha256
 
