@@ -20,7 +20,7 @@ aside_paths() {
   for p in data/models/tabpfn_*; do
     [ -e "$p" ] || continue
     case "$(basename "$p")" in
-      tabpfn_fallback.ckpt|tabpfn_fallback.json|*.json) ;;  # the fallback, and every record (small), stay
+      tabpfn_fallback.ckpt|*.json) ;;  # the fallback, and every record (small), stay
       *) echo "$p" ;;
     esac
   done

@@ -613,6 +613,11 @@ def test_interpolation_script_chooses_by_its_rule_and_exports_the_choice(tmp_pat
     assert prov["results"]["alpha"] == 0.5 and prov["files"] == {export.name: sha256_file(export)}
     assert sha256_file(export) == result["alphas"]["0.5"]["sha256"]
     assert abs(alpha_of(export) - 0.5) < 1e-5
+    table = pe.dev_rule_table(result["alphas"])  # one row per alpha, in the sweep's order
+    assert list(table.index) == ["0", "0.5", "1"]
+    assert list(table.columns) == ["2 rows", "8 rows", "32 rows", "1,000 rows, one member", "rule"]
+    assert table.at["0.5", "8 rows"] == pytest.approx(0.45) and table.at["1", "1,000 rows, one member"] == 0.2
+    assert table.at["0.5", "rule"] == result["alphas"]["0.5"]["rule"]
 
 
 def test_choose_by_rule_breaks_ties_towards_the_first_listed_and_refuses_nothing():

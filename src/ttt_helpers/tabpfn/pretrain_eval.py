@@ -59,6 +59,7 @@ __all__ = [
     "step_ms_between",
     "net_step_ms",
     "best_dev",
+    "dev_rule_table",
     "comparison_table",
     "dev_context_curve",
     "benchmark_checkpoint",
@@ -567,22 +568,27 @@ def choose_by_rule(scores: dict, key=None):
     return min((n for n, s in scores.items() if s["rule"] >= best - RULE_TIE), key=key or order.__getitem__)
 
 
-def comparison_table(result: dict, together: str = "together"):
-    """One row per checkpoint of a ``scripts/compare_checkpoints.py`` result: the development accuracy at each short
-    context size, with 1,000 rows and one member, the rule's score and (with ``--ensembles``) the default ensemble;
-    with ``--ensembles`` a last row, named ``together``, holds the ensemble spread over all the checkpoints.
+def dev_rule_table(entries: dict):
+    """One row per checkpoint scored by :func:`dev_rule_score` (``{name: score}``, e.g. the ``"models"`` of a
+    ``scripts/compare_checkpoints.py`` result or the ``"alphas"`` of a ``scripts/interpolate_checkpoints.py`` one):
+    the development accuracy at each short context size, with 1,000 rows and one member, and the rule's score.
 
-    Returns a :class:`pandas.DataFrame` indexed by the checkpoints' names, in the order of the result.
+    Returns a :class:`pandas.DataFrame` indexed by the names, in the order given.
     """
     import pandas as pd
 
-    ens = result.get("ensembles") or {}
-    rows = {name: {**{f"{n} rows": v for n, v in zip(r["short"]["sizes"], r["short"]["mean"])},
-                   "1,000 rows, one member": r["dev_1000_one_member"], "rule": r["rule"],
-                   **({"1,000 rows, default ensemble": ens[name]["dev_1000_auto"]} if ens else {})}
-            for name, r in result["models"].items()}
-    table = pd.DataFrame(rows).T
+    return pd.DataFrame({name: {**{f"{n} rows": v for n, v in zip(r["short"]["sizes"], r["short"]["mean"])},
+                                "1,000 rows, one member": r["dev_1000_one_member"], "rule": r["rule"]}
+                         for name, r in entries.items()}).T
+
+
+def comparison_table(result: dict, together: str = "together"):
+    """:func:`dev_rule_table` of a ``scripts/compare_checkpoints.py`` result; with ``--ensembles`` also each
+    checkpoint's default ensemble, and a last row, named ``together``, with the ensemble spread over all of them."""
+    table = dev_rule_table(result["models"])
+    ens = result.get("ensembles")
     if ens:
+        table["1,000 rows, default ensemble"] = [ens[name]["dev_1000_auto"] for name in table.index]
         table.loc[together, "1,000 rows, default ensemble"] = ens["together"]["dev_1000_auto"]
     return table
 
