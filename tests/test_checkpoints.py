@@ -275,7 +275,7 @@ def test_checkpoint_inference_config_reaches_tabpfn(tmp_path, tiny_ckpt):
         tm.inference_config_for_checkpoint(["FINGERPRINT_FEATURE"])
 
 
-@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.CANDIDATE_NAME, tm.SIX_LAYER_NAME, tm.SIX_INTERPOLATED_NAME,
+@pytest.mark.parametrize("name", [tm.FALLBACK_NAME, tm.V1_NAME, tm.CANDIDATE_NAME, tm.SIX_LAYER_NAME, tm.SIX_INTERPOLATED_NAME,
                                   tm.SIX_LONG_NAME, tm.SIX_LONG_INTERPOLATED_NAME])
 def test_shipped_checkpoints_match_their_sha256_and_declare_their_inference_config(name):
     from ttt_helpers.provenance import models_dir, verify_sha256
@@ -348,3 +348,17 @@ def test_each_inference_variant_is_valid_and_reaches_tabpfn_through_eval_real(ti
     acc = pe.eval_real(path, {"toy": (X[:60], X[60:], y[:60], y[60:])}, "cpu", 2, 0, inference_config=variant)
     assert 0 <= acc["toy"] <= 1
     assert seen == [[t["name"] for t in variant["PREPROCESS_TRANSFORMS"]]]
+
+
+def test_the_fallback_is_the_promoted_checkpoint_and_describes_itself():
+    from ttt_helpers.provenance import models_dir, read_provenance, sha256_file
+
+    fallback = tm.fallback_checkpoint_path()
+    assert sha256_file(fallback) == sha256_file(models_dir() / tm.SIX_LONG_INTERPOLATED_NAME)
+    assert sha256_file(fallback) != sha256_file(models_dir() / tm.V1_NAME)
+    assert read_provenance(models_dir() / "tabpfn_v1.json")["files"] == {tm.V1_NAME: sha256_file(models_dir() / tm.V1_NAME)}
+    desc = tm._describe_fallback(fallback)
+    assert desc.startswith("our fallback (tabpfn_fallback.ckpt; TabPFN v2.6 architecture, 2.75 M parameters")
+    assert "interpolated from tabpfn_six_long.ckpt" in desc and desc.endswith("NOT the official TabPFN v2 weights)")
+    assert "TabPFN v2 architecture, 1.65 M parameters" in tm._describe_fallback(models_dir() / tm.V1_NAME)
+    assert "pretraining steps on tabicl's graph_scm prior" in tm._describe_fallback(models_dir() / tm.V1_NAME)

@@ -10,10 +10,12 @@ and says so:
   ``$TABPFN_MODEL_CACHE_DIR`` as read when ``tabpfn`` is imported). Nothing is ever downloaded: the
   package downloads only when it is given a path that does not exist, and :func:`load_classifier`
   only ever passes a path that exists.
-* **fallback**: ``data/models/tabpfn_fallback.ckpt``, a small model of the TabPFN v2 architecture
-  (``tabpfn.architectures.tabpfn_v2``) that we pretrained on synthetic classification tasks from
-  ``tabicl``'s structural-causal-model prior ``graph_scm`` (``scripts/pretrain_tabpfn.py``). Its sha256 is checked
-  against ``data/models/tabpfn_fallback.json`` before it is loaded.
+* **fallback**: ``data/models/tabpfn_fallback.ckpt``, a small model of the TabPFN v2.6 architecture
+  (``tabpfn.architectures.tabpfn_v2_6``, 2.75 M parameters) that we pretrained on synthetic classification tasks
+  from ``tabicl``'s structural-causal-model prior ``graph_scm`` (``scripts/pretrain_tabpfn.py``), warm-started on
+  real tables and interpolated (``scripts/interpolate_checkpoints.py``): the same file as
+  :data:`SIX_LONG_INTERPOLATED_NAME`. Its sha256 is checked against ``data/models/tabpfn_fallback.json`` before
+  it is loaded. Until 2026-12-06 the fallback was ``v1`` (:data:`V1_NAME`, TabPFN v2, 1.65 M parameters).
 
 A checkpoint file is what ``tabpfn`` itself reads (``tabpfn.model_loading.load_model``): a
 ``torch.save`` of ``{"state_dict", "config", "architecture_name": "tabpfn_v2"}`` and, optionally, the
@@ -38,6 +40,7 @@ from ttt_helpers.validation import check_positive_int
 __all__ = [
     "OFFICIAL_ENV_VAR",
     "FALLBACK_NAME",
+    "V1_NAME",
     "CANDIDATE_NAME",
     "SIX_LAYER_NAME",
     "SIX_INTERPOLATED_NAME",
@@ -65,7 +68,12 @@ __all__ = [
 ]
 
 OFFICIAL_ENV_VAR = "TABPFN_MODEL_PATH"
+#: The checkpoint the chapters load when the reader has no official one: since 2026-12-06 a copy of
+#: :data:`SIX_LONG_INTERPOLATED_NAME` (the same sha256). Also the file name every pretraining export writes.
 FALLBACK_NAME = "tabpfn_fallback.ckpt"
+#: ``v1``, the fallback until 2026-12-06 (TabPFN v2, 1.65 M parameters, 35 H100-minutes of pretraining): the
+#: baseline recipe of the pretraining appendix's time-to-quality comparisons.
+V1_NAME = "tabpfn_v1.ckpt"
 #: A pretrained checkpoint shipped beside the fallback, not (yet) used by the chapters: the v2.6 candidate of the
 #: pretraining appendix, which beats the fallback on the development tables and the benchmark but not the quality
 #: bar of issue 11.
@@ -478,25 +486,28 @@ def interpolate_checkpoints(start, end, alpha: float, path, *, extra: dict | Non
 
 
 def _describe_fallback(path: Path) -> str:
-    desc = f"our TabPFN-v2-architecture fallback ({path.name}"
+    """One line on a checkpoint of ours: its file, its architecture and size (read from the checkpoint itself) and,
+    from its provenance, its pretraining steps and prior, or, for an interpolated checkpoint, where it started."""
+    bits = []
+    try:
+        model = load_model(path)
+        config = read_checkpoint_config(path)
+        bits.append(f"TabPFN {architecture_of(config)} architecture, {count_parameters(model) / 1e6:.2f} M parameters, "
+                    f"emsize {config.get('emsize')}, {config.get('nlayers')} layers")
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError):
+        pass
     try:
         prov = read_provenance(path.with_suffix(".json"))
-        cfg = prov.get("config", {}).get("model", {})
-        params = prov.get("results", {}).get("n_parameters")
         steps = prov.get("results", {}).get("steps")
-        bits = []
-        if params:
-            bits.append(f"{params / 1e6:.2f} M parameters")
-        if cfg:
-            bits.append(f"emsize {cfg.get('emsize')}, {cfg.get('nlayers')} layers")
         if steps:
             prior = prov.get("config", {}).get("prior", {}).get("prior_type", "SCM")
             bits.append(f"{steps} pretraining steps on tabicl's {prior} prior")
-        if bits:
-            desc += "; " + ", ".join(bits)
+        elif isinstance(prov.get("start"), dict) and "path" in prov["start"]:  # interpolate_checkpoints.py's record
+            bits.append(f"weights interpolated from {Path(prov['start']['path']).name} and its warm start on real "
+                        "tables")
     except (FileNotFoundError, ValueError):
         pass
-    return desc + "; NOT the official TabPFN v2 weights)"
+    return f"our fallback ({path.name}" + "".join("; " + b for b in bits) + "; NOT the official TabPFN v2 weights)"
 
 
 def classifier_kwargs(device, **kwargs) -> dict:
