@@ -17,7 +17,7 @@ subprocess each (with ``CUDA_LAUNCH_BLOCKING=1``, so that an illegal memory acce
 Example (one H200, through the device tool; the exact command is recorded in the JSON)::
 
     python scripts/bench_pretrain_recipes.py --recipes v2.6-muon v1 --budget-min 3.25 --eval-every-s 20 \\
-        --dev-cache .device_carry/pretrain/dev.npz --reference data/models/tabpfn_fallback.ckpt \\
+        --dev-cache .device_carry/pretrain/dev.npz --reference data/models/tabpfn_v1.ckpt \\
         --export v2.6-muon --out $OUT
 """
 

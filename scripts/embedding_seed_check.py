@@ -27,14 +27,14 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output JSON (default data/results/embedding_seed_check.json)")
     args = p.parse_args(argv)
 
-    from ttt_helpers.provenance import command_line, git_commit, results_dir, write_provenance
+    from ttt_helpers.provenance import command_line, git_commit, models_dir, results_dir, write_provenance
     from ttt_helpers.tabpfn import checkpoints as tm
     from ttt_helpers.tabpfn import pretrain_eval as pe
 
     command, commit, t0 = command_line(argv), git_commit(), time.time()
     tables = pe.dev_splits(0)
     models = {"v2-muon, resumed run": pe.v2muon_state_model(),
-              "fallback": tm.load_model(tm.fallback_checkpoint_path())}
+              "fallback": tm.load_model(models_dir() / tm.V1_NAME)}  # v1, the fallback of the time
     accuracy, means = {}, {}
     for label, model in models.items():
         accuracy[label] = {str(s): acc for s, acc in pe.eval_direct_by_seed(model, tables, args.seeds).items()}
@@ -45,7 +45,7 @@ def main(argv=None):
     record = {"command": command, "seeds": args.seeds, "device": "cpu", "development_split_seed": 0,
               "accuracy": accuracy,
               "models": {"v2-muon, resumed run": "data/models/tabpfn_pretrain_state_v2muon/state_model.pt",
-                         "fallback": "data/models/tabpfn_fallback.ckpt"}}
+                         "fallback": f"data/models/{tm.V1_NAME}"}}
     out.write_text(json.dumps(record, indent=1) + "\n")
     write_provenance(out.with_name(out.stem + ".provenance.json"), command=command, commit=commit,
                      seeds={"embedding_seeds": args.seeds, "development_split_seed": 0}, results=means,

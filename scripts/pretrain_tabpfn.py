@@ -15,7 +15,8 @@ CPU smoke test (a minute)::
 
 GPU (one H100, through the device tool; what produced the fallback shipped before issue 11: six calls,
 each resuming the training state the previous one wrote, 35 training minutes in all; the exact commands,
-commits and dates are in ``data/models/tabpfn_fallback.json``)::
+commits and dates are in ``data/models/tabpfn_v1.json``, the record of that fallback, ``v1``, since it was
+replaced on 2026-12-06)::
 
     python scripts/pretrain_tabpfn.py --device cuda --sdpa no_gqa --no-autocast --time-budget-min 27 \\
         --wall-limit-min 8.9 --eval-every-min 3 --workers 15 --out-dir $OUT/state --no-progress
