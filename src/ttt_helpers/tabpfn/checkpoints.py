@@ -123,7 +123,9 @@ FALLBACK_INFERENCE_OVERRIDES = {
 #: ``"tabpfn_v2"`` the package's v2 default (quantiles appended to the original features, SVD, fingerprint column);
 #: ``"cap32"`` the stored setting with at most 32 features per ensemble member (the widest prior table of the book's
 #: recipes; wider tables are subsampled, ``tabpfn``'s "balanced" scheme spreading the features over the members),
-#: to be judged on the wide development tables (:data:`.pretrain_eval.WIDE_DEV_SPECS`).
+#: to be judged on the wide development tables (:data:`.pretrain_eval.WIDE_DEV_SPECS`); ``"none_only"`` and
+#: ``"squashing_only"`` one of the stored pair for every member (the members then differ only by the class and feature
+#: shuffles), to tell whether the stored pair's second transform helps the ensemble of a given checkpoint.
 PRETRAIN_MAX_FEATURES = 32
 INFERENCE_VARIANTS = {
     "fallback": FALLBACK_INFERENCE_OVERRIDES,
@@ -142,6 +144,9 @@ INFERENCE_VARIANTS = {
         _transform("quantile_uni_coarse", "ordinal_very_common_categories_shuffled", append_original="auto",
                    global_transformer_name="svd"),
         _transform("none")], "FINGERPRINT_FEATURE": True, "POLYNOMIAL_FEATURES": "no"},
+    "none_only": {**FALLBACK_INFERENCE_OVERRIDES, "PREPROCESS_TRANSFORMS": [_transform("none")]},
+    "squashing_only": {**FALLBACK_INFERENCE_OVERRIDES,
+                       "PREPROCESS_TRANSFORMS": [_transform("squashing_scaler_default")]},
     "cap32": {**FALLBACK_INFERENCE_OVERRIDES, "PREPROCESS_TRANSFORMS": [
         dict(t, max_features_per_estimator=PRETRAIN_MAX_FEATURES)
         for t in FALLBACK_INFERENCE_OVERRIDES["PREPROCESS_TRANSFORMS"]]},
