@@ -32,7 +32,8 @@ Two settings:
   validation slices of 200 rows, the benchmark's regime (the two smallest keep a context pool of about 680
   rows and about 170 test rows), for each seed of ``--large-seeds``.
 
-Model: the shipped fallback checkpoint on the CPU. Seeds: ``[seed, crc32(table name)]`` as in ``run_dataset``, for
+Model: the shipped fallback checkpoint on the CPU, or ``--model`` (``data/results/check_search_defaults.json`` was
+made when ``v1``, now ``data/models/tabpfn_v1.ckpt``, was the fallback). Seeds: ``[seed, crc32(table name)]`` as in ``run_dataset``, for
 each seed of ``--seeds`` (a seed is a new split, new episodes and new TTT draws). ``--workers`` processes (one
 torch thread each) share the (setting, table, seed) jobs.
 
@@ -102,14 +103,24 @@ def summarise(results: dict, sizes, labels=LABELS) -> str:
 _WORKER = {}
 
 
-def _init(seed: int) -> None:
-    import torch
+def _template(model: str):
+    """The unfitted ``TabPFNClassifier`` on ``model`` ("fallback" or a checkpoint file) and its description, as
+    :func:`ttt_helpers.tabpfn.checkpoints.load_classifier` builds it."""
+    from tabpfn import TabPFNClassifier
 
-    from ttt_helpers.tabpfn.checkpoints import load_classifier
+    from ttt_helpers.tabpfn import checkpoints as tm
+    from ttt_helpers.tabpfn.classifier import resolve_model
+
+    path, desc = resolve_model(model)
+    return TabPFNClassifier(model_path=str(path), **tm.classifier_kwargs("cpu")), desc
+
+
+def _init(seed: int, model: str) -> None:
+    import torch
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    _WORKER["template"], _WORKER["desc"] = load_classifier(prefer="fallback", device="cpu")
+    _WORKER["template"], _WORKER["desc"] = _template(model)
 
 
 def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
@@ -143,18 +154,19 @@ def main(argv=None) -> None:
     p.add_argument("--max-context", type=int, default=128)
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--model", default="fallback",
+                   help="'fallback' (the shipped fallback) or a checkpoint file, e.g. data/models/tabpfn_v1.ckpt, the "
+                        "fallback when data/results/check_search_defaults.json was made")
     p.add_argument("--out", default="/tmp/check_search_defaults.json")
     args = p.parse_args(argv)
 
     from ttt_helpers.tabpfn import pretrain_eval, protocol  # noqa: F401  (imported before the workers fork)
-    from ttt_helpers.tabpfn.checkpoints import load_classifier
-
-    _, desc = load_classifier(prefer="fallback", device="cpu")
+    _, desc = _template(args.model)
     jobs = [("large", t, s) for t in args.large_tables for s in args.large_seeds]
     jobs += [("small", t, s) for t in args.tables for s in args.seeds]
     t0 = time.time()
     found = {"small": {}, "large": {}}
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0],)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0], args.model)) as pool:
         futures = [pool.submit(_job, *j, vars(args)) for j in jobs]
         for f in futures:
             setting, name, seed, r = f.result()

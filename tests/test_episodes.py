@@ -59,11 +59,16 @@ def _imbalanced_binary(n=600, seed=0):
     return X, y
 
 
-def test_small_context_of_the_majority_class_predicts_it_with_the_shipped_fallback():
+def test_small_context_of_the_majority_class_predicts_it_with_the_shipped_v1():
     """A context holding only the majority class (label 1) must predict that class, as TabPFN does with its own label
-    encoder. Feeding the table's labels unranked, as the pipeline once did, makes the fallback answer "the first
-    class present" with output 0, which was read as label 0: the absent minority class."""
-    template, _ = load_classifier(prefer="fallback", device="cpu")
+    encoder. Feeding the table's labels unranked, as the pipeline once did, makes the model answer "the first
+    class present" with output 0, which was read as label 0: the absent minority class. The model is ``v1``, the
+    fallback of the time, which answers with the classes present; the present fallback names an absent class from
+    most two-row contexts (chapter 10), which is a property of the model, not of the label mapping this tests."""
+    from ttt_helpers.provenance import models_dir
+    from ttt_helpers.tabpfn import checkpoints as tm
+
+    template = tabpfn.TabPFNClassifier(model_path=str(models_dir() / tm.V1_NAME), **tm.classifier_kwargs("cpu"))
     clf = ep_mod.prepare_classifier(template)
     X, y = _imbalanced_binary()
     rng = np.random.default_rng(1)
