@@ -293,3 +293,16 @@ def test_majority_margins_lists_every_table_and_size_from_the_most_negative():
     np.testing.assert_allclose(first["margin_se"], (0.5 - 0.8) / np.sqrt(0.25 / 100))  # -6 se
     assert m["margin_se"].is_monotonic_increasing
     assert len(an.majority_margins([good, bad], small=16)) == 2 * len([n for n in sizes if n >= 16])
+
+
+def test_standard_error_is_the_sample_sd_over_root_n_and_the_band_uses_it():
+    d = np.array([0.01, -0.02, 0.03, 0.00, 0.05])
+    assert an.standard_error(d) == pytest.approx(np.std(d, ddof=1) / np.sqrt(5))
+    import pandas as pd
+
+    assert an.standard_error(pd.Series(d)) == pytest.approx(an.standard_error(d))  # what the appendix passes
+    assert an.standard_error(d[:1]) == 0.0
+    G = np.array([[0.1, 0.2], [0.3, 0.1], [0.2, 0.4]])
+    m, lo, hi = an.mean_curve_with_band(G)
+    np.testing.assert_allclose(hi - m, 1.96 * an.standard_error(G, axis=0))
+    np.testing.assert_allclose(an.standard_error(G.T, axis=1), an.standard_error(G, axis=0))

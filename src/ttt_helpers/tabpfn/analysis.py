@@ -33,6 +33,7 @@ from ..validation import check_finite_array, check_nonnegative_float
 __all__ = [
     "MAJORITY_MARGIN",
     "COLLAPSE_SHARE",
+    "standard_error",
     "mean_curve_with_band",
     "monotone_envelope",
     "context_needed",
@@ -81,6 +82,17 @@ ABSENT_GAP = 0.02
 # Curves
 
 
+def standard_error(values, axis: int = 0):
+    """The standard error of the mean along ``axis``: ``sd / sqrt(n)``, the sample standard deviation with
+    ``ddof=1``; 0 where there is one value. For paired per-table differences it is the standard error the book
+    quotes beside a mean difference (``mean +- se``)."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[axis]
+    if n < 2:
+        return np.zeros_like(values.mean(axis=axis))
+    return values.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
 def mean_curve_with_band(acc, *, z: float = 1.96):
     """Mean over tables and a normal-approximation confidence band.
 
@@ -94,7 +106,7 @@ def mean_curve_with_band(acc, *, z: float = 1.96):
     """
     acc = check_finite_array(acc, "acc", ndim=2)
     m = acc.mean(axis=0)
-    se = acc.std(axis=0, ddof=1) / math.sqrt(acc.shape[0]) if acc.shape[0] > 1 else np.zeros_like(m)
+    se = standard_error(acc, axis=0)
     return m, m - z * se, m + z * se
 
 
