@@ -356,7 +356,7 @@ def test_the_fallback_is_the_promoted_checkpoint_and_describes_itself():
     fallback = tm.fallback_checkpoint_path()
     assert sha256_file(fallback) == sha256_file(models_dir() / tm.SIX_LONG_INTERPOLATED_NAME)
     assert sha256_file(fallback) != sha256_file(models_dir() / tm.V1_NAME)
-    assert read_provenance(models_dir() / "tabpfn_v1.json")["files"] == {tm.V1_NAME: sha256_file(models_dir() / tm.V1_NAME)}
+    assert read_provenance((models_dir() / tm.V1_NAME).with_suffix(".json"))["files"] == {tm.V1_NAME: sha256_file(models_dir() / tm.V1_NAME)}
     desc = tm._describe_fallback(fallback)
     assert desc.startswith("our fallback (tabpfn_fallback.ckpt; TabPFN v2.6 architecture, 2.75 M parameters")
     assert "interpolated from tabpfn_six_long.ckpt" in desc and desc.endswith("NOT the official TabPFN v2 weights)")

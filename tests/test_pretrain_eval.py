@@ -693,3 +693,21 @@ def test_step_ms_between_reads_one_stretch_of_a_curve():
     assert pe.step_ms_between(rows, 0.25, 0.6) == pytest.approx(60_000 * 0.25 / 60)
     with pytest.raises(ValueError, match="no training steps"):
         pe.step_ms_between(rows, 0.5, 0.6)
+
+
+def test_inference_check_table_reads_the_shipped_result_of_the_inference_script():
+    import json
+
+    from ttt_helpers.provenance import results_dir
+
+    result = json.loads((results_dir() / "inference_config_check_fallback.json").read_text())
+    table = pe.inference_check_table(result)
+    assert list(table.index) == list(result["dev"])
+    assert list(table.columns) == ["development, 1 member(s)", "development, 8 member(s)", "development, mean",
+                                   "benchmark, 1 member(s)", "benchmark, 8 member(s)"]
+    assert table.at["none_only", "development, 8 member(s)"] == result["dev"]["none_only"]["n_estimators=8"]["mean"]
+    assert table.at["fallback", "development, mean"] == result["dev_overall"]["fallback"]
+    assert table.at["three_way", "benchmark, 8 member(s)"] == result["benchmark"]["three_way"]["n_estimators=8"]["mean"]
+    assert table["benchmark, 1 member(s)"].isna().sum() == len(table) - len(result["benchmark"])
+    no_bench = pe.inference_check_table({k: v for k, v in result.items() if k != "benchmark"})
+    assert list(no_bench.columns) == ["development, 1 member(s)", "development, 8 member(s)", "development, mean"]

@@ -495,9 +495,9 @@ def _describe_fallback(path: Path) -> str:
     from its provenance, its pretraining steps and prior, or, for an interpolated checkpoint, where it started."""
     bits = []
     try:
-        model = load_model(path)
-        config = read_checkpoint_config(path)
-        bits.append(f"TabPFN {architecture_of(config)} architecture, {count_parameters(model) / 1e6:.2f} M parameters, "
+        config = dict(_load_checkpoint(path)["config"])
+        n_params = count_parameters(new_model(config, seed=0))  # the weights do not change the count
+        bits.append(f"TabPFN {architecture_of(config)} architecture, {n_params / 1e6:.2f} M parameters, "
                     f"emsize {config.get('emsize')}, {config.get('nlayers')} layers")
     except (FileNotFoundError, ValueError, KeyError, RuntimeError):
         pass

@@ -61,6 +61,7 @@ __all__ = [
     "best_dev",
     "dev_rule_table",
     "comparison_table",
+    "inference_check_table",
     "dev_context_curve",
     "benchmark_checkpoint",
     "recipe_summary",
@@ -644,6 +645,24 @@ def dev_context_curve(ckpt, *, sizes=(2, 8, 32), reps: int = 3, seed: int = 1, m
     return {"sizes": sizes, "tables": tables, "mean": mean("acc"), "mean_absent_share": mean("absent_share"),
             "mean_present_acc": mean("present_acc"),
             "majority": round(float(np.mean([t["majority"] for t in tables.values()])), 4)}
+
+
+def inference_check_table(result: dict):
+    """One row per inference setting of a ``scripts/inference_config_check.py`` result: the development accuracy with
+    each ensemble size, their mean (the script's rule) and, for the settings it measured there, the benchmark accuracy
+    with each ensemble size (missing for the others). Indexed by the settings, in the order of the result."""
+    import pandas as pd
+
+    def members(k):
+        return k.split("=")[1]
+
+    table = pd.DataFrame({v: {f"development, {members(k)} member(s)": r["mean"] for k, r in res.items()}
+                          for v, res in result["dev"].items()}).T
+    table["development, mean"] = pd.Series(result["dev_overall"])
+    for v, res in (result.get("benchmark") or {}).items():
+        for k, r in res.items():
+            table.loc[v, f"benchmark, {members(k)} member(s)"] = r["mean"]
+    return table
 
 
 def benchmark_checkpoint(ckpt, *, n_context: int = 1000, max_test: int = 500, n_estimators=4, seed: int = 0,
