@@ -56,10 +56,33 @@ TABLES = ("boston_medv", "quakes_mag", "caschool_testscr", "wages1_wage", "housi
           "modechoice_mode")
 LARGE_TABLES = ("wages1_wage", "verbagg_resp", "rwm1984_outwork", "hi_hhi", "colon_status", "kakadu_answer")
 LABELS = ("none", "old", "new", "new_z0", "cap03", "cap04", "cap05", "zrows")
+LONG_LABELS = ("none", "cur", "low", "vlong", "low_vlong")
+REFERENCE = {"stopping": "old", "long": "cur"}
 
 
-def _recipes(n_query: int, max_context: int, n_ttt: int) -> dict:
+def _long_recipes(n_query: int, max_context, n_ttt: int) -> dict:
+    """``--family long``: the searches of the Figure-3 run (``cur``: lrs 3e-4 and 1e-3, validation sizes up to
+    512, 2 validation contexts per size, 200 steps, patience 3, ``noise_z`` 1.28, cap 0.05), the same with the
+    lower grid 1e-4 and 3e-4 (``low``), with one more validation size, the whole training part of the TTT rows
+    (``vlong``: 800 rows when ``n_ttt`` is 1,000), and both (``low_vlong``)."""
     from ttt_helpers.tabpfn.finetune import RecipeSearch
+
+    common = dict(max_steps=200, patience=3, eval_every=20, validation_repeats=2, tolerance=0.02, noise_z=1.28,
+                  max_allowance=0.05, n_query=n_query, max_context=max_context, validation_fraction=0.2)
+    n_train = n_ttt - int(round(common["validation_fraction"] * n_ttt))
+    short, long_ = (2, 8, 32, 128, 512), (2, 8, 32, 128, 512, n_train)
+    cur, low = (3e-4, 1e-3), (1e-4, 3e-4)
+    return {"cur": RecipeSearch(lrs=cur, validation_sizes=short, **common),
+            "low": RecipeSearch(lrs=low, validation_sizes=short, **common),
+            "vlong": RecipeSearch(lrs=cur, validation_sizes=long_, **common),
+            "low_vlong": RecipeSearch(lrs=low, validation_sizes=long_, **common)}
+
+
+def _recipes(n_query: int, max_context, n_ttt: int, family: str = "stopping") -> dict:
+    from ttt_helpers.tabpfn.finetune import RecipeSearch
+
+    if family == "long":
+        return _long_recipes(n_query, max_context, n_ttt)
 
     common = dict(lrs=(3e-4, 1e-3), eval_every=20, validation_sizes=(2, 8, 32, 128, 512), validation_repeats=1,
                   tolerance=0.02, n_query=n_query, max_context=max_context, validation_fraction=0.2)
@@ -79,7 +102,7 @@ def _chosen(rec: dict) -> str:
     return "zero-shot" if s is None else f"lr {s['lr']:g} x {s['steps']}"
 
 
-def summarise(results: dict, sizes, labels=LABELS) -> str:
+def summarise(results: dict, sizes, labels=LABELS, reference: str = "old") -> str:
     """The printed table: ``results[table][seed]`` -> per table and size the accuracy of each label (mean over
     seeds), then the means over tables and the paired gains against old (se over tables)."""
     labs = [lab for lab in labels if all(lab in r["acc"] for rs in results.values() for r in rs.values())]
@@ -94,16 +117,20 @@ def summarise(results: dict, sizes, labels=LABELS) -> str:
                 + f"; {r['seconds_total']:.0f} s")
     from ttt_helpers.tabpfn.analysis import search_comparison
 
-    table = search_comparison(results, sizes, labels=labs, reference="old")
-    lines.append(f"mean over {len(results)} tables; gains against old, with their standard errors over tables")
+    table = search_comparison(results, sizes, labels=labs, reference=reference)
+    lines.append(f"mean over {len(results)} tables; gains against {reference}, with their standard errors over tables")
     lines.append(table.round(3).to_string())
+    if reference != "none":
+        table = search_comparison(results, sizes, labels=labs, reference="none")
+        lines.append("gains against none (the pretrained weights), with their standard errors over tables")
+        lines.append(table.filter(like=" - none").join(table.filter(like="se (")).round(3).to_string())
     return "\n".join(lines)
 
 
 _WORKER = {}
 
 
-def _template(model: str):
+def _template(model: str, device: str = "cpu"):
     """The unfitted ``TabPFNClassifier`` on ``model`` ("fallback" or a checkpoint file) and its description, as
     :func:`ttt_helpers.tabpfn.checkpoints.load_classifier` builds it."""
     from tabpfn import TabPFNClassifier
@@ -112,15 +139,17 @@ def _template(model: str):
     from ttt_helpers.tabpfn.classifier import resolve_model
 
     path, desc = resolve_model(model)
-    return TabPFNClassifier(model_path=str(path), **tm.classifier_kwargs("cpu")), desc
+    return TabPFNClassifier(model_path=str(path), **tm.classifier_kwargs(device)), desc
 
 
-def _init(seed: int, model: str) -> None:
+def _init(seed: int, model: str, device: str) -> None:
     import torch
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    _WORKER["template"], _WORKER["desc"] = _template(model)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 throughout, as on CPU (as tabpfn_experiment.py)
+    _WORKER["template"], _WORKER["desc"] = _template(model, device)
 
 
 def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
@@ -132,10 +161,10 @@ def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
     warnings.filterwarnings("ignore")
     X, y = load_dev_table({s.name: s for s in DEV_SPECS}[name])
     n_ttt = min(500, int(0.4 * len(y))) if setting == "small" else args["large_n_ttt"]
-    recipes = _recipes(args["n_query"], args["max_context"], n_ttt)
+    recipes = _recipes(args["n_query"], args["max_context"], n_ttt, args["family"])
     r = run_protocol(_WORKER["template"], X, y, recipes, n_ttt=n_ttt, context_sizes=args["sizes"],
                      n_repeats=args["reps"], max_test=args["max_test"], seed=seed, rng_key=[seed, name_seed(name)],
-                     device="cpu", share_searches=True)
+                     device=args["device"], share_searches=True)
     return setting, name, seed, {"n_rows": int(len(y)), "n_ttt": n_ttt, **r}
 
 
@@ -143,6 +172,11 @@ def main(argv=None) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", default="stopping", choices=["stopping", "long"],
+                   help="'stopping': the stopping and admissibility rules (LABELS, against old); 'long': the "
+                        "learning-rate grid and the longest validation context, judged up to 1,000 context rows "
+                        "(LONG_LABELS, against cur; set --sizes, --n-query, --max-context as the Figure-3 run)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (workers share the GPU)")
     p.add_argument("--tables", nargs="*", default=list(TABLES))
     p.add_argument("--large-tables", nargs="*", default=list(LARGE_TABLES))
     p.add_argument("--large-n-ttt", type=int, default=1000)
@@ -151,7 +185,8 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--n-query", type=int, default=64)
-    p.add_argument("--max-context", type=int, default=128)
+    p.add_argument("--max-context", type=lambda v: None if v.lower() == "none" else int(v), default=128,
+                   help="longest TTT training context ('none': all the training rows, as the Figure-3 run)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--model", default="fallback",
@@ -162,11 +197,12 @@ def main(argv=None) -> None:
 
     from ttt_helpers.tabpfn import pretrain_eval, protocol  # noqa: F401  (imported before the workers fork)
     _, desc = _template(args.model)
+    labels = LONG_LABELS if args.family == "long" else LABELS
     jobs = [("large", t, s) for t in args.large_tables for s in args.large_seeds]
     jobs += [("small", t, s) for t in args.tables for s in args.seeds]
     t0 = time.time()
     found = {"small": {}, "large": {}}
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0], args.model)) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0], args.model, args.device)) as pool:
         futures = [pool.submit(_job, *j, vars(args)) for j in jobs]
         for f in futures:
             setting, name, seed, r = f.result()
@@ -179,17 +215,19 @@ def main(argv=None) -> None:
 
     results, large = nest("small", args.tables, args.seeds), nest("large", args.large_tables, args.large_seeds)
     # zrows's noise_z depends on the slice: each result's ttt[label]["recipe"] holds the search it ran
-    recipes = {"small (n_ttt 500)": {k: v.to_dict() for k, v in _recipes(args.n_query, args.max_context, 500).items()},
+    recipes = {"small (n_ttt 500)": {k: v.to_dict() for k, v in
+                                     _recipes(args.n_query, args.max_context, 500, args.family).items()},
                f"large (n_ttt {args.large_n_ttt})": {k: v.to_dict() for k, v in
-                                                     _recipes(args.n_query, args.max_context,
-                                                              args.large_n_ttt).items()}}
+                                                     _recipes(args.n_query, args.max_context, args.large_n_ttt,
+                                                              args.family).items()}}
     with open(args.out, "w") as f:
-        json.dump({"model": desc, "args": vars(args), "labels": list(LABELS), "recipes": recipes,
+        json.dump({"model": desc, "args": vars(args), "labels": list(labels), "recipes": recipes,
                    "results": results, "results_large": large}, f, indent=1)
-    print("small tables (validation slices of 34 to 100 rows)")
-    print(summarise(results, args.sizes))
+    if results:
+        print("small tables (validation slices of 34 to 100 rows)")
+        print(summarise(results, args.sizes, labels, REFERENCE[args.family]))
     print(f"large tables (n_ttt {args.large_n_ttt}, validation slices of {round(0.2 * args.large_n_ttt)} rows)")
-    print(summarise(large, args.sizes))
+    print(summarise(large, args.sizes, labels, REFERENCE[args.family]))
     print(f"total {time.time() - t0:.0f} s; written {args.out}")
 
 

