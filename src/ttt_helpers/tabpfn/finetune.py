@@ -181,7 +181,15 @@ class RecipeSearch:
         Share of the TTT rows held out as the validation slice (queries of the validation episodes).
     validation_sizes : tuple of int
         Context sizes of the validation episodes (contexts drawn from the other TTT rows; capped at their
-        number), so that the score covers short and long contexts.
+        number), so that the score covers short and long contexts. The last default, 1,024, stands for "as long
+        as the TTT rows allow": with 1,000 TTT rows it is capped at the 800 training rows; with at most 640 TTT
+        rows it coincides with 512. It was added after the fallback promoted on 2026-12-06 lost at 1,000 context
+        rows in the benchmark run with sizes up to 512 only; the choice was made on development tables only
+        (``scripts/check_search_defaults.py --family long``, ``data/results/check_ttt_long_fallback.json``: 6
+        tables x 4 seeds, 1,000 TTT rows, paired with the search without it on the same episodes: +0.010 +- 0.004
+        over sizes 2 to 1,000, and its loss against the pretrained weights at 1,000 rows -0.008 +- 0.007 where
+        the search without it lost -0.021 +- 0.006; the lower learning-rate grid 1e-4 and 3e-4 gave +0.005 +-
+        0.004, and nothing more when combined).
     validation_repeats : int
         Random contexts per validation size.
     min_improvement : float
@@ -211,7 +219,7 @@ class RecipeSearch:
     eval_every: int = 20
     patience: int = 3
     validation_fraction: float = 0.2
-    validation_sizes: tuple = (2, 8, 32, 128, 512)
+    validation_sizes: tuple = (2, 8, 32, 128, 512, 1024)
     validation_repeats: int = 1
     min_improvement: float = 0.005
     tolerance: float = 0.02
