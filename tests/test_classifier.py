@@ -122,6 +122,12 @@ def test_default_recipe_search_chooses_on_held_out_ttt_rows():
     else:
         assert est.selected_recipe_["lr"] in (1e-3, 1e-2) and 1 <= est.selected_recipe_["steps"] <= 4
     assert est.ttt_seconds_ == pytest.approx(h["seconds"])
+    # validated up to the whole training part (48 rows; the 60 context rows are capped there) ...
+    assert h["validation_sizes"] == [2, 8, 32, 48]
+    # ... and at the context size the predictions use, when it lies between the default sizes
+    est20 = TTTTabPFNClassifier(TINY, steps=2, eval_every=2, n_query=16, lr=1e-3, context_size=20).fit(X, y)
+    assert est20.n_context_ == 20 and est20.ttt_history_["validation_sizes"] == [2, 8, 20, 32, 48]
+    assert est20.get_params()["context_size"] == 20  # the estimator's parameters are left as given
 
 
 def test_same_seed_same_predictions_and_context_size():

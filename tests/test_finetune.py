@@ -285,6 +285,32 @@ def test_searches_that_differ_only_in_stopping_share_their_runs_and_give_the_sam
                                                     "b": ft.RecipeSearch(lrs=(1e-3,), **{k: v for k, v in common.items() if k != "lrs"})}, 0)
 
 
+@pytest.mark.parametrize("n_rows, expected", [(500, [2, 8, 32, 128, 400]), (1000, [2, 8, 32, 128, 512, 800])])
+def test_default_validation_sizes_reach_the_whole_training_part_of_the_ttt_rows(template, n_rows, expected):
+    """The default's last validation size (1,024) is capped at the training part of the TTT rows: all 800 of 1,000
+    TTT rows, while a TTT set of at most 640 rows validates at the sizes it had before (here 400 = 500 - 100)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n_rows, 4))
+    y = (X[:, 0] > 0).astype(int)
+    search = ft.RecipeSearch(lrs=(1e-9,), max_steps=1, eval_every=1, n_query=16, max_context=32)
+    assert search.validation_sizes == (2, 8, 32, 128, 512, 1024)
+    info = ft.select_recipe(prepare_classifier(template), X, y, 2, search, 0)
+    assert info["validation_sizes"] == expected and info["n_validation"] == n_rows // 5
+
+
+def test_check_search_defaults_long_family_compares_the_grid_and_the_longest_validation_context():
+    script = load_script("check_search_defaults")
+    r = script._recipes(128, None, 1000, "long")
+    assert list(r) == [lab for lab in script.LONG_LABELS if lab != "none"]
+    assert r["cur"].lrs == r["vlong"].lrs == (3e-4, 1e-3) and r["low"].lrs == r["low_vlong"].lrs == (1e-4, 3e-4)
+    assert r["cur"].validation_sizes == r["low"].validation_sizes == (2, 8, 32, 128, 512)
+    assert r["vlong"].validation_sizes == r["low_vlong"].validation_sizes == (2, 8, 32, 128, 512, 800)
+    assert r["cur"].max_context is None and r["cur"].validation_repeats == 2 and r["cur"].max_allowance == 0.05
+    # they differ in what they train or score on, so none shares its runs with another
+    assert len({repr(s.training_fields()) for s in r.values()}) == 4
+    assert set(script._recipes(64, 128, 500)) == set(script.LABELS) - {"none"}
+
+
 def test_head_lr_mult_trains_the_output_head_faster_than_the_body(template):
     """``head_lr_mult`` puts the output head (``HEAD_PREFIXES``) in its own optimiser group: with SGD and no
     momentum a step moves each parameter by ``lr * grad``, so at multiplier 10 the head moves 10 times as far as at

@@ -4,8 +4,9 @@
 
 * ``ttt_size`` rows are spent on **test-time training** (:func:`ttt_helpers.tabpfn.protocol.adapt`, the TTT step
   of the paper's protocol): by default the learning rate (from the grid ``lr``) and the number of steps (at most
-  ``steps``) are chosen on a validation slice of these rows by early stopping, and the pretrained weights are kept
-  when TTT does not beat them there (:func:`ttt_helpers.tabpfn.finetune.select_recipe`);
+  ``steps``) are chosen on a validation slice of these rows by early stopping, at validation contexts of several
+  sizes up to the longest these rows allow and at the ``context_size`` the predictions will use, and the pretrained
+  weights are kept when TTT does not beat them there (:func:`ttt_helpers.tabpfn.finetune.select_recipe`);
   ``early_stopping=False`` runs one fixed recipe instead;
 * of the other rows, ``context_size`` are kept as the **context** that every prediction conditions on.
 

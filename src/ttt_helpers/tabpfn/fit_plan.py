@@ -12,6 +12,7 @@ given) and raises ``ValueError`` saying what was expected and what was given; no
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import numpy as np
@@ -77,7 +78,9 @@ def plan_rows(params: dict, n: int, rng):
     ttt_rows, context_rows : ndarray of int
         Sorted row indices; disjoint unless ``reuse_ttt_rows``.
     recipe : ~ttt_helpers.tabpfn.finetune.RecipeSearch or ~ttt_helpers.tabpfn.finetune.TTTConfig
-        :func:`ttt_recipe` (every parameter is checked here, the recipe's too).
+        :func:`ttt_recipe` (every parameter is checked here, the recipe's too); a search also validates at the
+        context size the predictions will use (capped, like every validation size, at the training part of the
+        TTT rows), so that its guard sees the context it guards.
     do_ttt : bool
         False when ``ttt_size`` or ``steps`` is 0 (then ``ttt_rows`` is empty).
     """
@@ -110,6 +113,10 @@ def plan_rows(params: dict, n: int, rng):
                              f"{available} are left after the {n_ttt} TTT rows (of {n} rows)")
         if n_ctx < 2:
             raise ValueError(f"context_size={p['context_size']!r} gives {n_ctx} row(s); TabPFN needs >= 2")
+    if do_ttt and p["early_stopping"] and n_ctx not in config.validation_sizes:
+        # the recipe is also validated at the context the predictions will use (capped at the TTT rows'
+        # training part, as every validation size)
+        config = dataclasses.replace(config, validation_sizes=tuple(sorted({*config.validation_sizes, n_ctx})))
     perm = rng.permutation(n)
     ttt_rows = np.sort(perm[:n_ttt])
     pool = perm if p["reuse_ttt_rows"] else perm[n_ttt:]
