@@ -64,7 +64,8 @@ def _long_recipes(n_query: int, max_context, n_ttt: int) -> dict:
     """``--family long``: the searches of the Figure-3 run (``cur``: lrs 3e-4 and 1e-3, validation sizes up to
     512, 2 validation contexts per size, 200 steps, patience 3, ``noise_z`` 1.28, cap 0.05), the same with the
     lower grid 1e-4 and 3e-4 (``low``), with one more validation size, the whole training part of the TTT rows
-    (``vlong``: 800 rows when ``n_ttt`` is 1,000), and both (``low_vlong``)."""
+    (``vlong``: 800 rows when ``n_ttt`` is 1,000), and both (``low_vlong``); the last two only when that part
+    is longer than 512 rows (otherwise they are ``cur`` and ``low``)."""
     from ttt_helpers.tabpfn.finetune import RecipeSearch
 
     common = dict(max_steps=200, patience=3, eval_every=20, validation_repeats=2, tolerance=0.02, noise_z=1.28,
@@ -72,10 +73,12 @@ def _long_recipes(n_query: int, max_context, n_ttt: int) -> dict:
     n_train = n_ttt - int(round(common["validation_fraction"] * n_ttt))
     short, long_ = (2, 8, 32, 128, 512), (2, 8, 32, 128, 512, n_train)
     cur, low = (3e-4, 1e-3), (1e-4, 3e-4)
-    return {"cur": RecipeSearch(lrs=cur, validation_sizes=short, **common),
-            "low": RecipeSearch(lrs=low, validation_sizes=short, **common),
-            "vlong": RecipeSearch(lrs=cur, validation_sizes=long_, **common),
-            "low_vlong": RecipeSearch(lrs=low, validation_sizes=long_, **common)}
+    out = {"cur": RecipeSearch(lrs=cur, validation_sizes=short, **common),
+           "low": RecipeSearch(lrs=low, validation_sizes=short, **common)}
+    if n_train > max(short):  # else the longest size is capped at a size cur and low already validate at
+        out |= {"vlong": RecipeSearch(lrs=cur, validation_sizes=long_, **common),
+                "low_vlong": RecipeSearch(lrs=low, validation_sizes=long_, **common)}
+    return out
 
 
 def _recipes(n_query: int, max_context, n_ttt: int, family: str = "stopping") -> dict:

@@ -309,6 +309,7 @@ def test_check_search_defaults_long_family_compares_the_grid_and_the_longest_val
     # they differ in what they train or score on, so none shares its runs with another
     assert len({repr(s.training_fields()) for s in r.values()}) == 4
     assert set(script._recipes(64, 128, 500)) == set(script.LABELS) - {"none"}
+    assert list(script._recipes(128, 256, 500, "long")) == ["cur", "low"]  # 400 training rows: vlong would be cur
 
 
 def test_head_lr_mult_trains_the_output_head_faster_than_the_body(template):
