@@ -229,8 +229,9 @@ def main(argv=None) -> None:
     if results:
         print("small tables (validation slices of 34 to 100 rows)")
         print(summarise(results, args.sizes, labels, REFERENCE[args.family]))
-    print(f"large tables (n_ttt {args.large_n_ttt}, validation slices of {round(0.2 * args.large_n_ttt)} rows)")
-    print(summarise(large, args.sizes, labels, REFERENCE[args.family]))
+    if large:
+        print(f"large tables (n_ttt {args.large_n_ttt}, validation slices of {round(0.2 * args.large_n_ttt)} rows)")
+        print(summarise(large, args.sizes, labels, REFERENCE[args.family]))
     print(f"total {time.time() - t0:.0f} s; written {args.out}")
 
 
