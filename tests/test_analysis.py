@@ -306,3 +306,25 @@ def test_standard_error_is_the_sample_sd_over_root_n_and_the_band_uses_it():
     m, lo, hi = an.mean_curve_with_band(G)
     np.testing.assert_allclose(hi - m, 1.96 * an.standard_error(G, axis=0))
     np.testing.assert_allclose(an.standard_error(G.T, axis=1), an.standard_error(G, axis=0))
+
+
+def test_guarded_label_uses_the_pretrained_weights_beyond_the_longest_validated_context_after_a_loss_there():
+    """Validated up to 4 rows: sizes 2 and 4 keep the TTT curve; 8 and 16 take 'none' after a validation loss at 4
+    rows, the TTT curve after a gain. Nested dicts and lists keep their shape; nothing else changes."""
+    def with_trace(gain_at_4):
+        r = _result()
+        r["ttt"]["ttt"].update(validation_sizes=[2, 4], runs=[{"lr": 3e-4, "trace": [
+            [40, 0.6, 1.0, True, [0.05, gain_at_4], [0.01, 0.01]]]}])
+        return r
+
+    lost = an.guarded_label([with_trace(-0.02)], "ttt")[0]
+    assert lost["acc"]["ttt (guarded)"] == [0.6, 0.7, 0.7, 0.8]
+    assert lost["acc_reps"]["ttt (guarded)"] == [[0.6, 0.6], [0.7, 0.7], [0.7, 0.7], [0.8, 0.8]]
+    assert lost["acc"]["ttt"] == [0.6, 0.7, 0.8, 0.85] and lost["acc"]["none"] == [0.5, 0.6, 0.7, 0.8]
+    nested = an.guarded_label({"table": {0: with_trace(0.03)}}, "ttt", new="g")
+    assert nested["table"][0]["acc"]["g"] == [0.6, 0.7, 0.8, 0.85]
+    kept = with_trace(0.03)
+    kept["ttt"]["ttt"]["selected"] = None
+    assert an.guarded_label(kept, "ttt")["acc"]["ttt (guarded)"] == kept["acc"]["none"]
+    with pytest.raises(ValueError, match="already has"):
+        an.guarded_label(lost, "ttt")

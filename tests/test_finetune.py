@@ -345,3 +345,26 @@ def test_head_lr_mult_trains_the_output_head_faster_than_the_body(template):
     with pytest.raises(ValueError, match="output-head"):
         ft.param_groups(torch.nn.Linear(2, 2), 1e-3, 10.0)
     assert ft.RecipeSearch(head_lr_mult=30).config(1e-4).head_lr_mult == 30
+
+
+def _search_record(selected, last_gain, last_se=0.01):
+    trace = [[20, 0.5, 1.0, True, [0.05, 0.01, -0.02], [0.02, 0.01, 0.01]],
+             [40, 0.6, 0.9, True, [0.06, 0.02, last_gain], [0.02, 0.01, last_se]]]
+    return {"selected": selected, "validation_sizes": [2, 32, 800],
+            "runs": [{"lr": 1e-3, "trace": [[20, 0.4, 1.0, True, [0.0] * 3, [0.0] * 3]]}, {"lr": 3e-4, "trace": trace}]}
+
+
+def test_adapted_weights_beyond_the_longest_validated_context_only_with_a_gain_there():
+    rec = _search_record({"lr": 3e-4, "steps": 40}, last_gain=-0.01)
+    sizes, gains, ses = ft.chosen_validation_gains(rec)
+    assert sizes.tolist() == [2, 32, 800] and gains.tolist() == [0.06, 0.02, -0.01] and ses[-1] == 0.01
+    assert ft.adapted_at(rec, 2) and ft.adapted_at(rec, 800)  # validated sizes and below: the guard covered them
+    assert not ft.adapted_at(rec, 801) and not ft.adapted_at(rec, 1000)  # beyond, with a loss at 800
+    up = _search_record({"lr": 3e-4, "steps": 40}, last_gain=0.015)
+    assert ft.adapted_at(up, 1000) and not ft.adapted_at(up, 1000, z=2.0)  # 0.015 is 1.5 se
+    # the trace entry of the chosen step, not another
+    assert ft.chosen_validation_gains(_search_record({"lr": 3e-4, "steps": 20}, 0.5))[1].tolist() == [0.05, 0.01, -0.02]
+    kept = _search_record(None, last_gain=0.1)
+    assert ft.chosen_validation_gains(kept) is None and not ft.adapted_at(kept, 2)
+    with pytest.raises(ValueError, match="no trace entry"):
+        ft.chosen_validation_gains(_search_record({"lr": 3e-4, "steps": 60}, 0.0))

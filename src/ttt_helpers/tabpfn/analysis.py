@@ -228,6 +228,29 @@ def ttt_cost_seconds(results: list, label: str, cost: dict) -> float:
     return float(per_step * steps * whole)
 
 
+def guarded_label(results, label: str = "selected", new: str | None = None, z: float = 0.0):
+    """``results`` with a curve ``new`` (default ``label + " (guarded)"``): at each context size the accuracy of
+    ``label`` where :func:`ttt_helpers.tabpfn.finetune.adapted_at` says to use the adapted weights, else that of
+    ``"none"``, the pretrained weights on the same episodes (exact, since every label scores the same episodes).
+    ``results`` is a list of :func:`~ttt_helpers.tabpfn.protocol.run_protocol` results or a dict of them (nested
+    dicts allowed, e.g. table -> seed -> result); the result has the same shape.
+    """
+    from .finetune import adapted_at
+
+    new = new or f"{label} (guarded)"
+    if isinstance(results, dict) and "acc" not in results:
+        return {k: guarded_label(v, label, new, z) for k, v in results.items()}
+    if isinstance(results, list):
+        return [guarded_label(r, label, new, z) for r in results]
+    r = results
+    if new in r["acc"]:
+        raise ValueError(f"the result already has a curve {new!r}")
+    adapted = r["ttt"][label].get("selected") is not None
+    use = [adapted and adapted_at(r["ttt"][label], n, z) for n in r["context_sizes"]]
+    pick = lambda key: [a if u else b for u, a, b in zip(use, r[key][label], r[key]["none"])]  # noqa: E731
+    return {**r, "acc": {**r["acc"], new: pick("acc")}, "acc_reps": {**r["acc_reps"], new: pick("acc_reps")}}
+
+
 def merge_labels(results: list, other: list, labels) -> list:
     """``results`` with the curves ``labels`` of ``other`` added, table by table (same names, same episodes: e.g.
     the baselines of ``scripts/tabpfn_experiment.py --baselines-only`` beside a TTT run with the same settings).

@@ -55,6 +55,8 @@ from .episodes import episode_logits, make_eval_episodes
 __all__ = [
     "TTTConfig",
     "RecipeSearch",
+    "chosen_validation_gains",
+    "adapted_at",
     "snapshot_state",
     "param_groups",
     "HEAD_PREFIXES",
@@ -542,6 +544,40 @@ def _within(gains, ses, tolerance: float, noise_z: float, max_allowance: float |
     """Whether no paired gain (over the zero-shot weights, with its standard error; :func:`paired_gains`) is below
     ``-min(tolerance + noise_z * se, max_allowance)`` (``max_allowance`` None: no cap): :meth:`RecipeSearch.admits`."""
     return all(g >= -_allowance(se, tolerance, noise_z, max_allowance) - 1e-12 for g, se in zip(gains, ses))
+
+
+def chosen_validation_gains(record: dict):
+    """The chosen checkpoint's paired gains over the pretrained weights on the validation slice, per validation
+    size: ``(sizes, gains, ses)`` arrays read from a search record's trace (:func:`select_recipe`, or a
+    :func:`ttt_helpers.tabpfn.protocol.run_protocol` result's ``ttt[label]``); ``None`` when the search kept the
+    pretrained weights."""
+    sel = record.get("selected")
+    if sel is None:
+        return None
+    for run in record["runs"]:
+        if run["lr"] == sel["lr"]:
+            for entry in run["trace"]:
+                if entry[0] == sel["steps"]:
+                    return (np.asarray(record["validation_sizes"]), np.asarray(entry[4], dtype=float),
+                            np.asarray(entry[5], dtype=float))
+    raise ValueError(f"the record has no trace entry for its chosen checkpoint {sel!r}")
+
+
+def adapted_at(record: dict, n_context: int, z: float = 0.0) -> bool:
+    """Whether to predict with the adapted weights at a context of ``n_context`` rows, not extrapolating the
+    search's guard: at every validated size or below it (the guard covered those), yes; beyond the longest
+    validated size only if the chosen checkpoint's validation gain there is above ``z`` standard errors (0: above
+    zero). False when the search kept the pretrained weights.
+
+    Chosen on development tables only (``data/results/check_ttt_long_fallback.json``, the search with validation
+    contexts up to 800 rows: its loss at 1,000 rows, -0.008 +- 0.007, becomes -0.000 +- 0.003, sizes up to 800
+    unchanged by construction; the book's chapter 10 recomputes this from the shipped record).
+    """
+    vg = chosen_validation_gains(record)
+    if vg is None:
+        return False
+    sizes, gains, ses = vg
+    return bool(n_context <= sizes[-1] or gains[-1] > z * ses[-1])
 
 
 def select_recipe(clf, X_ttt, y_ttt, n_classes: int, search: RecipeSearch, rng, *, progress: bool = False,
