@@ -245,8 +245,7 @@ def guarded_label(results, label: str = "selected", new: str | None = None, z: f
     r = results
     if new in r["acc"]:
         raise ValueError(f"the result already has a curve {new!r}")
-    adapted = r["ttt"][label].get("selected") is not None
-    use = [adapted and adapted_at(r["ttt"][label], n, z) for n in r["context_sizes"]]
+    use = [adapted_at(r["ttt"][label], n, z) for n in r["context_sizes"]]
     pick = lambda key: [a if u else b for u, a, b in zip(use, r[key][label], r[key]["none"])]  # noqa: E731
     return {**r, "acc": {**r["acc"], new: pick("acc")}, "acc_reps": {**r["acc_reps"], new: pick("acc_reps")}}
 
@@ -638,6 +637,8 @@ def validation_ceiling(results: list, label: str = "selected", *, min_classes: i
     """
     import pandas as pd
 
+    from .finetune import chosen_validation_gains
+
     zero, chosen, ceiling, sizes = [], [], [], None
     for r in results:
         if r["meta"]["classes"] < min_classes:
@@ -645,14 +646,12 @@ def validation_ceiling(results: list, label: str = "selected", *, min_classes: i
         t = r["ttt"][label]
         sizes = list(t["validation_sizes"])
         z = np.asarray(t["zero_shot"]["acc_by_size"], dtype=float)
-        sel = t.get("selected") or {}
         best = np.zeros(len(sizes))
-        pick = np.zeros(len(sizes))
         for run in t["runs"]:
-            for step, _acc, _loss, _ok, gains, _ses in run["trace"]:
+            for _step, _acc, _loss, _ok, gains, _ses in run["trace"]:
                 best = np.maximum(best, np.asarray(gains, dtype=float))
-                if run["lr"] == sel.get("lr") and step == sel.get("steps"):
-                    pick = np.asarray(gains, dtype=float)
+        vg = chosen_validation_gains(t)
+        pick = np.zeros(len(sizes)) if vg is None else vg[1]
         zero.append(z)
         chosen.append(z + pick)
         ceiling.append(z + best)

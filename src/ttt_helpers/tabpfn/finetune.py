@@ -556,10 +556,10 @@ def chosen_validation_gains(record: dict):
         return None
     for run in record["runs"]:
         if run["lr"] == sel["lr"]:
-            for entry in run["trace"]:
-                if entry[0] == sel["steps"]:
-                    return (np.asarray(record["validation_sizes"]), np.asarray(entry[4], dtype=float),
-                            np.asarray(entry[5], dtype=float))
+            for step, _acc, _loss, _ok, gains, ses in run["trace"]:
+                if step == sel["steps"]:
+                    return (np.asarray(record["validation_sizes"]), np.asarray(gains, dtype=float),
+                            np.asarray(ses, dtype=float))
     raise ValueError(f"the record has no trace entry for its chosen checkpoint {sel!r}")
 
 
