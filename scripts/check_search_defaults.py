@@ -57,7 +57,26 @@ TABLES = ("boston_medv", "quakes_mag", "caschool_testscr", "wages1_wage", "housi
 LARGE_TABLES = ("wages1_wage", "verbagg_resp", "rwm1984_outwork", "hi_hhi", "colon_status", "kakadu_answer")
 LABELS = ("none", "old", "new", "new_z0", "cap03", "cap04", "cap05", "zrows")
 LONG_LABELS = ("none", "cur", "low", "vlong", "low_vlong")
-REFERENCE = {"stopping": "old", "long": "cur"}
+ESTIMATOR_LABELS = ("none", "est", "est_low")
+REFERENCE = {"stopping": "old", "long": "cur", "estimator": "est"}
+#: Searches whose curves ``--family estimator`` also prints with the guard not extrapolated
+#: (:func:`ttt_helpers.tabpfn.analysis.guarded_label`)
+GUARDED = {"estimator": ("est", "est_low")}
+
+
+def _estimator_recipes() -> dict:
+    """``--family estimator``: the search :class:`~ttt_helpers.tabpfn.classifier.TTTTabPFNClassifier` runs with its
+    default parameters (``est``, built by :func:`ttt_helpers.tabpfn.fit_plan.ttt_recipe`, so it follows any change
+    of the defaults) and the same with the lower learning-rate grid 1e-4 and 3e-4 (``est_low``). Judged with
+    ``--sizes`` ending in a size larger than any pool (the whole pool: the estimator's default context, all the
+    rows not spent on TTT), where :func:`ttt_helpers.tabpfn.finetune.adapted_at` decides."""
+    import dataclasses
+
+    from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier
+    from ttt_helpers.tabpfn.fit_plan import ttt_recipe
+
+    est, _ = ttt_recipe(TTTTabPFNClassifier().get_params(deep=False))
+    return {"est": est, "est_low": dataclasses.replace(est, lrs=(1e-4, 3e-4))}
 
 
 def _long_recipes(n_query: int, max_context, n_ttt: int) -> dict:
@@ -86,6 +105,8 @@ def _recipes(n_query: int, max_context, n_ttt: int, family: str = "stopping") ->
 
     if family == "long":
         return _long_recipes(n_query, max_context, n_ttt)
+    if family == "estimator":
+        return _estimator_recipes()
 
     common = dict(lrs=(3e-4, 1e-3), eval_every=20, validation_sizes=(2, 8, 32, 128, 512), validation_repeats=1,
                   tolerance=0.02, n_query=n_query, max_context=max_context, validation_fraction=0.2)
@@ -116,7 +137,8 @@ def summarise(results: dict, sizes, labels=LABELS, reference: str = "old") -> st
             lines.append(f"{t:18s} {s:4d} " + " ".join(f"{acc[t][lab][i]:6.3f}" for lab in labs))
         for sd, r in rs.items():
             lines.append(f"{'':6s}seed {sd}: " + "; ".join(
-                f"{lab} {_chosen(r['ttt'][lab])} ({r['ttt'][lab]['steps_run']} run)" for lab in labs[1:])
+                f"{lab} {_chosen(r['ttt'][lab])} ({r['ttt'][lab]['steps_run']} run)" for lab in labs[1:]
+                if lab in r["ttt"])
                 + f"; {r['seconds_total']:.0f} s")
     from ttt_helpers.tabpfn.analysis import search_comparison
 
@@ -175,10 +197,13 @@ def main(argv=None) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", default="stopping", choices=["stopping", "long"],
+    p.add_argument("--family", default="stopping", choices=["stopping", "long", "estimator"],
                    help="'stopping': the stopping and admissibility rules (LABELS, against old); 'long': the "
                         "learning-rate grid and the longest validation context, judged up to 1,000 context rows "
-                        "(LONG_LABELS, against cur; set --sizes, --n-query, --max-context as the Figure-3 run)")
+                        "(LONG_LABELS, against cur; set --sizes, --n-query, --max-context as the Figure-3 run); "
+                        "'estimator': the estimator's own search and its lower grid (ESTIMATOR_LABELS, against est; "
+                        "end --sizes with 1000000, the whole pool as context), each also with the guard not "
+                        "extrapolated (finetune.adapted_at)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (workers share the GPU)")
     p.add_argument("--tables", nargs="*", default=list(TABLES))
     p.add_argument("--large-tables", nargs="*", default=list(LARGE_TABLES))
@@ -200,7 +225,7 @@ def main(argv=None) -> None:
 
     from ttt_helpers.tabpfn import pretrain_eval, protocol  # noqa: F401  (imported before the workers fork)
     _, desc = _template(args.model)
-    labels = LONG_LABELS if args.family == "long" else LABELS
+    labels = {"long": LONG_LABELS, "estimator": ESTIMATOR_LABELS}.get(args.family, LABELS)
     jobs = [("large", t, s) for t in args.large_tables for s in args.large_seeds]
     jobs += [("small", t, s) for t in args.tables for s in args.seeds]
     t0 = time.time()
@@ -226,6 +251,12 @@ def main(argv=None) -> None:
     with open(args.out, "w") as f:
         json.dump({"model": desc, "args": vars(args), "labels": list(labels), "recipes": recipes,
                    "results": results, "results_large": large}, f, indent=1)
+    if GUARDED.get(args.family):
+        from ttt_helpers.tabpfn.analysis import guarded_label
+
+        for lab in GUARDED[args.family]:
+            results, large = guarded_label(results, lab), guarded_label(large, lab)
+        labels = [*labels, *(f"{lab} (guarded)" for lab in GUARDED[args.family])]
     if results:
         print("small tables (validation slices of 34 to 100 rows)")
         print(summarise(results, args.sizes, labels, REFERENCE[args.family]))

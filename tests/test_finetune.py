@@ -312,6 +312,23 @@ def test_check_search_defaults_long_family_compares_the_grid_and_the_longest_val
     assert list(script._recipes(128, 256, 500, "long")) == ["cur", "low"]  # 400 training rows: vlong would be cur
 
 
+def test_check_search_defaults_estimator_family_is_the_estimators_own_search():
+    """``--family estimator`` runs exactly the search the estimator's defaults build (so it follows them) and the
+    same search on the lower grid, nothing else changed."""
+    import dataclasses
+
+    from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier
+    from ttt_helpers.tabpfn.fit_plan import ttt_recipe
+
+    script = load_script("check_search_defaults")
+    r = script._recipes(64, 128, 500, "estimator")
+    assert list(r) == [lab for lab in script.ESTIMATOR_LABELS if lab != "none"]
+    est, _ = ttt_recipe(TTTTabPFNClassifier().get_params(deep=False))
+    assert r["est"] == est and r["est"].n_query == 128 and r["est"].max_context == 256
+    assert r["est_low"].lrs == (1e-4, 3e-4) and dataclasses.replace(r["est_low"], lrs=est.lrs) == est
+    assert set(script.GUARDED["estimator"]) == set(r) and script.REFERENCE["estimator"] == "est"
+
+
 def test_head_lr_mult_trains_the_output_head_faster_than_the_body(template):
     """``head_lr_mult`` puts the output head (``HEAD_PREFIXES``) in its own optimiser group: with SGD and no
     momentum a step moves each parameter by ``lr * grad``, so at multiplier 10 the head moves 10 times as far as at
