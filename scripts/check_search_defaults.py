@@ -187,6 +187,8 @@ def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
     X, y = load_dev_table({s.name: s for s in DEV_SPECS}[name])
     n_ttt = min(500, int(0.4 * len(y))) if setting == "small" else args["large_n_ttt"]
     recipes = _recipes(args["n_query"], args["max_context"], n_ttt, args["family"])
+    if args.get("only"):
+        recipes = {k: v for k, v in recipes.items() if k in args["only"]}
     r = run_protocol(_WORKER["template"], X, y, recipes, n_ttt=n_ttt, context_sizes=args["sizes"],
                      n_repeats=args["reps"], max_test=args["max_test"], seed=seed, rng_key=[seed, name_seed(name)],
                      device=args["device"], share_searches=True)
@@ -194,7 +196,7 @@ def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
 
 
 def main(argv=None) -> None:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="stopping", choices=["stopping", "long", "estimator"],
@@ -220,43 +222,57 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="fallback",
                    help="'fallback' (the shipped fallback) or a checkpoint file, e.g. data/models/tabpfn_v1.ckpt, the "
                         "fallback when data/results/check_search_defaults.json was made")
-    p.add_argument("--out", default="/tmp/check_search_defaults.json")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="run only these searches of the family (e.g. --only est), besides none")
+    p.add_argument("--out", default="/tmp/check_search_defaults.json",
+                   help="the JSON, rewritten after every finished job (its 'complete' is false until all are done)")
     args = p.parse_args(argv)
 
     from ttt_helpers.tabpfn import pretrain_eval, protocol  # noqa: F401  (imported before the workers fork)
     _, desc = _template(args.model)
     labels = {"long": LONG_LABELS, "estimator": ESTIMATOR_LABELS}.get(args.family, LABELS)
+    if args.only:
+        labels = [lab for lab in labels if lab == "none" or lab in args.only]
     jobs = [("large", t, s) for t in args.large_tables for s in args.large_seeds]
     jobs += [("small", t, s) for t in args.tables for s in args.seeds]
     t0 = time.time()
     found = {"small": {}, "large": {}}
-    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0], args.model, args.device)) as pool:
-        futures = [pool.submit(_job, *j, vars(args)) for j in jobs]
-        for f in futures:
-            setting, name, seed, r = f.result()
-            found[setting][(name, seed)] = r
-            print(f"{setting} {name} seed {seed}: {r['n_rows']} rows, n_ttt {r['n_ttt']}, test {r['n_query']}, "
-                  f"{r['seconds_total']:.0f} s (at {time.time() - t0:.0f} s)", flush=True)
 
     def nest(setting, tables, seeds):
-        return {t: {s: found[setting][(t, s)] for s in seeds} for t in tables}
+        """table -> seed -> result, the finished jobs only"""
+        out = {t: {s: found[setting][(t, s)] for s in seeds if (t, s) in found[setting]} for t in tables}
+        return {t: rs for t, rs in out.items() if rs}
 
-    results, large = nest("small", args.tables, args.seeds), nest("large", args.large_tables, args.large_seeds)
     # zrows's noise_z depends on the slice: each result's ttt[label]["recipe"] holds the search it ran
     recipes = {"small (n_ttt 500)": {k: v.to_dict() for k, v in
-                                     _recipes(args.n_query, args.max_context, 500, args.family).items()},
+                                     _recipes(args.n_query, args.max_context, 500, args.family).items()
+                                     if k in labels},
                f"large (n_ttt {args.large_n_ttt})": {k: v.to_dict() for k, v in
                                                      _recipes(args.n_query, args.max_context, args.large_n_ttt,
-                                                              args.family).items()}}
-    with open(args.out, "w") as f:
-        json.dump({"model": desc, "args": vars(args), "labels": list(labels), "recipes": recipes,
-                   "results": results, "results_large": large}, f, indent=1)
+                                                              args.family).items() if k in labels}}
+
+    def dump(complete: bool) -> None:
+        with open(args.out, "w") as f:
+            json.dump({"model": desc, "args": vars(args), "labels": list(labels), "recipes": recipes,
+                       "complete": complete, "results": nest("small", args.tables, args.seeds),
+                       "results_large": nest("large", args.large_tables, args.large_seeds)}, f, indent=1)
+
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seeds[0], args.model, args.device)) as pool:
+        futures = [pool.submit(_job, *j, vars(args)) for j in jobs]
+        for f in as_completed(futures):
+            setting, name, seed, r = f.result()
+            found[setting][(name, seed)] = r
+            dump(complete=False)
+            print(f"{setting} {name} seed {seed}: {r['n_rows']} rows, n_ttt {r['n_ttt']}, test {r['n_query']}, "
+                  f"{r['seconds_total']:.0f} s (at {time.time() - t0:.0f} s)", flush=True)
+    dump(complete=True)
+    results, large = nest("small", args.tables, args.seeds), nest("large", args.large_tables, args.large_seeds)
     if GUARDED.get(args.family):
         from ttt_helpers.tabpfn.analysis import guarded_label
 
-        for lab in GUARDED[args.family]:
+        for lab in (lab for lab in GUARDED[args.family] if lab in labels):
             results, large = guarded_label(results, lab), guarded_label(large, lab)
-        labels = [*labels, *(f"{lab} (guarded)" for lab in GUARDED[args.family])]
+        labels = [*labels, *(f"{lab} (guarded)" for lab in GUARDED[args.family] if lab in labels)]
     if results:
         print("small tables (validation slices of 34 to 100 rows)")
         print(summarise(results, args.sizes, labels, REFERENCE[args.family]))
