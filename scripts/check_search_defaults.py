@@ -66,17 +66,19 @@ GUARDED = {"estimator": ("est", "est_low")}
 
 def _estimator_recipes() -> dict:
     """``--family estimator``: the search :class:`~ttt_helpers.tabpfn.classifier.TTTTabPFNClassifier` runs with its
-    default parameters (``est``, built by :func:`ttt_helpers.tabpfn.fit_plan.ttt_recipe`, so it follows any change
-    of the defaults) and the same with the lower learning-rate grid 1e-4 and 3e-4 (``est_low``). Judged with
-    ``--sizes`` ending in a size larger than any pool (the whole pool: the estimator's default context, all the
-    rows not spent on TTT), where :func:`ttt_helpers.tabpfn.finetune.adapted_at` decides."""
+    default parameters (built by :func:`ttt_helpers.tabpfn.fit_plan.ttt_recipe`, so it follows any other change of
+    the defaults) on two learning-rate grids: 3e-4 and 1e-3 (``est``, the estimator's grid until this check) and
+    1e-4 and 3e-4 (``est_low``, its grid since). Judged with ``--sizes`` ending in a size larger than any pool
+    (the whole pool: the estimator's default context, all the rows not spent on TTT), where
+    :func:`ttt_helpers.tabpfn.finetune.adapted_at` decides."""
     import dataclasses
 
     from ttt_helpers.tabpfn.classifier import TTTTabPFNClassifier
     from ttt_helpers.tabpfn.fit_plan import ttt_recipe
 
-    est, _ = ttt_recipe(TTTTabPFNClassifier().get_params(deep=False))
-    return {"est": est, "est_low": dataclasses.replace(est, lrs=(1e-4, 3e-4))}
+    search, _ = ttt_recipe(TTTTabPFNClassifier().get_params(deep=False))
+    return {"est": dataclasses.replace(search, lrs=(3e-4, 1e-3)),
+            "est_low": dataclasses.replace(search, lrs=(1e-4, 3e-4))}
 
 
 def _long_recipes(n_query: int, max_context, n_ttt: int) -> dict:
@@ -273,12 +275,14 @@ def main(argv=None) -> None:
         for lab in (lab for lab in GUARDED[args.family] if lab in labels):
             results, large = guarded_label(results, lab), guarded_label(large, lab)
         labels = [*labels, *(f"{lab} (guarded)" for lab in GUARDED[args.family] if lab in labels)]
+    # the family's reference search, or the pretrained weights when --only left it out
+    reference = REFERENCE[args.family] if REFERENCE[args.family] in labels else "none"
     if results:
         print("small tables (validation slices of 34 to 100 rows)")
-        print(summarise(results, args.sizes, labels, REFERENCE[args.family]))
+        print(summarise(results, args.sizes, labels, reference))
     if large:
         print(f"large tables (n_ttt {args.large_n_ttt}, validation slices of {round(0.2 * args.large_n_ttt)} rows)")
-        print(summarise(large, args.sizes, labels, REFERENCE[args.family]))
+        print(summarise(large, args.sizes, labels, reference))
     print(f"total {time.time() - t0:.0f} s; written {args.out}")
 
 

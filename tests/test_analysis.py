@@ -131,6 +131,20 @@ def test_merge_labels_renames_a_second_runs_curve():
         an.merge_labels([a], [b], ["ttt"])
 
 
+def test_merge_labels_on_nested_dicts_brings_the_ttt_record():
+    """table -> seed -> result, as check_search_defaults.py writes: merged key by key, each label's TTT record
+    with its curve, so that guarded_label can read it."""
+    a, b = _result("t"), _result("t", ttt=(0.9, 0.8, 0.7, 0.6))
+    a["ttt"], b["ttt"] = {"ttt": {"selected": None}}, {"ttt": {"selected": {"lr": 1e-4, "steps": 20}}}
+    m = an.merge_labels({"t": {0: a}}, {"t": {0: b, 1: b}}, {"ttt": "low"})
+    assert list(m) == ["t"] and list(m["t"]) == [0]
+    r = m["t"][0]
+    assert r["acc"]["low"] == [0.9, 0.8, 0.7, 0.6] and r["ttt"]["low"] == b["ttt"]["ttt"]
+    assert r["ttt"]["ttt"] == a["ttt"]["ttt"] and "low" not in a["ttt"]  # the inputs are left as they were
+    with pytest.raises(ValueError, match="missing"):
+        an.merge_labels({"t": {0: a}, "u": {0: a}}, {"t": {0: b}}, {"ttt": "low"})
+
+
 def _run(results, **settings):
     return {"results": results, "skipped": [], "model": "toy model",
             "configs": {"selected": {"lrs": [3e-4, 1e-3], "max_steps": 60, "eval_every": 20, "patience": 2,

@@ -117,7 +117,13 @@ def test_default_recipe_search_chooses_on_held_out_ttt_rows():
     assert est.early_stopping and h["recipe"]["kind"] == "search" and h["n_validation"] == 12 and h["n_train"] == 48
     assert [r["lr"] for r in h["runs"]] == [1e-3, 1e-2]
     assert est.selected_recipe_ == h["selected"]
-    if est.selected_recipe_ is None:  # the pretrained weights were kept: no training loss recorded
+    # the 60 context rows are longer than every validated context (48): the guard is not extrapolated
+    g = h["guard"]
+    assert g["n_context"] == 60 and g["longest_validated"] == 48
+    assert g["restored"] == (g["chosen"] is not None and not g["gain_at_longest"] > 0)
+    if g["restored"]:
+        assert est.selected_recipe_ is None and h["losses"]
+    elif est.selected_recipe_ is None:  # the search kept the pretrained weights: no training loss recorded
         assert h["losses"] == [] and (h["best"] is None or h["best"]["acc"] < h["zero_shot"]["acc"] + 0.005)
     else:
         assert est.selected_recipe_["lr"] in (1e-3, 1e-2) and 1 <= est.selected_recipe_["steps"] <= 4
@@ -128,6 +134,43 @@ def test_default_recipe_search_chooses_on_held_out_ttt_rows():
     est20 = TTTTabPFNClassifier(TINY, steps=2, eval_every=2, n_query=16, lr=1e-3, context_size=20).fit(X, y)
     assert est20.n_context_ == 20 and est20.ttt_history_["validation_sizes"] == [2, 8, 20, 32, 48]
     assert est20.get_params()["context_size"] == 20  # the estimator's parameters are left as given
+
+
+def test_guard_beyond_the_validated_contexts_restores_the_pretrained_weights(monkeypatch):
+    """When the predictions' context is longer than every validated one and the search's checkpoint did not gain at
+    the longest, fit restores the pretrained weights (finetune.adapted_at): the same weights and predictions as the
+    estimator without TTT on the same context, recorded in ttt_history_["guard"] and said by search_outcome."""
+    from ttt_helpers.tabpfn import classifier as cl
+    from ttt_helpers.tabpfn.finetune import snapshot_state
+    from ttt_helpers.tabpfn.report import search_outcome
+
+    X, y = _toy(n=120)
+    kw = dict(steps=4, eval_every=2, n_query=16, lr=(1e-2,), random_state=1)
+    free = TTTTabPFNClassifier(TINY, **kw).fit(X, y)
+    assert free.ttt_history_["guard"]["n_context"] == 60 and free.ttt_history_["guard"]["longest_validated"] == 48
+
+    def no_gain(history, n_context):  # the search's own record, with the chosen checkpoint's gain at 48 rows <= 0
+        out = real_guard(history, n_context)
+        return {**out, "gain_at_longest": -0.01, "se_at_longest": 0.01, "restored": out["chosen"] is not None}
+
+    real_guard = cl._guard
+    monkeypatch.setattr(cl, "_guard", no_gain)
+    for seed in range(6):  # a seed whose search adapts the weights (the tiny model usually gains at lr 1e-2)
+        guarded = TTTTabPFNClassifier(TINY, **{**kw, "random_state": seed}).fit(X, y)
+        if guarded.ttt_history_["guard"]["restored"]:
+            break
+    g = guarded.ttt_history_["guard"]
+    assert g["restored"] and g["chosen"] is not None and guarded.selected_recipe_ is None
+    assert guarded.ttt_history_["selected"] is None and guarded.ttt_history_["losses"]
+    # the pretrained weights on the same context: as the estimator fitted without TTT on the same rows
+    base = TTTTabPFNClassifier(TINY, **{**kw, "random_state": guarded.random_state, "steps": 0})
+    base.fit(X[guarded.context_rows_], y[guarded.context_rows_])
+    w, w0 = snapshot_state(guarded.tabpfn_), snapshot_state(base.tabpfn_)
+    assert all(torch.equal(w[k], w0[k]) for k in w0)
+    assert np.array_equal(guarded.predict_proba(X), base.predict_proba(X))
+    assert "kept the pretrained weights: the context (60 rows) is longer" in search_outcome(guarded.ttt_history_)
+    # the real rule leaves a gaining checkpoint in place
+    assert real_guard({**guarded.ttt_history_, "selected": g["chosen"]}, 48)["restored"] is False
 
 
 def test_same_seed_same_predictions_and_context_size():

@@ -250,33 +250,51 @@ def guarded_label(results, label: str = "selected", new: str | None = None, z: f
     return {**r, "acc": {**r["acc"], new: pick("acc")}, "acc_reps": {**r["acc_reps"], new: pick("acc_reps")}}
 
 
-def merge_labels(results: list, other: list, labels) -> list:
+def merge_labels(results, other, labels):
     """``results`` with the curves ``labels`` of ``other`` added, table by table (same names, same episodes: e.g.
     the baselines of ``scripts/tabpfn_experiment.py --baselines-only`` beside a TTT run with the same settings).
 
-    ``labels`` is a list of labels, kept as they are, or a dict ``{label in other: new label}``, to put a second
-    run's ``"selected"`` beside the first's under another name.
+    ``results`` and ``other`` are lists of :func:`~ttt_helpers.tabpfn.protocol.run_protocol` results matched by
+    ``name``, or dicts of them with the same keys (nested dicts allowed, e.g. table -> seed -> result, as
+    ``scripts/check_search_defaults.py`` writes). ``labels`` is a list of labels, kept as they are, or a dict
+    ``{label in other: new label}``, to put a second run's ``"selected"`` beside the first's under another name.
+    A label's TTT record (``ttt[label]``) comes along when ``other`` has one.
 
     Raises ``ValueError`` if a table is missing from ``other``, its episodes differ (other context sizes used,
     other splits or test rows), or a new label is already a curve of ``results``.
     """
     rename = dict(labels) if isinstance(labels, dict) else {label: label for label in labels}
+    if isinstance(results, dict):
+        if "acc" in results:
+            return _merge_one(results, other, rename, "the result")
+        missing = set(results) - set(other)
+        if missing:
+            raise ValueError(f"{sorted(map(str, missing))} missing from the other run")
+        return {k: merge_labels(v, other[k], rename) for k, v in results.items()}
     by_name = {r["name"]: r for r in other}
     out = []
     for r in results:
         o = by_name.get(r["name"])
         if o is None:
             raise ValueError(f"table {r['name']!r} is missing from the other run")
-        same = all(o[k] == r[k] for k in ("context_sizes", "n_context_used", "n_query", "n_rows_split"))
-        if not same:
-            raise ValueError(f"table {r['name']!r}: the two runs used other episodes; run them with the same settings")
-        m = {**r, "acc": dict(r["acc"]), "acc_reps": dict(r["acc_reps"])}
-        for label, new in rename.items():
-            if new in r["acc"]:
-                raise ValueError(f"table {r['name']!r} already has a curve {new!r}; rename it (labels={{...: 'name'}})")
-            m["acc"][new], m["acc_reps"][new] = o["acc"][label], o["acc_reps"][label]
-        out.append(m)
+        out.append(_merge_one(r, o, rename, f"table {r['name']!r}"))
     return out
+
+
+def _merge_one(r: dict, o: dict, rename: dict, what: str) -> dict:
+    same = all(o[k] == r[k] for k in ("context_sizes", "n_context_used", "n_query", "n_rows_split"))
+    if not same:
+        raise ValueError(f"{what}: the two runs used other episodes; run them with the same settings")
+    m = {**r, "acc": dict(r["acc"]), "acc_reps": dict(r["acc_reps"])}
+    if "ttt" in r or "ttt" in o:
+        m["ttt"] = dict(r.get("ttt", {}))
+    for label, new in rename.items():
+        if new in r["acc"]:
+            raise ValueError(f"{what} already has a curve {new!r}; rename it (labels={{...: 'name'}})")
+        m["acc"][new], m["acc_reps"][new] = o["acc"][label], o["acc_reps"][label]
+        if label in o.get("ttt", {}):
+            m["ttt"][new] = o["ttt"][label]
+    return m
 
 
 def _majority(r: dict) -> float:

@@ -6,7 +6,10 @@
   of the paper's protocol): by default the learning rate (from the grid ``lr``) and the number of steps (at most
   ``steps``) are chosen on a validation slice of these rows by early stopping, at validation contexts of several
   sizes up to the longest these rows allow and at the ``context_size`` the predictions will use, and the pretrained
-  weights are kept when TTT does not beat them there (:func:`ttt_helpers.tabpfn.finetune.select_recipe`);
+  weights are kept when TTT does not beat them there (:func:`ttt_helpers.tabpfn.finetune.select_recipe`); when
+  the predictions' context is longer than every validated one (the default: the context is all the rows not spent
+  on TTT, more than the TTT rows' training part), the adapted weights are kept only if they gained at the longest
+  validated context (:func:`ttt_helpers.tabpfn.finetune.adapted_at`: the guard is not extrapolated);
   ``early_stopping=False`` runs one fixed recipe instead;
 * of the other rows, ``context_size`` are kept as the **context** that every prediction conditions on.
 
@@ -108,6 +111,23 @@ def _has_varying_feature(A: np.ndarray) -> bool:
     return False
 
 
+def _guard(history: dict, n_context: int) -> dict:
+    """Whether a search's adapted weights may predict with ``n_context`` context rows
+    (:func:`ttt_helpers.tabpfn.finetune.adapted_at`), as the record ``ttt_history_["guard"]``: ``n_context``, the
+    longest validated context, the search's choice (``chosen``) and its validation gain there (None when the search
+    kept the pretrained weights), and ``restored`` (the search adapted the weights, the rule says no: the pretrained weights
+    are restored)."""
+    from .finetune import adapted_at, chosen_validation_gains
+
+    vg = chosen_validation_gains(history)
+    out = {"n_context": int(n_context), "longest_validated": int(history["validation_sizes"][-1]),
+           "chosen": history["selected"], "gain_at_longest": None, "se_at_longest": None, "restored": False}
+    if vg is not None:
+        out.update(gain_at_longest=float(vg[1][-1]), se_at_longest=float(vg[2][-1]),
+                   restored=not adapted_at(history, n_context))
+    return out
+
+
 class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     """TabPFN v2 with test-time training on part of the training rows (scikit-learn API).
 
@@ -127,9 +147,14 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     steps : int, default 200
         Most TTT optimiser steps per learning rate, one episode each (with ``early_stopping=False``: the steps);
         ``0`` switches TTT off.
-    lr : float or sequence of float, default (3e-4, 1e-3)
+    lr : float or sequence of float, default (1e-4, 3e-4)
         The learning-rate grid of the recipe search (constant learning rate); a single value with
-        ``early_stopping=False``.
+        ``early_stopping=False``. Lower than the Figure-3 search's grid (``RecipeSearch.lrs``, 3e-4 and 1e-3),
+        chosen on development tables in this estimator's regime (``scripts/check_search_defaults.py --family
+        estimator``, ``data/results/check_ttt_estimator_fallback.json`` and ``..._low_fallback.json``: 26 tables x
+        3 seeds, default split and episodes, context = the whole pool): +0.009 +- 0.004 over context sizes 2 to
+        the whole pool, ahead at every size; on the large TTT sets of the Figure-3 regime the same change gave only
+        +0.005 +- 0.004, so that search keeps its grid.
     early_stopping : bool, default True
         Choose the learning rate and the number of steps on a validation slice of the TTT rows, and keep the
         pretrained weights when TTT does not beat them there (:class:`ttt_helpers.tabpfn.finetune.RecipeSearch`);
@@ -180,14 +205,15 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
     ttt_history_ : dict or None — the record of :func:`ttt_helpers.tabpfn.protocol.adapt` (``losses``,
         ``selected``, ``seconds``, and for a search its validation scores)
     selected_recipe_ : dict or None — ``{"lr", "steps"}`` of the weights kept; None when the pretrained weights
-        were kept (no TTT, or TTT did not beat them on the validation slice)
+        were kept (no TTT, TTT did not beat them on the validation slice, or the context is longer than every
+        validated one and the chosen checkpoint did not gain at the longest: ``ttt_history_["guard"]`` says which)
     ttt_seconds_ : float — wall time of TTT, recipe search included (0.0 without TTT)
     fit_seconds_ : float
     tabpfn_ : tabpfn.TabPFNClassifier — the adapted classifier (fine-tuning set-up of ``prepare_classifier``)
     """
 
     def __init__(self, model="auto", *, ttt_size=0.5, context_size=None, reuse_ttt_rows=False, steps=200,
-                 lr=(3e-4, 1e-3), early_stopping=True, validation_fraction=0.2, eval_every=20,
+                 lr=(1e-4, 3e-4), early_stopping=True, validation_fraction=0.2, eval_every=20,
                  n_iter_no_change=3, optimizer="adamw", n_query=128, max_context=256, weight_decay=0.01,
                  momentum=0.9, grad_clip=1.0, n_estimators=1, categorical_features="auto", batch_size=1024,
                  device="cpu", random_state=0, verbose=False):
@@ -249,6 +275,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         from .episodes import make_template, prepare_classifier
+        from .finetune import load_state, snapshot_state
         from .protocol import adapt
 
         t0 = time.perf_counter()
@@ -274,9 +301,15 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
                                  n_estimators=self.n_estimators, seed=seed, device=self.device)
         history, ttt_seconds = None, 0.0
         if do_ttt:
+            pretrained = snapshot_state(clf)
             history = adapt(clf, Xe[ttt_rows], y_enc[ttt_rows], len(classes), config, rng,
                             progress=bool(self.verbose), seed=seed)
             ttt_seconds = float(history["seconds"])
+            if history["recipe"]["kind"] == "search":
+                history["guard"] = _guard(history, len(context_rows))
+                if history["guard"]["restored"]:
+                    load_state(clf, pretrained)
+                    history["selected"] = None
         # everything validated and computed: store the learned state
         self._set_encoder(encoder)
         self.classes_ = classes

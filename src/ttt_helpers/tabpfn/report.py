@@ -254,9 +254,17 @@ def search_outcome(record: dict) -> str:
     """What a recipe search chose, in words, with the validation accuracies behind the choice.
 
     ``record`` is the record of a search (:func:`ttt_helpers.tabpfn.protocol.adapt`: the estimator's
-    ``ttt_history_``, or ``report["recipe"]``), with ``selected``, ``zero_shot``, ``best`` and ``recipe``.
+    ``ttt_history_``, or ``report["recipe"]``), with ``selected``, ``zero_shot``, ``best`` and ``recipe``, and the
+    estimator's ``guard`` record if it has one (:class:`~ttt_helpers.tabpfn.classifier.TTTTabPFNClassifier`).
     """
     sel, z, b = record["selected"], record["zero_shot"], record["best"]
+    g = record.get("guard") or {}
+    if g.get("restored"):
+        c = g["chosen"]
+        return (f"chose lr {c['lr']:g} after {c['steps']} steps (validation accuracy {b['acc']:.3f}, zero-shot "
+                f"{z['acc']:.3f}), then kept the pretrained weights: the context ({g['n_context']} rows) is longer "
+                f"than every validated one and that checkpoint did not gain at the longest ({g['longest_validated']} "
+                f"rows: {g['gain_at_longest']:+.3f} +- {g['se_at_longest']:.3f})")
     if sel:
         return (f"chose lr {sel['lr']:g} after {sel['steps']} steps (validation accuracy {b['acc']:.3f}, "
                 f"zero-shot {z['acc']:.3f})")
