@@ -342,3 +342,21 @@ def test_guarded_label_uses_the_pretrained_weights_beyond_the_longest_validated_
     assert an.guarded_label(kept, "ttt")["acc"]["ttt (guarded)"] == kept["acc"]["none"]
     with pytest.raises(ValueError, match="already has"):
         an.guarded_label(lost, "ttt")
+
+
+def test_apply_guard_replaces_every_per_size_field_of_the_label_and_keeps_the_unguarded_ones():
+    """The command line's report: the 'ttt' curve itself is guarded, in every per-size field, the same as
+    guarded_label's curve; the unguarded fields are kept beside it; a second application is refused."""
+    r = _result()
+    r["ttt"]["ttt"].update(validation_sizes=[2, 4], runs=[{"lr": 3e-4, "trace": [
+        [40, 0.6, 1.0, True, [0.05, -0.02], [0.01, 0.01]]]}])
+    r["absent_share"] = {"none": [0.0] * 4, "ttt": [0.1, 0.2, 0.3, 0.4]}
+    g = an.apply_guard(r, "ttt")
+    assert g["guard"]["ttt"] == [True, True, False, False]
+    assert g["acc"]["ttt"] == an.guarded_label(r, "ttt")["acc"]["ttt (guarded)"] == [0.6, 0.7, 0.7, 0.8]
+    assert g["acc_reps"]["ttt"][2] == [0.7, 0.7] and g["top_share"]["ttt"] == [0.6] * 4
+    assert g["absent_share"]["ttt"] == [0.1, 0.2, 0.0, 0.0]
+    assert g["acc"]["ttt (unguarded)"] == r["acc"]["ttt"] == [0.6, 0.7, 0.8, 0.85]  # the input is left as it was
+    assert g["absent_share"]["ttt (unguarded)"] == [0.1, 0.2, 0.3, 0.4] and "guard" not in r
+    with pytest.raises(ValueError, match="guarded already"):
+        an.apply_guard(g, "ttt")

@@ -92,6 +92,30 @@ def test_happy_path_writes_report_and_plot(csv, tmp_path, capsys):
     assert "dropped 1 of 160 rows whose target is empty" in out
 
 
+def test_context_longer_than_every_validated_one_is_guarded(csv, tmp_path, capsys, monkeypatch):
+    """60 TTT rows validate contexts up to 48 rows; the report's TTT curve is guarded size by size
+    (analysis.apply_guard): where the rule says 'pretrained', it is the pretrained weights' curve, and the report
+    says which weights each size used. The rule itself is forced here (the tiny model's search keeps its weights;
+    analysis and finetune test the rule)."""
+    from ttt_helpers.tabpfn import analysis
+
+    fast = [a if a != "2,8,32" else "2,8,64" for a in FAST]
+    args = [csv, "--target", "label", "--ttt-size", "60", *fast]
+    code, out, err = _run([*args, "--output-dir", tmp_path / "real"], capsys)
+    assert code == 0, err
+    real = json.loads((tmp_path / "real" / "report.json").read_text())
+    assert real["recipe"]["validation_sizes"][-1] == 48 and real["curves"]["context_sizes"] == [2, 8, 64]
+    if real["recipe"]["selected"] is None:  # a search that kept the pretrained weights: pretrained everywhere
+        assert real["curves"]["ttt_weights"] == ["pretrained"] * 3
+    monkeypatch.setattr(analysis, "_guard_use", lambda r, label, z: [True, True, False])
+    code, out, err = _run([*args, "--output-dir", tmp_path / "forced"], capsys)
+    assert code == 0, err
+    c = json.loads((tmp_path / "forced" / "report.json").read_text())["curves"]
+    assert c["ttt_weights"] == ["adapted", "adapted", "pretrained"]
+    assert c["ttt"]["mean"][:2] == c["ttt_unguarded"]["mean"][:2] and c["ttt"]["mean"][2] == c["no_ttt"]["mean"][2]
+    assert c["absent_class_share"]["ttt"][2] == c["absent_class_share"]["no_ttt"][2]
+
+
 def test_keep_top_classes_max_rows_and_categorical(tmp_path, capsys):
     path = tmp_path / "many.csv"
     df = _table(n=200, k=12)

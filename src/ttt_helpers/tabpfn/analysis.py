@@ -228,6 +228,23 @@ def ttt_cost_seconds(results: list, label: str, cost: dict) -> float:
     return float(per_step * steps * whole)
 
 
+#: The per-label, per-context-size fields of a :func:`~ttt_helpers.tabpfn.protocol.run_protocol` result that a
+#: guarded curve takes size by size from the adapted or the pretrained weights.
+PER_SIZE_KEYS = ("acc", "acc_reps", "top_share", "absent_share", "acc_present", "acc_open")
+
+
+def _guard_use(r: dict, label: str, z: float) -> list:
+    """Per context size of ``r``: whether :func:`ttt_helpers.tabpfn.finetune.adapted_at` keeps ``label``'s
+    adapted weights there."""
+    from .finetune import adapted_at
+
+    return [adapted_at(r["ttt"][label], n, z) for n in r["context_sizes"]]
+
+
+def _pick(r: dict, key: str, label: str, use: list) -> list:
+    return [a if u else b for u, a, b in zip(use, r[key][label], r[key]["none"])]
+
+
 def guarded_label(results, label: str = "selected", new: str | None = None, z: float = 0.0):
     """``results`` with a curve ``new`` (default ``label + " (guarded)"``): at each context size the accuracy of
     ``label`` where :func:`ttt_helpers.tabpfn.finetune.adapted_at` says to use the adapted weights, else that of
@@ -235,8 +252,6 @@ def guarded_label(results, label: str = "selected", new: str | None = None, z: f
     ``results`` is a list of :func:`~ttt_helpers.tabpfn.protocol.run_protocol` results or a dict of them (nested
     dicts allowed, e.g. table -> seed -> result); the result has the same shape.
     """
-    from .finetune import adapted_at
-
     new = new or f"{label} (guarded)"
     if isinstance(results, dict) and "acc" not in results:
         return {k: guarded_label(v, label, new, z) for k, v in results.items()}
@@ -245,9 +260,27 @@ def guarded_label(results, label: str = "selected", new: str | None = None, z: f
     r = results
     if new in r["acc"]:
         raise ValueError(f"the result already has a curve {new!r}")
-    use = [adapted_at(r["ttt"][label], n, z) for n in r["context_sizes"]]
-    pick = lambda key: [a if u else b for u, a, b in zip(use, r[key][label], r[key]["none"])]  # noqa: E731
-    return {**r, "acc": {**r["acc"], new: pick("acc")}, "acc_reps": {**r["acc_reps"], new: pick("acc_reps")}}
+    use = _guard_use(r, label, z)
+    return {**r, "acc": {**r["acc"], new: _pick(r, "acc", label, use)},
+            "acc_reps": {**r["acc_reps"], new: _pick(r, "acc_reps", label, use)}}
+
+
+def apply_guard(result: dict, label: str = "ttt", z: float = 0.0) -> dict:
+    """One protocol result with ``label``'s curves guarded in place, as a user who follows
+    :func:`ttt_helpers.tabpfn.finetune.adapted_at` would predict (the command line's report): every per-size field
+    (:data:`PER_SIZE_KEYS`) of ``label`` taken size by size from the adapted or the pretrained weights (``"none"``,
+    the same episodes); the unguarded ones kept as ``label + " (unguarded)"``; ``result["guard"][label]`` the list
+    of booleans, per context size, "adapted weights used". A search that kept the pretrained weights gives
+    ``False`` everywhere (its curve already is theirs)."""
+    if f"{label} (unguarded)" in result["acc"]:
+        raise ValueError(f"the result's {label!r} curve is guarded already")
+    use = _guard_use(result, label, z)
+    out = {**result, "guard": {**result.get("guard", {}), label: use}}
+    for key in PER_SIZE_KEYS:
+        if key in result and label in result[key] and "none" in result[key]:
+            out[key] = {**result[key], f"{label} (unguarded)": result[key][label],
+                        label: _pick(result, key, label, use)}
+    return out
 
 
 def merge_labels(results, other, labels):

@@ -6,7 +6,9 @@ Usage (also installed as the console script ``ttt-helpers``)::
 
 It reads the table (separator detected, or ``--sep``; rows with an empty target dropped and counted), spends
 ``--ttt-size`` rows on test-time training with the recipe chosen on a held-out slice of them
-(:class:`ttt_helpers.tabpfn.finetune.RecipeSearch`; ``--no-search`` for one fixed recipe), evaluates accuracy
+(:class:`ttt_helpers.tabpfn.finetune.RecipeSearch`; ``--no-search`` for one fixed recipe; at context sizes longer
+than every validated one, the adapted weights only after a validation gain at the longest, else the pretrained
+ones: :func:`ttt_helpers.tabpfn.analysis.apply_guard`), evaluates accuracy
 against the number of in-context rows with and without TTT on the remaining rows, beside LogisticRegression and
 HistGradientBoosting fitted on the same context rows (:func:`ttt_helpers.tabpfn.protocol.run_protocol`), and
 writes ``report.json`` and ``accuracy_vs_context.png`` into ``--output-dir`` (:mod:`ttt_helpers.tabpfn.report`):
@@ -181,7 +183,8 @@ def run(args, argv_text: str = "") -> dict:
     import numpy as np
     import torch
 
-    from .analysis import table_summary
+    from .analysis import apply_guard, table_summary
+    from .finetune import RecipeSearch
     from .classifier import resolve_model
     from .encoder import prepare_table
     from .episodes import make_template
@@ -205,6 +208,8 @@ def run(args, argv_text: str = "") -> dict:
                           n_classes=len(classes), n_ttt=n_ttt, context_sizes=sizes, n_repeats=args.repeats,
                           max_test=args.max_test, n_estimators=args.n_estimators, seed=args.seed, device=args.device,
                           baselines=not args.no_baselines, progress=not args.no_progress)
+    if isinstance(recipe, RecipeSearch):  # beyond the longest validated context, only after a gain there
+        result = apply_guard(result, "ttt")
     info.update({"n_features": int(Xe.shape[1]), "n_classes": len(classes),
                  "categorical_columns": [info["features"][j] for j in enc.categorical_indices_],
                  "missing_feature_values": int(np.isnan(Xe).sum())})

@@ -218,6 +218,9 @@ def make_report(result: dict, summary: dict, *, dataset: dict, model: dict, sett
               "top_class_share": {"no_ttt": result["top_share"]["none"], "ttt": result["top_share"]["ttt"]},
               "rules": result["rules"], "no_ttt_open_argmax": result["acc_open"]["none"],
               "absent_class_share": {"no_ttt": result["absent_share"]["none"], "ttt": result["absent_share"]["ttt"]}}
+    if "ttt" in result.get("guard", {}):  # analysis.apply_guard: per size, which weights the ttt curve used
+        curves["ttt_weights"] = ["adapted" if u else "pretrained" for u in result["guard"]["ttt"]]
+        curves["ttt_unguarded"] = _curve(result, "ttt (unguarded)")
     recipe = {k: t[k] for k in ("recipe", "selected", "zero_shot", "best", "runs", "n_train", "n_validation",
                                 "validation_sizes") if k in t}
     return {
@@ -324,6 +327,10 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"time: TTT {k['ttt_seconds']:.1f} s in all ({k['optimizer_seconds']:.1f} s optimiser steps, "
                  f"{k['search_scoring_seconds']:.1f} s scoring the validation slice); whole run "
                  f"{report['runtime_seconds']:.0f} s")
+    off = [n for n, w in zip(c["context_sizes"], c.get("ttt_weights", [])) if w == "pretrained"]
+    if off and rec.get("selected"):
+        lines.append(f"with TTT: the pretrained weights at n = {', '.join(map(str, off))} (longer than every "
+                     f"validated context, {rec['validation_sizes'][-1]} rows, and no validation gain there)")
     lines.append(f"majority-class accuracy: {c['majority']:.3f}")
     base = [b for b in ("logistic_regression", "hist_gradient_boosting") if b in c]
     lines.append("context size   no TTT   with TTT" + "".join(f"   {LABELS[b][:8]:>8}" for b in base))
