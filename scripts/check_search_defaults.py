@@ -160,13 +160,11 @@ _WORKER = {}
 def _template(model: str, device: str = "cpu"):
     """The unfitted ``TabPFNClassifier`` on ``model`` ("fallback" or a checkpoint file) and its description, as
     :func:`ttt_helpers.tabpfn.checkpoints.load_classifier` builds it."""
-    from tabpfn import TabPFNClassifier
-
     from ttt_helpers.tabpfn import checkpoints as tm
     from ttt_helpers.tabpfn.classifier import resolve_model
 
     path, desc = resolve_model(model)
-    return TabPFNClassifier(model_path=str(path), **tm.classifier_kwargs(device)), desc
+    return tm.classifier_on(path, device), desc
 
 
 def _init(seed: int, model: str, device: str) -> None:

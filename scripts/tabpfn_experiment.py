@@ -34,12 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _template(args):
-    from tabpfn import TabPFNClassifier
-
-    from ttt_helpers.tabpfn.checkpoints import classifier_kwargs, load_classifier
+    from ttt_helpers.tabpfn.checkpoints import classifier_on, load_classifier
 
     if args.model_path:
-        return (TabPFNClassifier(model_path=args.model_path, **classifier_kwargs(args.device)),
+        return (classifier_on(args.model_path, args.device),
                 f"checkpoint {Path(args.model_path).name}")
 
     return load_classifier(prefer=args.prefer, device=args.device)

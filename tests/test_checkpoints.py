@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,6 +168,21 @@ def test_cpu_inference_is_float32_whatever_the_cpu(tiny_ckpt, monkeypatch):
                                       **tm.classifier_kwargs("cpu"))
         probas.append(clf.fit(X[:60], y[:60]).predict_proba(X[60:]))
     np.testing.assert_array_equal(probas[0], probas[1])
+
+
+def test_classifier_on_a_named_file_takes_the_books_cpu_settings(tiny_ckpt):
+    """classifier_on: the one builder of a classifier from a named file: its path(s) as strings, classifier_kwargs's
+    settings (float32 on the CPU), any other tabpfn argument passed through."""
+    clf = tm.classifier_on(Path(tiny_ckpt[0]), "cpu", n_estimators=2, random_state=3)
+    assert clf.model_path == str(tiny_ckpt[0]) and clf.device == "cpu" and clf.n_estimators == 2
+    assert clf.inference_precision == torch.float32 and clf.random_state == 3
+    both = tm.classifier_on([Path(tiny_ckpt[0]), tiny_ckpt[0]], "cuda")
+    assert both.model_path == [str(tiny_ckpt[0])] * 2 and both.inference_precision != torch.float32
+    X, y = _toy_table(k=3)
+    ref = tabpfn.TabPFNClassifier(model_path=str(tiny_ckpt[0]), n_estimators=2, random_state=3,
+                                  **tm.classifier_kwargs("cpu"))
+    np.testing.assert_array_equal(clf.fit(X[:60], y[:60]).predict_proba(X[60:]),
+                                  ref.fit(X[:60], y[:60]).predict_proba(X[60:]))
 
 
 def test_load_classifier_without_any_model_raises(tmp_path, monkeypatch):

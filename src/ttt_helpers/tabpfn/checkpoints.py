@@ -64,6 +64,7 @@ __all__ = [
     "read_checkpoint_inference_config",
     "interpolate_checkpoints",
     "load_classifier",
+    "classifier_on",
     "classifier_kwargs",
 ]
 
@@ -534,6 +535,16 @@ def classifier_kwargs(device, **kwargs) -> dict:
     return out
 
 
+def classifier_on(model_path, device: str = "cpu", **tabpfn_kwargs):
+    """An unfitted ``tabpfn.TabPFNClassifier`` on the checkpoint file ``model_path`` (a path, or a list of paths:
+    ``tabpfn`` spreads the ensemble members over them), with :func:`classifier_kwargs` on ``device``: the one place
+    that builds a classifier from a named file (:func:`load_classifier` resolves which file first)."""
+    from tabpfn import TabPFNClassifier
+
+    paths = [str(p) for p in model_path] if isinstance(model_path, (list, tuple)) else str(model_path)
+    return TabPFNClassifier(model_path=paths, **classifier_kwargs(device, **tabpfn_kwargs))
+
+
 def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bool = True, **tabpfn_kwargs):
     """A ``tabpfn.TabPFNClassifier`` on the official v2 checkpoint if present, else on our fallback.
 
@@ -570,7 +581,6 @@ def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bo
         raise ValueError(f"device must be a non-empty string such as 'cpu' or 'cuda', got {device!r}")
     if "model_path" in tabpfn_kwargs:
         raise ValueError("model_path is chosen by load_classifier; use prefer= instead")
-    from tabpfn import TabPFNClassifier
 
     path = official_checkpoint_path() if prefer == "official" else None
     if path is not None:
@@ -585,5 +595,4 @@ def load_classifier(prefer: str = "official", device: str = "cpu", *, verify: bo
         if verify:
             verify_sha256(path)
         description = _describe_fallback(path)
-    clf = TabPFNClassifier(model_path=str(path), **classifier_kwargs(device, **tabpfn_kwargs))
-    return clf, description
+    return classifier_on(path, device, **tabpfn_kwargs), description

@@ -68,12 +68,9 @@ def _torch():
 
 def make_template(path, device: str = "cpu", categorical_indices=()):
     """A ``tabpfn.TabPFNClassifier`` on the checkpoint file ``path`` (see :func:`prepare_classifier`)."""
-    from tabpfn import TabPFNClassifier
+    from .checkpoints import classifier_on
 
-    from .checkpoints import classifier_kwargs
-
-    return TabPFNClassifier(model_path=str(path), **classifier_kwargs(
-        device, categorical_features_indices=list(categorical_indices) or None))
+    return classifier_on(path, device, categorical_features_indices=list(categorical_indices) or None)
 
 
 def prepare_classifier(template, *, n_estimators: int = 1, seed: int = 0, device=None):

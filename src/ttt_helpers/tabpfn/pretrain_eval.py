@@ -342,15 +342,11 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
     (a dict of ``tabpfn.inference_config.InferenceConfig`` fields, e.g. one of
     :data:`.checkpoints.INFERENCE_VARIANTS`) overrides the settings stored in the checkpoint.
     """
-    from tabpfn import TabPFNClassifier
 
     res = {}
     for name, (Xtr, Xte, ytr, yte) in tables.items():
-        clf = TabPFNClassifier(
-            model_path=[str(p) for p in ckpt_path] if isinstance(ckpt_path, (list, tuple)) else str(ckpt_path),
-            **tm.classifier_kwargs(device, n_estimators=n_estimators, random_state=seed,
-                                   ignore_pretraining_limits=True, inference_config=inference_config),
-        )
+        clf = tm.classifier_on(ckpt_path, device, n_estimators=n_estimators, random_state=seed,
+                               ignore_pretraining_limits=True, inference_config=inference_config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.fit(Xtr, ytr)
