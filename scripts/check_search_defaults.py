@@ -123,6 +123,12 @@ def _recipes(n_query: int, max_context, n_ttt: int, family: str = "stopping") ->
             "zrows": RecipeSearch(noise_z=round(1.28 * min(1.0, n_val / 200), 4), max_allowance=None, **new)}
 
 
+def _run_recipes(args: dict, n_ttt: int) -> dict:
+    """The family's searches for ``n_ttt`` TTT rows (:func:`_recipes`), only those of ``--only`` if given."""
+    recipes = _recipes(args["n_query"], args["max_context"], n_ttt, args["family"])
+    return {k: v for k, v in recipes.items() if not args.get("only") or k in args["only"]}
+
+
 def _chosen(rec: dict) -> str:
     s = rec.get("selected")
     return "zero-shot" if s is None else f"lr {s['lr']:g} x {s['steps']}"
@@ -186,9 +192,7 @@ def _job(setting: str, name: str, seed: int, args: dict) -> tuple:
     warnings.filterwarnings("ignore")
     X, y = load_dev_table({s.name: s for s in DEV_SPECS}[name])
     n_ttt = min(500, int(0.4 * len(y))) if setting == "small" else args["large_n_ttt"]
-    recipes = _recipes(args["n_query"], args["max_context"], n_ttt, args["family"])
-    if args.get("only"):
-        recipes = {k: v for k, v in recipes.items() if k in args["only"]}
+    recipes = _run_recipes(args, n_ttt)
     r = run_protocol(_WORKER["template"], X, y, recipes, n_ttt=n_ttt, context_sizes=args["sizes"],
                      n_repeats=args["reps"], max_test=args["max_test"], seed=seed, rng_key=[seed, name_seed(name)],
                      device=args["device"], share_searches=True)
@@ -244,12 +248,9 @@ def main(argv=None) -> None:
         return {t: rs for t, rs in out.items() if rs}
 
     # zrows's noise_z depends on the slice: each result's ttt[label]["recipe"] holds the search it ran
-    recipes = {"small (n_ttt 500)": {k: v.to_dict() for k, v in
-                                     _recipes(args.n_query, args.max_context, 500, args.family).items()
-                                     if k in labels},
+    recipes = {"small (n_ttt 500)": {k: v.to_dict() for k, v in _run_recipes(vars(args), 500).items()},
                f"large (n_ttt {args.large_n_ttt})": {k: v.to_dict() for k, v in
-                                                     _recipes(args.n_query, args.max_context, args.large_n_ttt,
-                                                              args.family).items() if k in labels}}
+                                                     _run_recipes(vars(args), args.large_n_ttt).items()}}
 
     def dump(complete: bool) -> None:
         with open(args.out, "w") as f:

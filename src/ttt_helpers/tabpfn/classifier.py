@@ -115,8 +115,8 @@ def _guard(history: dict, n_context: int) -> dict:
     """Whether a search's adapted weights may predict with ``n_context`` context rows
     (:func:`ttt_helpers.tabpfn.finetune.adapted_at`), as the record ``ttt_history_["guard"]``: ``n_context``, the
     longest validated context, the search's choice (``chosen``) and its validation gain there (None when the search
-    kept the pretrained weights), and ``restored`` (the search adapted the weights, the rule says no: the pretrained weights
-    are restored)."""
+    kept the pretrained weights), and ``restored`` (the search adapted the weights, the rule says no: the pretrained
+    weights are restored)."""
     from .finetune import adapted_at, chosen_validation_gains
 
     vg = chosen_validation_gains(history)
@@ -275,7 +275,7 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         from .episodes import make_template, prepare_classifier
-        from .finetune import load_state, snapshot_state
+        from .finetune import RecipeSearch, load_state, snapshot_state
         from .protocol import adapt
 
         t0 = time.perf_counter()
@@ -301,11 +301,12 @@ class TTTTabPFNClassifier(ClassifierMixin, BaseEstimator):
                                  n_estimators=self.n_estimators, seed=seed, device=self.device)
         history, ttt_seconds = None, 0.0
         if do_ttt:
-            pretrained = snapshot_state(clf)
+            search = isinstance(config, RecipeSearch)  # only a search's guard may restore the pretrained weights
+            pretrained = snapshot_state(clf) if search else None
             history = adapt(clf, Xe[ttt_rows], y_enc[ttt_rows], len(classes), config, rng,
                             progress=bool(self.verbose), seed=seed)
             ttt_seconds = float(history["seconds"])
-            if history["recipe"]["kind"] == "search":
+            if search:
                 history["guard"] = _guard(history, len(context_rows))
                 if history["guard"]["restored"]:
                     load_state(clf, pretrained)
