@@ -378,3 +378,22 @@ def test_the_fallback_is_the_promoted_checkpoint_and_describes_itself():
     assert "interpolated from tabpfn_six_long.ckpt" in desc and desc.endswith("NOT the official TabPFN v2 weights)")
     assert "TabPFN v2 architecture, 1.65 M parameters" in tm._describe_fallback(models_dir() / tm.V1_NAME)
     assert "pretraining steps on tabicl's graph_scm prior" in tm._describe_fallback(models_dir() / tm.V1_NAME)
+
+
+def test_member_agreement_counts_the_ensembles_members_and_matches_its_accuracy(tiny_ckpt):
+    """pretrain_eval.member_agreement: as many members as asked for, the ensemble's accuracy that eval_real gives
+    for the same settings, member accuracies ordered, and with one member a member that is the ensemble."""
+    from ttt_helpers.tabpfn import pretrain_eval as pe
+
+    path, _ = tiny_ckpt
+    X, y = _toy_table()
+    tables = {"toy": (X[:60], X[60:], y[:60], y[60:])}
+    four = pe.member_agreement(path, tables, "cpu", n_estimators=4, seed=0)["toy"]
+    assert four["members"] == 4
+    assert four["ensemble_accuracy"] == pytest.approx(pe.eval_real(path, tables, "cpu", 4, 0)["toy"])
+    assert four["worst_member"] <= four["member_accuracy"] <= four["best_member"]
+    assert 0.0 <= four["agreement"] <= 1.0
+    assert four["ensemble_gain"] == pytest.approx(four["ensemble_accuracy"] - four["member_accuracy"])
+    one = pe.member_agreement(path, tables, "cpu", n_estimators=1, seed=0)["toy"]
+    assert one["members"] == 1 and one["agreement"] == 1.0
+    assert one["member_accuracy"] == pytest.approx(one["ensemble_accuracy"])

@@ -41,6 +41,7 @@ __all__ = [
     "read_dev_cache",
     "eval_direct",
     "eval_direct_by_seed",
+    "member_agreement",
     "v2muon_state_model",
     "make_val_set",
     "eval_prior",
@@ -355,6 +356,39 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
             raise RuntimeError(f"{name}: probabilities do not sum to one")
         res[name] = float((clf.classes_[proba.argmax(1)] == yte).mean())
     return res
+
+
+
+def member_agreement(ckpt_path, tables: dict, device: str = "cpu", n_estimators="auto", seed: int = 0) -> dict:
+    """How the members of ``tabpfn``'s ensemble on ``ckpt_path`` differ, per table of ``tables`` (as :func:`eval_real`).
+
+    Each member's prediction is the argmax of its own logits (``TabPFNClassifier.predict_raw_logits``: one row per
+    member, the class shuffles undone); the ensemble's is ``predict``'s. Per table: ``members``, the members' mean,
+    best and worst accuracy, the ensemble's accuracy, ``ensemble_gain`` (the ensemble minus the members' mean) and
+    ``agreement``, the mean over pairs of members of the share of test rows on which the two predict the same class
+    (1: the members are one model, and the ensemble can only average their confidences).
+    """
+    out = {}
+    for name, (Xtr, Xte, ytr, yte) in tables.items():
+        clf = tm.classifier_on(ckpt_path, device, n_estimators=n_estimators, random_state=seed,
+                               ignore_pretraining_limits=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(Xtr, ytr)
+            raw = clf.predict_raw_logits(Xte)
+            ensemble = clf.predict(Xte)
+        if raw.ndim != 3 or raw.shape[1:] != (len(yte), len(clf.classes_)):
+            raise RuntimeError(f"{name}: per-member logits of shape {raw.shape}, expected (members, {len(yte)}, "
+                               f"{len(clf.classes_)})")
+        votes = raw.argmax(-1)  # (members, test rows)
+        member_acc = (clf.classes_[votes] == np.asarray(yte)[None, :]).mean(1)
+        pairs = [(i, j) for i in range(len(votes)) for j in range(i + 1, len(votes))]
+        ens_acc = float((ensemble == np.asarray(yte)).mean())
+        out[name] = {"members": len(votes), "member_accuracy": float(member_acc.mean()),
+                     "best_member": float(member_acc.max()), "worst_member": float(member_acc.min()),
+                     "ensemble_accuracy": ens_acc, "ensemble_gain": ens_acc - float(member_acc.mean()),
+                     "agreement": float(np.mean([(votes[i] == votes[j]).mean() for i, j in pairs])) if pairs else 1.0}
+    return out
 
 
 class Evaluator:
