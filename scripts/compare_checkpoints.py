@@ -22,13 +22,11 @@ checkpoint's sha256. Example (CPU, 2 cores: about 40 seconds per checkpoint, 2 m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
-from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_result
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
 
@@ -81,16 +79,11 @@ def main(argv=None):
                                        f"higher by more than {pe.RULE_TIE} on the development tables"}
         print(f"together minus {chosen}: {gain:+.4f} -> {'together' if gain > pe.RULE_TIE else chosen}", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / f"{args.name}.json"
-    res_path.write_text(json.dumps(result, indent=1) + "\n")
     headline = {n: {"dev_1000_one_member": r["dev_1000_one_member"], "rule": r["rule"]} for n, r in result["models"].items()}
     if args.ensembles:
         headline["default_ensemble"] = {n: r["dev_1000_auto"] for n, r in ens.items()}
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
-                     seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline},
-                     files=[res_path], extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit,
+                 seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline})
     return 0
 
 

@@ -17,13 +17,12 @@ Example (the shipped result; CPU, about 3 minutes per checkpoint on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_result
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
 
@@ -61,15 +60,9 @@ def main(argv=None):
         print(f"{name:12s} " + "  ".join(f"n={n}: {a:.3f}" for n, a in zip(curve["sizes"], curve["mean"]))
               + f"  (majority {curve['majority']:.3f}, {len(curve['tables'])} tables)", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
-                     seeds={"seed": args.seed},
-                     results={name: dict(zip([f"n={n}" for n in args.sizes], r["mean"]))
-                              for name, r in result["models"].items()},
-                     files=[path], extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit, seeds={"seed": args.seed},
+                 results={name: dict(zip([f"n={n}" for n in args.sizes], r["mean"]))
+                          for name, r in result["models"].items()})
     return 0
 
 

@@ -20,7 +20,6 @@ Example (GPU through the device tool, the tables from the caches that travel wit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.provenance import command_line, data_dir, git_commit, models_dir, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, git_commit, models_dir, sha256_file, write_result
 from ttt_helpers.tabpfn import benchmark as td
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain_eval as pe
@@ -88,13 +87,8 @@ def main(argv=None):
                                for v in dict.fromkeys(["fallback", result["chosen"]])}
         print("benchmark:", {v: {k: r["mean"] for k, r in s.items()} for v, s in result["benchmark"].items()})
     result["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
-                     results={"chosen": result["chosen"], "dev_overall": result["dev_overall"]},
-                     files=[path], extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit, seeds={"seed": args.seed},
+                 results={"chosen": result["chosen"], "dev_overall": result["dev_overall"]})
     return 0
 
 

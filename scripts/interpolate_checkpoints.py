@@ -26,14 +26,13 @@ Example (CPU, about 20 seconds per ``alpha`` on 2 cores; the development tables 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, data_dir, git_commit, sha256_file, write_provenance, write_result
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
@@ -90,15 +89,10 @@ def main(argv=None):
     result["chosen"] = chosen
     result["seconds"] = round(time.time() - t0, 1)
     print(f"chosen alpha {chosen}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / f"{args.name}.json"
-    res_path.write_text(json.dumps(result, indent=1) + "\n")
     headline = {k: {"dev_1000_one_member": r["dev_1000_one_member"], "rule": r["rule"]}
                 for k, r in result["alphas"].items()}
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit,
-                     seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline},
-                     files=[res_path], extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit,
+                 seeds={"seed": args.seed, "dev_seed": args.dev_seed}, results={"chosen": chosen, **headline})
     if args.export:
         export = Path(args.export)
         export.parent.mkdir(parents=True, exist_ok=True)

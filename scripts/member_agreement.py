@@ -16,7 +16,6 @@ Example (the book's CPU, about two minutes a checkpoint)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.provenance import command_line, git_commit, results_dir, sha256_file, write_provenance
+from ttt_helpers.provenance import command_line, git_commit, results_dir, sha256_file, write_result
 from ttt_helpers.tabpfn import benchmark as td
 from ttt_helpers.tabpfn import pretrain_eval as pe
 
@@ -63,13 +62,8 @@ def main(argv=None):
         result["models"][name] = {"path": str(path), "sha256": sha256_file(path), "mean": means, "per_table": per_table}
         print(name, means, f"{time.time() - t0:.0f}s", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
-                     results={name: r["mean"] for name, r in result["models"].items()}, files=[path],
-                     extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit, seeds={"seed": args.seed},
+                 results={name: r["mean"] for name, r in result["models"].items()})
     return 0
 
 

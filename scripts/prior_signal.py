@@ -24,15 +24,13 @@ pool, about 40 s) went into ``data/results/prior_signal_real.json``::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from ttt_helpers.provenance import command_line, git_commit, write_provenance
+from ttt_helpers.provenance import command_line, git_commit, write_result
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn.benchmark import baseline_accuracies
 
@@ -107,13 +105,8 @@ def main(argv=None):
               f"LR - majority {r['lr_gain_mean']:+.3f}  HGB - majority {r['hgb_gain_mean']:+.3f}  "
               f"{r['seconds_per_table']:.2f} s/table", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.name}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    write_provenance(out / f"{args.name}.provenance.json", command=command, commit=commit, seeds={"seed": args.seed},
-                     results={p: {k: round(r[k], 4) for k in HEADLINE} for p, r in result["priors"].items()},
-                     files=[path], extra={"wall_seconds": result["seconds"]})
+    write_result(args.out, args.name, result, command=command, commit=commit, seeds={"seed": args.seed},
+                 results={p: {k: round(r[k], 4) for k in HEADLINE} for p, r in result["priors"].items()})
     return 0
 
 

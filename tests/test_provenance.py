@@ -147,3 +147,20 @@ def test_command_line_quotes_the_arguments_a_script_was_given(monkeypatch):
     assert command_line() == "python scripts/x.py --from-process"
     assert command_line(["--out", "a b", "--n", 3]) == "python scripts/x.py --out 'a b' --n 3"
     assert command_line([]) == "python scripts/x.py"  # an empty list is the arguments, not "none given"
+
+
+def test_write_result_writes_the_json_and_a_provenance_that_verifies_it(tmp_path):
+    """provenance.write_result: <name>.json holds the result, <name>.provenance.json the command, the commit, the
+    headline results, the wall time and the sha256 that verify_sha256 accepts; a changed byte is refused."""
+    result = {"seconds": 12.5, "values": np.arange(3)}  # numpy values written as JSON numbers
+    path = pv.write_result(tmp_path / "out", "demo", result, command="python demo.py --x 1", commit="abc1234",
+                           seeds={"seed": 0}, results={"mean": 0.5})
+    assert path == tmp_path / "out" / "demo.json"
+    assert json.loads(path.read_text()) == {"seconds": 12.5, "values": [0, 1, 2]}
+    record = pv.read_provenance(tmp_path / "out" / "demo.provenance.json")
+    assert (record["command"], record["git_commit"], record["results"], record["seeds"], record["wall_seconds"]) == (
+        "python demo.py --x 1", "abc1234", {"mean": 0.5}, {"seed": 0}, 12.5)
+    pv.verify_sha256(path, tmp_path / "out" / "demo.provenance.json")
+    path.write_text(path.read_text().replace("12.5", "12.6"))
+    with pytest.raises(ValueError):
+        pv.verify_sha256(path, tmp_path / "out" / "demo.provenance.json")

@@ -28,6 +28,7 @@ __all__ = [
     "machine_description",
     "git_commit",
     "write_provenance",
+    "write_result",
     "read_provenance",
     "verify_sha256",
     "load_json_result",
@@ -167,6 +168,19 @@ def write_provenance(path, *, command: str, seeds=None, results=None, files=(), 
     path.write_text(json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
     return record
 
+
+
+def write_result(out, name: str, result: dict, *, command: str, commit=None, seeds=None, results=None) -> Path:
+    """Write a script's ``result`` as ``<out>/<name>.json`` and its provenance beside it (``<name>.provenance.json``:
+    the command, the commit, the machine, the date, ``seeds``, the headline ``results``, the file's sha256 and the
+    result's ``"seconds"`` as ``wall_seconds``). Returns the result's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    write_provenance(out / f"{name}.provenance.json", command=command, commit=commit, seeds=seeds, results=results,
+                     files=[path], extra={"wall_seconds": result.get("seconds")})
+    return path
 
 def _json_default(obj):
     try:
