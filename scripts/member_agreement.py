@@ -19,7 +19,6 @@ import argparse
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -30,20 +29,15 @@ from ttt_helpers.tabpfn import pretrain_eval as pe
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH")
+    p.add_argument("--model", "--models", dest="model", nargs="+", action="extend", required=True, metavar="NAME=PATH",
+                   help="checkpoints to measure (as compare_checkpoints.py's --model; repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--out", default=str(results_dir()))
     p.add_argument("--name", default="member_agreement")
     args = p.parse_args(argv)
-    try:
-        args.models = dict(item.split("=", 1) for item in args.models)
-    except ValueError:
-        p.error("--models takes NAME=PATH items")
-    for name, path in args.models.items():
-        if not Path(path).is_file():
-            p.error(f"{name}: no checkpoint file {path}")
+    args.models = pe.named_checkpoints(p, args.model)
     return args
 
 

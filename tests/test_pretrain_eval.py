@@ -728,3 +728,18 @@ def test_inference_check_table_reads_the_shipped_result_of_the_inference_script(
     assert table["benchmark, 1 member(s)"].isna().sum() == len(table) - len(result["benchmark"])
     no_bench = pe.inference_check_table({k: v for k, v in result.items() if k != "benchmark"})
     assert list(no_bench.columns) == ["development, 1 member(s)", "development, 8 member(s)", "development, mean"]
+
+
+def test_member_agreement_script_reads_named_checkpoints_as_the_other_scripts_do(tmp_path):
+    """scripts/member_agreement.py: NAME=PATH items through pretrain_eval.named_checkpoints, under --model (as
+    compare_checkpoints.py) or --models (the spelling its shipped record was made with), in order; a missing file
+    or a malformed item is a usage error."""
+    script = load_script("member_agreement")
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b"x")
+    b.write_bytes(b"y")
+    assert script.parse_args(["--models", f"one={a}", f"two={b}"]).models == {"one": str(a), "two": str(b)}
+    assert script.parse_args(["--model", f"one={a}", "--model", f"two={b}"]).models == {"one": str(a), "two": str(b)}
+    for bad in ([f"one={tmp_path / 'missing.ckpt'}"], [str(a)]):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--model", *bad])
