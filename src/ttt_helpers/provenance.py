@@ -169,7 +169,6 @@ def write_provenance(path, *, command: str, seeds=None, results=None, files=(), 
     return record
 
 
-
 def write_result(out, name: str, result: dict, *, command: str, commit=None, seeds=None, results=None) -> Path:
     """Write a script's ``result`` as ``<out>/<name>.json`` and its provenance beside it (``<name>.provenance.json``:
     the command, the commit, the machine, the date, ``seeds``, the headline ``results``, the file's sha256 and the
@@ -181,6 +180,7 @@ def write_result(out, name: str, result: dict, *, command: str, commit=None, see
     write_provenance(out / f"{name}.provenance.json", command=command, commit=commit, seeds=seeds, results=results,
                      files=[path], extra={"wall_seconds": result.get("seconds")})
     return path
+
 
 def _json_default(obj):
     try:

@@ -343,7 +343,6 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
     (a dict of ``tabpfn.inference_config.InferenceConfig`` fields, e.g. one of
     :data:`.checkpoints.INFERENCE_VARIANTS`) overrides the settings stored in the checkpoint.
     """
-
     res = {}
     for name, (Xtr, Xte, ytr, yte) in tables.items():
         clf = tm.classifier_on(ckpt_path, device, n_estimators=n_estimators, random_state=seed,
@@ -356,7 +355,6 @@ def eval_real(ckpt_path, tables: dict, device: str, n_estimators, seed: int, inf
             raise RuntimeError(f"{name}: probabilities do not sum to one")
         res[name] = float((clf.classes_[proba.argmax(1)] == yte).mean())
     return res
-
 
 
 def member_agreement(ckpt_path, tables: dict, device: str = "cpu", n_estimators="auto", seed: int = 0) -> dict:
@@ -380,10 +378,11 @@ def member_agreement(ckpt_path, tables: dict, device: str = "cpu", n_estimators=
         if raw.ndim != 3 or raw.shape[1:] != (len(yte), len(clf.classes_)):
             raise RuntimeError(f"{name}: per-member logits of shape {raw.shape}, expected (members, {len(yte)}, "
                                f"{len(clf.classes_)})")
+        y_test = np.asarray(yte)
         votes = raw.argmax(-1)  # (members, test rows)
-        member_acc = (clf.classes_[votes] == np.asarray(yte)[None, :]).mean(1)
+        member_acc = (clf.classes_[votes] == y_test[None, :]).mean(1)
         pairs = [(i, j) for i in range(len(votes)) for j in range(i + 1, len(votes))]
-        ens_acc = float((ensemble == np.asarray(yte)).mean())
+        ens_acc = float((ensemble == y_test).mean())
         out[name] = {"members": len(votes), "member_accuracy": float(member_acc.mean()),
                      "best_member": float(member_acc.max()), "worst_member": float(member_acc.min()),
                      "ensemble_accuracy": ens_acc, "ensemble_gain": ens_acc - float(member_acc.mean()),
