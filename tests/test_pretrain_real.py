@@ -129,3 +129,31 @@ def test_real_pool_script_records_the_pool_with_its_provenance(tmp_path, monkeyp
     prov = json.loads((tmp_path / "real_pool.provenance.json").read_text())
     assert prov["results"] == {"tables": 2, "rows_total": 650, "excluded_items": 1, "excluded_copies": 1}
     assert "real_pool.json" in prov["files"]
+
+
+def test_pool_cache_round_trip_and_real_pool_reads_it(tmp_path, monkeypatch):
+    pool = (_pool()[0], {"plm/Males": "males_industry", "Ecdat/Car": real.PROTECTED_ITEM})
+    calls = []
+
+    def fake_pool(min_rows=real.MIN_ROWS, items=None):
+        calls.append(min_rows)
+        return pool
+
+    monkeypatch.setattr(real, "real_pool", fake_pool)
+    path = real.write_pool_cache(tmp_path / "pool", min_rows=250)  # no ".npz" appended
+    assert path == tmp_path / "pool" and path.exists() and calls == [250]
+    (tables, excluded), min_rows = real.read_pool_cache(path)
+    assert min_rows == 250 and excluded == pool[1] and [t[0] for t in tables] == [t[0] for t in pool[0]]
+    for (_, X, cat), (_, X0, cat0) in zip(tables, pool[0]):
+        assert X.dtype == np.float32 and np.array_equal(X, X0, equal_nan=True) and np.array_equal(cat, cat0)
+    monkeypatch.undo()  # the real real_pool from here on
+    monkeypatch.setenv(real.POOL_CACHE_ENV, str(path))
+    real.real_pool.cache_clear()
+    try:
+        got, _excluded = real.real_pool(250)
+        assert [t[0] for t in got] == [t[0] for t in pool[0]] and np.array_equal(got[0][1], pool[0][0][1],
+                                                                                   equal_nan=True)
+        with pytest.raises(ValueError, match="min_rows=250"):
+            real.real_pool(200)
+    finally:
+        real.real_pool.cache_clear()

