@@ -739,3 +739,25 @@ def test_out_init_std_draws_the_zero_initialised_block_weights():
             assert torch.equal(d[n], z[n]), n
     with pytest.raises(ValueError, match="out_init_std"):
         pt.recipe("v2.6-muon", out_init_std=-0.1)
+
+
+def test_a_curriculum_stage_may_name_its_own_prior(tmp_path, monkeypatch):
+    from ttt_helpers.tabpfn.pretrain import trainer as trainer_module
+
+    stages = [dict(TOY_STAGES[0], prior="real"), dict(TOY_STAGES[1])]
+    cfg = toy_config(curriculum=stages)
+    assert [pt.stage_prior(cfg, s) for s in cfg.curriculum] == ["real", "toy"]
+    with pytest.raises(ValueError, match="prior must be one of"):
+        toy_config(curriculum=[dict(TOY_STAGES[0], prior="nonsense")])
+    with pytest.raises(ValueError, match="optionally 'prior'"):
+        toy_config(curriculum=[dict(TOY_STAGES[0], priors="toy")])
+    seen = []
+
+    def fake_stream(stage, prior_type, **kw):  # the toy prior's batches, whatever the stage names
+        seen.append(prior_type)
+        return pt.prior_stream(stage, "toy", **kw)
+
+    monkeypatch.setattr(trainer_module, "prior_stream", fake_stream)
+    trainer = pt.Trainer(cfg, out_dir=tmp_path, log=lambda s: None)
+    assert trainer.run(9)  # stage 1 from step 5
+    assert seen == ["real", "toy"]

@@ -25,6 +25,7 @@ __all__ = [
     "NOISE_SUFFIX",
     "PRIORS",
     "check_prior",
+    "stage_prior",
     "SDPA_MODES",
     "PretrainConfig",
     "recipe",
@@ -68,6 +69,11 @@ _TABICL_PRIORS = ("graph_scm", "mix_scm", "mlp_scm", "tree_scm")
 #: (:func:`check_prior`).
 PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), *(p + QUANTILE_SUFFIX for p in _TABICL_PRIORS),
           *(p + NOISE_SUFFIX for p in _TABICL_PRIORS), "real", "toy")
+
+
+def stage_prior(cfg, stage: dict) -> str:
+    """The prior of one curriculum stage: its own ``"prior"`` where it names one, else the run's ``cfg.prior``."""
+    return stage.get("prior", cfg.prior)
 
 
 def check_prior(name: str) -> str:
@@ -117,7 +123,8 @@ class PretrainConfig:
         One of :data:`PRIORS`, or several joined by ``|`` (a mixture, batch by batch).
     curriculum : list of dict
         Stages (:data:`CURRICULUM`): ``start`` (fraction of the budget), ``min_rows``, ``max_rows``,
-        ``max_features``, ``max_classes``, ``batch`` (tables per step), ``reuse`` (steps per prior batch).
+        ``max_features``, ``max_classes``, ``batch`` (tables per step), ``reuse`` (steps per prior batch), and
+        optionally ``prior``, that stage's prior instead of ``prior`` (:func:`stage_prior`).
     small_context_frac : float
         The share of steps whose context is drawn log-uniformly from 2 rows to half the table
         (:func:`.forward.small_context_size`) instead of the prior's 30-90 % of it (0: never, as every shipped
@@ -233,8 +240,11 @@ class PretrainConfig:
         if not self.curriculum or self.curriculum[0]["start"] != 0.0:
             raise ValueError("the curriculum must be a non-empty list of stages, the first starting at 0.0")
         for s in self.curriculum:
-            if set(s) != set(_STAGE_KEYS):
-                raise ValueError(f"a curriculum stage needs exactly the keys {_STAGE_KEYS}, got {sorted(s)}")
+            if set(s) - {"prior"} != set(_STAGE_KEYS):
+                raise ValueError(f"a curriculum stage needs exactly the keys {_STAGE_KEYS} (and optionally "
+                                 f"'prior'), got {sorted(s)}")
+            if "prior" in s:
+                check_prior(s["prior"])
         if not 0.0 <= float(self.small_context_frac) <= 1.0:
             raise ValueError(f"small_context_frac must be in [0, 1], got {self.small_context_frac!r}")
         if not 0.0 < float(self.decay_frac) <= 1.0:

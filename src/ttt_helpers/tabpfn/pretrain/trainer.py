@@ -20,7 +20,7 @@ import torch
 
 from ...provenance import git_commit
 from .. import checkpoints as tm
-from .config import PretrainConfig, stage_index
+from .config import PretrainConfig, stage_index, stage_prior
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
@@ -417,7 +417,7 @@ class Trainer:
         cfg = self.cfg
         stage = cfg.curriculum[s_idx]
         if cfg.seeding == "per_call":
-            it = prior_stream(stage, cfg.prior, workers=cfg.workers, worker_nice=cfg.worker_nice,
+            it = prior_stream(stage, stage_prior(cfg, stage), workers=cfg.workers, worker_nice=cfg.worker_nice,
                               seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx + 1_000_003 * self.rank)
             return it, (None, None), 0
         cursor = self.meta.setdefault("prior_cursor", {"stage": s_idx, "next_batch": 0, "reuse_left": 0})
@@ -425,14 +425,14 @@ class Trainer:
             cursor.clear()
             cursor.update(stage=s_idx, next_batch=0, reuse_left=0)
         key = (cfg.seed, self.rank, s_idx)
-        it = prior_stream(stage, cfg.prior, workers=cfg.workers, key=key, start=cursor["next_batch"],
+        it = prior_stream(stage, stage_prior(cfg, stage), workers=cfg.workers, key=key, start=cursor["next_batch"],
                           skip=cursor.get("drawn_above", ()), in_order=cfg.in_order, worker_nice=cfg.worker_nice)
         if cursor["reuse_left"] == 0:
             return it, (None, None), 0
         # resumed while a batch was being reused: generate it again (here) and use it for the uses it had left
         index = cursor.get("in_use", cursor["next_batch"] - 1)
         t0 = time.time()
-        batch = prior_batch(stage, cfg.prior, key, index)
+        batch = prior_batch(stage, stage_prior(cfg, stage), key, index)
         self.data_wait += time.time() - t0
         return it, (index, batch), cursor["reuse_left"]
 
