@@ -761,3 +761,18 @@ def test_a_curriculum_stage_may_name_its_own_prior(tmp_path, monkeypatch):
     trainer = pt.Trainer(cfg, out_dir=tmp_path, log=lambda s: None)
     assert trainer.run(9)  # stage 1 from step 5
     assert seen == ["real", "toy"]
+
+
+def test_the_validation_tasks_come_from_the_last_stage_s_own_prior(monkeypatch):
+    seen = []
+
+    def fake_make_prior(stage, prior_type, device="cpu"):
+        seen.append(prior_type)
+        return pt.make_prior(stage, "toy", device)
+
+    monkeypatch.setattr(pe, "make_prior", fake_make_prior)
+    cfg = toy_config(curriculum=[dict(TOY_STAGES[0]), dict(TOY_STAGES[1], prior="real")], val_tasks=4)
+    assert len(pe.make_val_set(cfg, "cpu")) >= 1 and seen == ["real"]
+    seen.clear()
+    pe.make_val_set(toy_config(val_tasks=4), "cpu")
+    assert seen == ["toy"]

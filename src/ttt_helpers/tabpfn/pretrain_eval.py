@@ -29,7 +29,7 @@ import torch
 
 from . import benchmark as td
 from . import checkpoints as tm
-from .pretrain import PretrainConfig, forward_loss, make_prior, to_task
+from .pretrain import PretrainConfig, forward_loss, make_prior, stage_prior, to_task
 
 __all__ = [
     "REAL_TABLES",
@@ -270,14 +270,14 @@ def v2muon_state_model():
 
 
 def make_val_set(cfg: PretrainConfig, device):
-    """Fixed held-out prior tasks of the last curriculum stage (seeded with ``10_000 + seed``; global state restored)."""
+    """Fixed held-out prior tasks of the last curriculum stage, from its prior (seeded with ``10_000 + seed``; global state restored)."""
     stage = dict(cfg.curriculum[-1])
     stage["batch"] = min(16, cfg.val_tasks)
     state = (np.random.get_state(), random.getstate(), torch.get_rng_state())
     np.random.seed(10_000 + cfg.seed)
     random.seed(10_000 + cfg.seed)
     torch.manual_seed(10_000 + cfg.seed)
-    prior = make_prior(stage, cfg.prior)
+    prior = make_prior(stage, stage_prior(cfg, stage))
     gen = torch.Generator().manual_seed(10_000 + cfg.seed)
     tasks = []
     with warnings.catch_warnings():
