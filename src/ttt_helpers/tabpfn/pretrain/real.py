@@ -19,7 +19,11 @@ one: ``real|graph_scm``). Draws come from NumPy's global generator, seeded by th
 
 Measured (the pretraining appendix, "Real tables: continued pretraining on the CPU"): two seeds of 33 CPU minutes
 from the candidate left its benchmark accuracy at 1,000 rows a little lower, within the seed spread, and changed
-its small-context failures by an amount that depends on the seed; no checkpoint of theirs was kept.
+its small-context failures by an amount that depends on the seed; no checkpoint of theirs was kept. On the GPU
+("Real tables on the GPU", the pool carried as a file of :func:`write_pool_cache`): warm starts of the 22-minute
+weights on ``real`` and ``graph_scm|real`` did not rise above the start on the development tables, and from scratch
+the real tables left the early plateau sooner, with shorter steps (a batch takes its smallest table's rows, about
+220), but stalled below ``graph_scm``'s runs of the same minute.
 """
 
 from __future__ import annotations
