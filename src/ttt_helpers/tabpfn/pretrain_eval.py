@@ -270,7 +270,8 @@ def v2muon_state_model():
 
 
 def make_val_set(cfg: PretrainConfig, device):
-    """Fixed held-out prior tasks of the last curriculum stage, from its prior (seeded with ``10_000 + seed``; global state restored)."""
+    """Fixed held-out prior tasks of the last curriculum stage, from that stage's prior (seeded with
+    ``10_000 + seed``; global state restored)."""
     stage = dict(cfg.curriculum[-1])
     stage["batch"] = min(16, cfg.val_tasks)
     state = (np.random.get_state(), random.getstate(), torch.get_rng_state())

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["REAL_PRIOR", "PROTECTED_ITEM", "MIN_ROWS", "MIN_COLUMNS", "POOL_CACHE_ENV", "protected_frames", "find_overlaps",
-           "real_pool", "write_pool_cache", "read_pool_cache", "RealTables"]
+__all__ = ["REAL_PRIOR", "PROTECTED_ITEM", "MIN_ROWS", "MIN_COLUMNS", "POOL_CACHE_ENV", "protected_frames",
+           "find_overlaps", "real_pool", "write_pool_cache", "read_pool_cache", "RealTables"]
 
 #: The prior name that :func:`.prior.make_prior` maps to :class:`RealTables` over :func:`real_pool`.
 REAL_PRIOR = "real"
