@@ -747,6 +747,7 @@ def test_a_curriculum_stage_may_name_its_own_prior(tmp_path, monkeypatch):
     stages = [dict(TOY_STAGES[0], prior="real"), dict(TOY_STAGES[1])]
     cfg = toy_config(curriculum=stages)
     assert [pt.stage_prior(cfg, s) for s in cfg.curriculum] == ["real", "toy"]
+    assert pt.run_priors(cfg) == "real then toy" and pt.run_priors(toy_config()) == "toy"  # the records' name
     with pytest.raises(ValueError, match="prior must be one of"):
         toy_config(curriculum=[dict(TOY_STAGES[0], prior="nonsense")])
     with pytest.raises(ValueError, match="optionally 'prior'"):

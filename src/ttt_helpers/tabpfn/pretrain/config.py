@@ -26,6 +26,7 @@ __all__ = [
     "PRIORS",
     "check_prior",
     "stage_prior",
+    "run_priors",
     "SDPA_MODES",
     "PretrainConfig",
     "recipe",
@@ -74,6 +75,12 @@ PRIORS = (*_TABICL_PRIORS, *(p + FILTER_SUFFIX for p in _TABICL_PRIORS), *(p + Q
 def stage_prior(cfg, stage: dict) -> str:
     """The prior of one curriculum stage: its own ``"prior"`` where it names one, else the run's ``cfg.prior``."""
     return stage.get("prior", cfg.prior)
+
+
+def run_priors(cfg) -> str:
+    """The priors a run trains on, for its records: ``cfg.prior`` where no stage names its own, else the stages'
+    priors in order of first use, joined by ``" then "`` (``"real then graph_scm"``)."""
+    return " then ".join(dict.fromkeys(stage_prior(cfg, s) for s in cfg.curriculum))
 
 
 def check_prior(name: str) -> str:

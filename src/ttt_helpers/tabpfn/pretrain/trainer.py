@@ -20,7 +20,7 @@ import torch
 
 from ...provenance import git_commit
 from .. import checkpoints as tm
-from .config import PretrainConfig, stage_index, stage_prior
+from .config import PretrainConfig, run_priors, stage_index, stage_prior
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
@@ -416,8 +416,9 @@ class Trainer:
         """
         cfg = self.cfg
         stage = cfg.curriculum[s_idx]
+        prior = stage_prior(cfg, stage)
         if cfg.seeding == "per_call":
-            it = prior_stream(stage, stage_prior(cfg, stage), workers=cfg.workers, worker_nice=cfg.worker_nice,
+            it = prior_stream(stage, prior, workers=cfg.workers, worker_nice=cfg.worker_nice,
                               seed_base=cfg.seed * 100_003 + self.call_index * 101 + s_idx + 1_000_003 * self.rank)
             return it, (None, None), 0
         cursor = self.meta.setdefault("prior_cursor", {"stage": s_idx, "next_batch": 0, "reuse_left": 0})
@@ -425,14 +426,14 @@ class Trainer:
             cursor.clear()
             cursor.update(stage=s_idx, next_batch=0, reuse_left=0)
         key = (cfg.seed, self.rank, s_idx)
-        it = prior_stream(stage, stage_prior(cfg, stage), workers=cfg.workers, key=key, start=cursor["next_batch"],
+        it = prior_stream(stage, prior, workers=cfg.workers, key=key, start=cursor["next_batch"],
                           skip=cursor.get("drawn_above", ()), in_order=cfg.in_order, worker_nice=cfg.worker_nice)
         if cursor["reuse_left"] == 0:
             return it, (None, None), 0
         # resumed while a batch was being reused: generate it again (here) and use it for the uses it had left
         index = cursor.get("in_use", cursor["next_batch"] - 1)
         t0 = time.time()
-        batch = prior_batch(stage, stage_prior(cfg, stage), key, index)
+        batch = prior_batch(stage, prior, key, index)
         self.data_wait += time.time() - t0
         return it, (index, batch), cursor["reuse_left"]
 
@@ -463,7 +464,7 @@ class Trainer:
             self.model_config,
             self.model.state_dict() if state_dict is None else state_dict,
             path,
-            extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": self.cfg.prior}},
+            extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": run_priors(self.cfg)}},
             inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
         )
         return path
@@ -498,7 +499,7 @@ class Trainer:
         results.update(extra_results or {})
         record_extra = {
             "description": f"TabPFN-{cfg.architecture}-architecture classifier pretrained by us on the prior "
-            f"{cfg.prior!r} (pretrain.make_prior)" + (f", warm-started from {cfg.init_from}" if cfg.init_from else "")
+            f"{run_priors(cfg)!r} (pretrain.make_prior)" + (f", warm-started from {cfg.init_from}" if cfg.init_from else "")
             + "; NOT the official TabPFN weights",
             "config": self._provenance_config(),
             "calls": meta["calls"],
