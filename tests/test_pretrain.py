@@ -777,3 +777,100 @@ def test_the_validation_tasks_come_from_the_last_stage_s_own_prior(monkeypatch):
     seen.clear()
     pe.make_val_set(toy_config(val_tasks=4), "cpu")
     assert seen == ["toy"]
+
+
+def test_ema_is_what_evaluation_and_export_read_and_it_resumes(tmp_path):
+    """cfg.ema: training is unchanged, the moving average follows the lerp rule step by step, evaluation, selection
+    and export read it (the trained weights are put back after), and a stopped run resumes it exactly."""
+    kw = dict(architecture="v2.6", optimizer="muon", num_thinking_rows=4, min_reuse=2)
+    budget = 6
+    plain = pt.Trainer(toy_config(**kw), out_dir=tmp_path / "plain", log=lambda s: None)
+    plain.run(budget)
+    whole = pt.Trainer(toy_config(ema=0.9, **kw), out_dir=tmp_path / "whole", log=lambda s: None)
+    ema = [p.detach().clone() for p in whole.model.parameters()]  # step 0: the initial weights
+
+    def follow(trainer, task):  # the rule, recomputed in float64 after each step
+        t = trainer.meta["step"] - 1
+        d = min(0.9, (1 + t) / (10 + t))
+        for e, p in zip(ema, trainer.model.parameters()):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    whole.step_hook = follow
+    whole.run(budget)
+    a, b = weights(plain.model), weights(whole.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same training
+    assert all(torch.allclose(e, m, atol=1e-6) for e, m in zip(ema, whole.ema))
+    assert any(not torch.allclose(e, p) for e, p in zip(whole.ema, whole.model.parameters()))
+    seen = {}
+    whole.evaluator = lambda model, config, ckpt: seen.update(w=weights(model)) or {"dev_acc": 0.5}
+    whole.evaluate("check")
+    names = [n for n, _ in whole.model.named_parameters()]
+    assert all(torch.equal(seen["w"][n], e) for n, e in zip(names, whole.ema))  # evaluated: the average
+    assert all(torch.equal(whole.best["state_dict"][n], e) for n, e in zip(names, whole.ema))
+    assert all(torch.equal(v, b[k]) for k, v in weights(whole.model).items())  # trained weights put back
+    chosen, record = whole.select(lambda sd: 0.0)
+    assert record["chosen"] == "last" and all(torch.equal(chosen[n], e) for n, e in zip(names, whole.ema))
+    ckpt = whole.write_checkpoint(tmp_path / "ema.ckpt")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(saved[n], e) for n, e in zip(names, whole.ema))
+
+    first = pt.Trainer(toy_config(ema=0.9, **kw), out_dir=tmp_path / "part", log=lambda s: None)
+    first.run(budget, max_steps=3)
+    first.save()
+    assert (tmp_path / "part" / pt.EMA_FILE).exists()
+    second = pt.Trainer(toy_config(ema=0.9, **kw), out_dir=tmp_path / "part", resume=tmp_path / "part",
+                        log=lambda s: None)
+    second.run(budget)
+    assert all(torch.equal(x, y) for x, y in zip(second.ema, whole.ema))
+    with pytest.raises(ValueError, match="ema"):
+        toy_config(ema=1.0)
+
+
+def test_mimetic_qk_makes_each_query_lean_towards_the_keys_it_meets():
+    """qk_mimetic: between features query head h mixes in key head h; between rows (multi-query attention for the
+    test rows) every query head and every key head but the first mixes in key head 0; the rest is untouched, and
+    a cell then scores itself above the others."""
+    import math
+
+    from tabpfn.architectures import tabpfn_v2_6 as v26
+
+    from ttt_helpers.tabpfn.pretrain.state import make_model
+
+    small = dict(emsize=48, nlayers=2, nhead=3, num_thinking_rows=2)
+    _, plain = make_model(pt.recipe("v2.6-muon", **small))
+    _, mim = make_model(pt.recipe("v2.6-muon", qk_mimetic=0.6, **small))
+    _, rows = make_model(pt.recipe("v2.6-muon", qk_mimetic=0.6, qk_mimetic_on="rows", **small))
+    a, b = 0.6, 0.8
+    p, m, r = dict(plain.named_parameters()), dict(mim.named_parameters()), dict(rows.named_parameters())
+    changed = set()
+    for block in range(2):
+        f = f"blocks.{block}.per_sample_attention_between_features."
+        c = f"blocks.{block}.per_column_attention_between_cells."
+        assert torch.allclose(m[f + "q_projection.weight"], a * p[f + "k_projection.weight"] + b * p[f + "q_projection.weight"])
+        d = 16  # head_dim = emsize / nhead
+        k0 = p[c + "k_projection.weight"][:d]
+        for h in range(3):
+            rows_h = slice(h * d, (h + 1) * d)
+            assert torch.allclose(m[c + "q_projection.weight"][rows_h], a * k0 + b * p[c + "q_projection.weight"][rows_h])
+            want_k = k0 if h == 0 else a * k0 + b * p[c + "k_projection.weight"][rows_h]
+            assert torch.allclose(m[c + "k_projection.weight"][rows_h], want_k)
+        changed |= {f + "q_projection.weight", c + "q_projection.weight", c + "k_projection.weight"}
+        assert torch.equal(r[f + "q_projection.weight"], p[f + "q_projection.weight"])  # "rows": features untouched
+        assert torch.equal(r[c + "q_projection.weight"], m[c + "q_projection.weight"])
+    assert all(torch.equal(p[n], m[n]) for n in p if n not in changed)
+    # a cell now scores itself (the diagonal) well above other cells, for a test row's query head 2 on key head 0
+    att = mim.blocks[0].per_column_attention_between_cells
+    x = torch.randn(40, 48, generator=torch.Generator().manual_seed(0))
+    q, k = att.q_projection(x)[:, 32:48], att.k_projection(x)[:, :16]
+    s = (q @ k.T / math.sqrt(16)).detach()
+    assert float(s.diag().mean()) > float(s.std()) * 2
+    att0 = plain.blocks[0].per_column_attention_between_cells
+    s0 = (att0.q_projection(x)[:, 32:48] @ att0.k_projection(x)[:, :16].T / 4).detach()
+    assert abs(float(s0.diag().mean())) < float(s0.std())
+    assert isinstance(att, v26.AlongColumnAttention)
+    with pytest.raises(ValueError, match="qk_mimetic"):
+        pt.recipe("v2.6-muon", qk_mimetic=1.5)
+    with pytest.raises(ValueError, match="v2.6"):
+        pt.recipe("v1", qk_mimetic=0.5)
+    with pytest.raises(ValueError):
+        pt.recipe("v2.6-muon", qk_mimetic=0.5, qk_mimetic_on="cols")

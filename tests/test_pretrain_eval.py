@@ -575,8 +575,11 @@ def test_plateau_probe_changes_override_the_probe_and_are_recorded(tmp_path):
     fast = pe.plateau_probe(0.0, 0, 2, eval_every=2, changes={"lr": 5e-4, "muon_lr": 2.5e-3})
     assert fast["curve"][0] == base["curve"][0]  # the same start
     assert fast["curve"][-1] != base["curve"][-1]  # other rates, other steps
-    with pytest.raises(ValueError, match="PLATEAU_PROBE"):
+    with pytest.raises(ValueError, match="PretrainConfig"):
         pe.plateau_probe(0.0, 0, 1, changes={"lr_typo": 1.0})
+    with pytest.raises(ValueError, match="PretrainConfig"):
+        pe.plateau_probe(0.0, 0, 1, changes={"out_init_std": 0.1})  # an argument of the probe, not a change
+    assert pe.plateau_probe_config({"qk_mimetic": 0.5})["qk_mimetic"] == 0.5  # a field the probe leaves at its default
     script = load_script("plateau_init")
     assert script.main(["--stds", "0", "--seeds", "0", "--steps", "2", "--eval-every", "2", "--jobs", "1",
                         "--set", "lr=0.0005", "muon_lr=0.0025", "--out", str(tmp_path), "--name", "lr2"]) == 0

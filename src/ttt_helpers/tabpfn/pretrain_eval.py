@@ -485,12 +485,20 @@ PLATEAU_PROBE = dict(lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01, emsize=96, nla
 
 
 def plateau_probe_config(changes: dict | None = None) -> dict:
-    """:data:`PLATEAU_PROBE` with ``changes`` applied (``{"lr": 5e-4, "muon_lr": 2.5e-3}``: twice the rates);
-    a field that the probe lacks raises ``ValueError``."""
+    """:data:`PLATEAU_PROBE` with ``changes`` applied (``{"lr": 5e-4, "muon_lr": 2.5e-3}``: twice the rates;
+    ``{"qk_mimetic": 0.5}``: a field that the probe leaves at its default); a name that is not a field of
+    :class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig` raises ``ValueError``, and so do ``out_init_std``,
+    ``prior`` and ``seed``, which the probe takes as arguments."""
+    import dataclasses
+
+    from .pretrain import PretrainConfig
+
     changes = dict(changes or {})
-    unknown = set(changes) - set(PLATEAU_PROBE)
+    allowed = {f.name for f in dataclasses.fields(PretrainConfig)} - {"out_init_std", "prior", "seed"}
+    unknown = set(changes) - allowed
     if unknown:
-        raise ValueError(f"changes must name fields of PLATEAU_PROBE ({sorted(PLATEAU_PROBE)}), got {sorted(unknown)}")
+        raise ValueError(f"changes must name fields of PretrainConfig other than out_init_std, prior and seed, "
+                         f"got {sorted(unknown)}")
     return {**PLATEAU_PROBE, **changes}
 
 

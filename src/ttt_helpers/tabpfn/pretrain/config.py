@@ -126,6 +126,21 @@ class PretrainConfig:
         the gradients of the attention's query and key weights are zero at the first step and stay small while
         the output projections grow: at CPU size (``pretrain_eval.plateau_probe``) 0.05 ended the early plateau
         of the held-out loss sooner than zeros with each of three seeds.
+    ema : float
+        With a value in (0, 1): evaluation, selection and export read an exponential moving average of the
+        weights, updated after every step with decay ``min(ema, (1 + t) / (10 + t))`` at step ``t`` (0.99: a memory
+        of about 100 steps); 0: the trained weights themselves. Training itself is unchanged.
+    qk_mimetic : float
+        A "mimetic" start for the attention's query and key weights (after Trockman and Kolter, 2023, *Mimetic
+        initialization of self-attention layers*): each query matrix becomes ``a * K + sqrt(1 - a^2) * Q`` of the
+        key matrix ``K`` it is scored against, so that at the first step a cell attends most to the cells it
+        resembles (``W_q^T W_k`` has a positive-definite part). 0 keeps ``tabpfn``'s independent draws. v2.6 only.
+        In the attention between rows the test rows score every query head against the first key head
+        (multi-query attention), so there every query head, and every other key head, mixes in the first key
+        head. No random numbers are drawn: the same weights on every machine.
+    qk_mimetic_on : {"both", "rows", "features"}
+        Which attention ``qk_mimetic`` changes: between rows (cells of one column), between features (cells of one
+        row), or both.
     prior : str
         One of :data:`PRIORS`, or several joined by ``|`` (a mixture, batch by batch).
     curriculum : list of dict
@@ -207,6 +222,9 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     out_init_std: float = 0.0
+    ema: float = 0.0
+    qk_mimetic: float = 0.0
+    qk_mimetic_on: str = "both"
     prior: str = "graph_scm"
     curriculum: list = dataclasses.field(default_factory=lambda: [dict(s) for s in CURRICULUM])
     small_context_frac: float = 0.0
@@ -235,6 +253,7 @@ class PretrainConfig:
             "seeding": ("per_call", "per_batch"),
             "sdpa": SDPA_MODES,
             "clock": ("time", "steps"),
+            "qk_mimetic_on": ("both", "rows", "features"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -258,6 +277,12 @@ class PretrainConfig:
             raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac!r}")
         if not float(self.out_init_std) >= 0.0:
             raise ValueError(f"out_init_std must be a non-negative number, got {self.out_init_std!r}")
+        if not 0.0 <= float(self.ema) < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
+        if not 0.0 <= float(self.qk_mimetic) <= 1.0:
+            raise ValueError(f"qk_mimetic must be in [0, 1], got {self.qk_mimetic!r}")
+        if float(self.qk_mimetic) > 0 and self.architecture != "v2.6":
+            raise ValueError("qk_mimetic applies to the v2.6 architecture only")
         if not 0 <= int(self.worker_nice) <= 19:
             raise ValueError(f"worker_nice must be an integer from 0 to 19, got {self.worker_nice!r}")
         for key in ("min_reuse", "warmup_steps"):

@@ -20,7 +20,7 @@ from .. import checkpoints as tm
 from .config import PretrainConfig
 from .muon import BatchedMuon
 
-__all__ = ["make_model", "model_to_device", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
+__all__ = ["make_model", "mimetic_qk", "model_to_device", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
 
 STATE_FILES = ("state_model.pt", "state_opt_avg.pt", "state_opt_avg_sq.pt", "state_meta.json")
 _MOMENTUM_FILE = "state_opt_momentum.pt"
@@ -34,7 +34,8 @@ def make_model(cfg: PretrainConfig):
 
     With ``cfg.out_init_std > 0`` the block matrices that ``tabpfn`` initialises to zero are drawn from
     ``N(0, out_init_std^2)`` instead, from a CPU generator seeded by ``cfg.seed`` (the same numbers on every
-    machine)."""
+    machine). With ``cfg.qk_mimetic > 0`` the query weights lean towards the keys they meet
+    (:func:`mimetic_qk`)."""
     model_config = tm.make_config(architecture=cfg.architecture, **cfg.model_kwargs())
     model = tm.new_model(model_config, seed=cfg.seed)
     if cfg.out_init_std > 0:
@@ -43,7 +44,44 @@ def make_model(cfg: PretrainConfig):
             for name, p in model.named_parameters():
                 if name.startswith("blocks.") and p.ndim == 2 and not p.any():
                     p.copy_(torch.randn(p.shape, generator=gen) * float(cfg.out_init_std))
+    if cfg.qk_mimetic > 0:
+        mimetic_qk(model, cfg.qk_mimetic, on=cfg.qk_mimetic_on)
     return model_config, model
+
+
+def mimetic_qk(model, a: float, *, on: str = "both") -> int:
+    """Mix each v2.6 attention's query weights with the key weights they are scored against, in place:
+    ``Q <- a K + sqrt(1 - a^2) Q`` (:attr:`PretrainConfig.qk_mimetic`); returns the number of attentions changed.
+
+    Between features (``AlongRowAttention``) query head ``h`` meets key head ``h``. Between rows
+    (``AlongColumnAttention``) the test rows' query heads all meet key head 0 (multi-query attention), so every
+    query head and every key head but the first mixes in key head 0. ``on``: ``"both"``, ``"rows"`` or
+    ``"features"``."""
+    from tabpfn.architectures import tabpfn_v2_6 as v26
+
+    if not 0.0 <= float(a) <= 1.0:
+        raise ValueError(f"a must be in [0, 1], got {a!r}")
+    kinds = {"both": (v26.AlongRowAttention, v26.AlongColumnAttention), "rows": (v26.AlongColumnAttention,),
+             "features": (v26.AlongRowAttention,)}[on]
+    b = math.sqrt(1.0 - float(a) ** 2)
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, kinds):
+                continue
+            q, k = module.q_projection.weight, module.k_projection.weight  # (heads * head_dim, emsize)
+            if isinstance(module, v26.AlongColumnAttention):
+                d = module.head_dim
+                first = k[:d].clone()
+                heads = q.shape[0] // d
+                q.copy_(a * first.repeat(heads, 1) + b * q)
+                k[d:].copy_(a * first.repeat(heads - 1, 1) + b * k[d:])
+            else:
+                q.copy_(a * k + b * q)
+            changed += 1
+    if not changed:
+        raise ValueError("mimetic_qk found no tabpfn v2.6 attention in the model")
+    return changed
 
 
 def model_to_device(model, device):

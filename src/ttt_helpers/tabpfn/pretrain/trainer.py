@@ -10,8 +10,10 @@ chosen on the development set (:meth:`Trainer.select`) and exported with their p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import math
 import time
 from pathlib import Path
@@ -26,7 +28,10 @@ from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
 from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, model_to_device, save_state
 
-__all__ = ["Trainer", "configure_host"]
+__all__ = ["Trainer", "configure_host", "EMA_FILE"]
+
+#: The moving average of the weights (``cfg.ema``) in a saved training state, beside :data:`.state.STATE_FILES`.
+EMA_FILE = "state_ema.pt"
 
 
 @dataclasses.dataclass
@@ -108,6 +113,7 @@ class Trainer:
         if resume is not None:
             self.meta = load_state(resume, self.model, self.optimizers, self.device)
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
+        self.ema = self._start_ema(resume)
         self.call_index = len(self.meta["calls"])
         self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "git_commit": git_commit(),  # the code this call runs, not the tree at its end
@@ -168,11 +174,12 @@ class Trainer:
         :meth:`select`).
         """
         ev = {"step": self.meta["step"], "train_minutes": round(self.meta["train_seconds"] / 60, 3), "tag": tag}
-        ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
+        with self.evaluated_weights():
+            ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.meta["evals"].append(ev)
         self.log("EVAL " + json.dumps(ev))
         if "dev_acc" in ev:
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             if self.best is None or ev["dev_acc"] > self.best["dev_acc"]:
                 self.best = {"dev_acc": ev["dev_acc"], "step": ev["step"], "train_minutes": ev["train_minutes"],
                              "state_dict": weights}
@@ -183,12 +190,13 @@ class Trainer:
     def select(self, score) -> tuple[dict, dict]:
         """The weights to export, chosen on the development set: ``(state_dict, record)``.
 
-        Candidates: the current weights, the evaluated weights with the best ``dev_acc`` (:attr:`best`) and,
+        Candidates: the current weights (with ``cfg.ema``, their moving average), the evaluated weights with the best ``dev_acc`` (:attr:`best`) and,
         with ``cfg.lawa``, the average of the last ``lawa`` evaluated weights. ``score(state_dict) -> float`` rates
         a candidate (the evaluator's development-set accuracy); the best one wins, ties going to the earlier
         candidate in that order. ``record`` says which candidate won and every candidate's score.
         """
-        current = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        with self.evaluated_weights():
+            current = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         candidates = {"last": current}
         if self.best is not None:
             candidates[f"best_dev_step_{self.best['step']}"] = self.best["state_dict"]
@@ -203,6 +211,52 @@ class Trainer:
 
     def save(self) -> None:
         save_state(self.out_dir, self.model, self.optimizers, self.meta)
+        if self.ema is not None:
+            names = [n for n, _ in self.model.named_parameters()]
+            torch.save({n: t.detach().cpu() for n, t in zip(names, self.ema)}, self.out_dir / (EMA_FILE + ".tmp"))
+            os.replace(self.out_dir / (EMA_FILE + ".tmp"), self.out_dir / EMA_FILE)
+
+    # -- the moving average of the weights (cfg.ema) -------------------------------------------------------
+    def _start_ema(self, resume):
+        """The moving average's tensors (one per parameter), or None without ``cfg.ema``: read from a resumed state's
+        :data:`EMA_FILE`, else copies of the model's weights (fresh, warm-started, or a state saved without one)."""
+        if not self.cfg.ema:
+            return None
+        named = list(self.model.named_parameters())
+        path = None if resume is None else Path(resume) / EMA_FILE
+        if path is not None and path.exists():
+            saved = torch.load(path, map_location=self.device)
+            return [saved[n].to(p.dtype) for n, p in named]
+        if resume is not None:
+            self.log(f"warning: {resume} holds no {EMA_FILE}; the moving average starts from the resumed weights")
+        return [p.detach().clone() for _, p in named]
+
+    def _update_ema(self) -> None:
+        """One step of the moving average: decay ``min(cfg.ema, (1 + t) / (10 + t))`` at step ``t`` (a short memory
+        at first, as the weights move fast), the weights themselves weighted by one minus it."""
+        t = self.meta["step"]
+        decay = min(float(self.cfg.ema), (1 + t) / (10 + t))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def evaluated_weights(self):
+        """Within the block the model holds the weights that evaluation, selection and export read: with
+        ``cfg.ema`` their moving average (the trained weights are put back after), else the trained weights."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in params]
+            for p, e in zip(params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(params, trained):
+                    p.copy_(t)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, budget: float, *, wall_limit_s: float = math.inf, max_steps: int = 0, final_call: bool = False,
@@ -451,6 +505,8 @@ class Trainer:
         if cfg.random_column_embeddings:
             self.model.seed = self.model_config.seed  # evaluation and export use the seed tabpfn uses at inference
         optimise(self.model, self.optimizers, loss, cfg.grad_clip)
+        if self.ema is not None:
+            self._update_ema()
         return loss, correct, n
 
     # -- export --------------------------------------------------------------------------------------------
@@ -460,9 +516,12 @@ class Trainer:
         the command line also the last ones (``--export-last``) when the selection chose others."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if state_dict is None:
+            with self.evaluated_weights():
+                state_dict = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         tm.build_checkpoint(
             self.model_config,
-            self.model.state_dict() if state_dict is None else state_dict,
+            state_dict,
             path,
             extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": run_priors(self.cfg)}},
             inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
