@@ -171,6 +171,8 @@ def run_recipe(name, args, dev, out: Path, deadline: float, command: str) -> dic
         "dev_per_table_at_best": max(meta["evals"], key=lambda e: e["dev_acc"])["dev"],
         "loss_curve": meta["loss_curve"],
     }
+    if cfg.ema:  # the trained weights' development accuracy at each evaluation (the curve's is the average's)
+        rec["trained_dev_curve"] = [[e["train_minutes"], e["trained"]["dev_acc"]] for e in meta["evals"]]
     if name == args.export:
         state, selection = trainer.select(trainer.evaluator.dev_score(trainer.model_config))
         rec["selection"] = selection

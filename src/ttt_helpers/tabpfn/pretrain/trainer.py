@@ -169,6 +169,8 @@ class Trainer:
     def evaluate(self, tag: str) -> dict:
         """Run the evaluator on the current weights and record the result in ``meta["evals"]``.
 
+        With ``cfg.ema`` the evaluator rates the moving average, and then the trained weights too (their
+        ``dev_acc``, ``val_loss`` and ``val_acc`` under ``"trained"``), which nothing selects.
         When the evaluator reports a development-set accuracy (``dev_acc``), the weights with the best one so
         far are kept (:attr:`best`), and with ``cfg.lawa`` the last ``lawa`` evaluated weights (for
         :meth:`select`).
@@ -177,6 +179,9 @@ class Trainer:
         with self.evaluated_weights():
             ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
             weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.ema is not None:  # the trained weights too, for a comparison paired step by step
+            trained = self.evaluator(self.model, self.model_config, self.ckpt_eval)
+            ev["trained"] = {k: trained[k] for k in ("dev_acc", "val_loss", "val_acc") if k in trained}
         self.meta["evals"].append(ev)
         self.log("EVAL " + json.dumps(ev))
         if "dev_acc" in ev:
