@@ -855,12 +855,14 @@ def test_mimetic_qk_makes_each_query_lean_towards_the_keys_it_meets():
     for block in range(2):
         f = f"blocks.{block}.per_sample_attention_between_features."
         c = f"blocks.{block}.per_column_attention_between_cells."
-        assert torch.allclose(m[f + "q_projection.weight"], a * p[f + "k_projection.weight"] + b * p[f + "q_projection.weight"])
+        assert torch.allclose(m[f + "q_projection.weight"],
+                              a * p[f + "k_projection.weight"] + b * p[f + "q_projection.weight"])
         d = 16  # head_dim = emsize / nhead
         k0 = p[c + "k_projection.weight"][:d]
         for h in range(3):
             rows_h = slice(h * d, (h + 1) * d)
-            assert torch.allclose(m[c + "q_projection.weight"][rows_h], a * k0 + b * p[c + "q_projection.weight"][rows_h])
+            assert torch.allclose(m[c + "q_projection.weight"][rows_h],
+                                  a * k0 + b * p[c + "q_projection.weight"][rows_h])
             want_k = k0 if h == 0 else a * k0 + b * p[c + "k_projection.weight"][rows_h]
             assert torch.allclose(m[c + "k_projection.weight"][rows_h], want_k)
         changed |= {f + "q_projection.weight", c + "q_projection.weight", c + "k_projection.weight"}

@@ -20,10 +20,13 @@ from .. import checkpoints as tm
 from .config import PretrainConfig
 from .muon import BatchedMuon
 
-__all__ = ["make_model", "mimetic_qk", "model_to_device", "make_optimizers", "lr_at", "save_state", "load_state", "STATE_FILES"]
+__all__ = ["make_model", "mimetic_qk", "model_to_device", "make_optimizers", "lr_at", "save_state", "load_state",
+           "load_ema", "STATE_FILES", "EMA_FILE"]
 
 STATE_FILES = ("state_model.pt", "state_opt_avg.pt", "state_opt_avg_sq.pt", "state_meta.json")
 _MOMENTUM_FILE = "state_opt_momentum.pt"
+#: The moving average of the weights (``cfg.ema``) in a saved training state, beside :data:`STATE_FILES`.
+EMA_FILE = "state_ema.pt"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,13 +156,14 @@ def _param_state(model, optimizers):
                 yield names[id(p)], p, st
 
 
-def save_state(out_dir, model, optimizers, meta: dict) -> None:
+def save_state(out_dir, model, optimizers, meta: dict, ema: list | None = None) -> None:
     """Write a resumable training state (weights, optimiser moments, ``meta``) into ``out_dir``.
 
     Files of at most a few parameter-sizes each (the device tool returns files of at most 16 MiB):
     ``state_model.pt``; AdamW's ``exp_avg`` in ``state_opt_avg.pt``, ``exp_avg_sq`` and ``step`` in
-    ``state_opt_avg_sq.pt``; Muon's momentum in ``state_opt_momentum.pt``; ``state_meta.json``. Each file is
-    written to a temporary name first and then renamed.
+    ``state_opt_avg_sq.pt``; Muon's momentum in ``state_opt_momentum.pt``; ``state_meta.json``; with ``ema`` (one
+    tensor per parameter of ``model``, in order) the moving average of the weights in :data:`EMA_FILE`. Each file
+    is written to a temporary name first and then renamed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,8 @@ def save_state(out_dir, model, optimizers, meta: dict) -> None:
     files["state_opt_avg_sq.pt"] = {"exp_avg_sq": avg_sq, "step": steps}
     if momentum:
         files[_MOMENTUM_FILE] = momentum
+    if ema is not None:
+        files[EMA_FILE] = {n: t.detach().cpu() for (n, _), t in zip(model.named_parameters(), ema)}
     for name, obj in files.items():
         torch.save(obj, out_dir / (name + ".tmp"))
     (out_dir / "state_meta.json.tmp").write_text(json.dumps(meta, indent=1))
@@ -205,6 +211,16 @@ def load_state(folder, model, optimizers, device) -> dict:
         elif n in momentum:
             opt.state[p] = {"momentum_buffer": momentum[n].to(device)}
     return json.loads((folder / "state_meta.json").read_text())
+
+
+def load_ema(folder, model, device) -> list | None:
+    """The moving average that :func:`save_state` wrote into ``folder`` (one tensor per parameter of ``model``, in
+    order, of its dtype, on ``device``), or ``None`` where the state holds none."""
+    path = Path(folder) / EMA_FILE
+    if not path.exists():
+        return None
+    saved = torch.load(path, map_location=device)
+    return [saved[n].to(p.dtype) for n, p in model.named_parameters()]
 
 
 def _fresh_meta() -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import math
 import time
 from pathlib import Path
@@ -26,12 +25,10 @@ from .config import PretrainConfig, run_priors, stage_index, stage_prior
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
-from .state import _fresh_meta, load_state, lr_at, make_model, make_optimizers, model_to_device, save_state
+from .state import (EMA_FILE, _fresh_meta, load_ema, load_state, lr_at, make_model, make_optimizers, model_to_device,
+                    save_state)
 
-__all__ = ["Trainer", "configure_host", "EMA_FILE"]
-
-#: The moving average of the weights (``cfg.ema``) in a saved training state, beside :data:`.state.STATE_FILES`.
-EMA_FILE = "state_ema.pt"
+__all__ = ["Trainer", "configure_host"]
 
 
 @dataclasses.dataclass
@@ -178,7 +175,7 @@ class Trainer:
         ev = {"step": self.meta["step"], "train_minutes": round(self.meta["train_seconds"] / 60, 3), "tag": tag}
         with self.evaluated_weights():
             ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            weights = _cpu_state_dict(self.model)
         if self.ema is not None:  # the trained weights too, for a comparison paired step by step
             trained = self.evaluator(self.model, self.model_config, self.ckpt_eval)
             ev["trained"] = {k: trained[k] for k in ("dev_acc", "val_loss", "val_acc") if k in trained}
@@ -195,13 +192,12 @@ class Trainer:
     def select(self, score) -> tuple[dict, dict]:
         """The weights to export, chosen on the development set: ``(state_dict, record)``.
 
-        Candidates: the current weights (with ``cfg.ema``, their moving average), the evaluated weights with the best ``dev_acc`` (:attr:`best`) and,
-        with ``cfg.lawa``, the average of the last ``lawa`` evaluated weights. ``score(state_dict) -> float`` rates
-        a candidate (the evaluator's development-set accuracy); the best one wins, ties going to the earlier
-        candidate in that order. ``record`` says which candidate won and every candidate's score.
+        Candidates: the current weights (with ``cfg.ema``, their moving average), the evaluated weights with the
+        best ``dev_acc`` (:attr:`best`) and, with ``cfg.lawa``, the average of the last ``lawa`` evaluated weights.
+        ``score(state_dict) -> float`` rates a candidate (the evaluator's development-set accuracy); the best one
+        wins, ties going to the earlier candidate in that order. ``record`` says which candidate won and every candidate's score.
         """
-        with self.evaluated_weights():
-            current = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        current = self.evaluated_state_dict()
         candidates = {"last": current}
         if self.best is not None:
             candidates[f"best_dev_step_{self.best['step']}"] = self.best["state_dict"]
@@ -215,11 +211,7 @@ class Trainer:
         return candidates[chosen], {"chosen": chosen, "dev_acc": scores}
 
     def save(self) -> None:
-        save_state(self.out_dir, self.model, self.optimizers, self.meta)
-        if self.ema is not None:
-            names = [n for n, _ in self.model.named_parameters()]
-            torch.save({n: t.detach().cpu() for n, t in zip(names, self.ema)}, self.out_dir / (EMA_FILE + ".tmp"))
-            os.replace(self.out_dir / (EMA_FILE + ".tmp"), self.out_dir / EMA_FILE)
+        save_state(self.out_dir, self.model, self.optimizers, self.meta, ema=self.ema)
 
     # -- the moving average of the weights (cfg.ema) -------------------------------------------------------
     def _start_ema(self, resume):
@@ -227,14 +219,12 @@ class Trainer:
         :data:`EMA_FILE`, else copies of the model's weights (fresh, warm-started, or a state saved without one)."""
         if not self.cfg.ema:
             return None
-        named = list(self.model.named_parameters())
-        path = None if resume is None else Path(resume) / EMA_FILE
-        if path is not None and path.exists():
-            saved = torch.load(path, map_location=self.device)
-            return [saved[n].to(p.dtype) for n, p in named]
         if resume is not None:
+            saved = load_ema(resume, self.model, self.device)
+            if saved is not None:
+                return saved
             self.log(f"warning: {resume} holds no {EMA_FILE}; the moving average starts from the resumed weights")
-        return [p.detach().clone() for _, p in named]
+        return [p.detach().clone() for p in self.model.parameters()]
 
     def _update_ema(self) -> None:
         """One step of the moving average: decay ``min(cfg.ema, (1 + t) / (10 + t))`` at step ``t`` (a short memory
@@ -243,6 +233,11 @@ class Trainer:
         decay = min(float(self.cfg.ema), (1 + t) / (10 + t))
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+
+    def evaluated_state_dict(self) -> dict:
+        """A CPU copy of the weights that evaluation, selection and export read (:meth:`evaluated_weights`)."""
+        with self.evaluated_weights():
+            return _cpu_state_dict(self.model)
 
     @contextlib.contextmanager
     def evaluated_weights(self):
@@ -521,12 +516,9 @@ class Trainer:
         the command line also the last ones (``--export-last``) when the selection chose others."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if state_dict is None:
-            with self.evaluated_weights():
-                state_dict = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         tm.build_checkpoint(
             self.model_config,
-            state_dict,
+            self.evaluated_state_dict() if state_dict is None else state_dict,
             path,
             extra={"ttt_book": {"trained_steps": self.meta["step"], "prior": run_priors(self.cfg)}},
             inference_config=tm.FALLBACK_INFERENCE_OVERRIDES,
@@ -637,6 +629,11 @@ def configure_host(device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_num_threads(1)
+
+
+def _cpu_state_dict(model) -> dict:
+    """A copy of ``model``'s state dict on the CPU (detached, not sharing memory with the model)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def optimise(model, optimizers, loss, grad_clip: float) -> None:
