@@ -48,7 +48,8 @@ book-stored: setup
 test-py: setup
 	$(VENV)/bin/pytest -q tests
 
-NBVAL := $(VENV)/bin/pytest -q --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider
+NBVAL := $(VENV)/bin/pytest -q --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
+	-p no:cacheprovider
 
 test-nb: setup
 	$(NBVAL) book

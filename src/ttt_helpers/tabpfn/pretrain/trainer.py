@@ -195,7 +195,8 @@ class Trainer:
         Candidates: the current weights (with ``cfg.ema``, their moving average), the evaluated weights with the
         best ``dev_acc`` (:attr:`best`) and, with ``cfg.lawa``, the average of the last ``lawa`` evaluated weights.
         ``score(state_dict) -> float`` rates a candidate (the evaluator's development-set accuracy); the best one
-        wins, ties going to the earlier candidate in that order. ``record`` says which candidate won and every candidate's score.
+        wins, ties going to the earlier candidate in that order. ``record`` says which candidate won and every
+        candidate's score.
         """
         current = self.evaluated_state_dict()
         candidates = {"last": current}
