@@ -119,6 +119,10 @@ def test_time_to_quality():
     curve = [(0.0, 0.3), (1.0, 0.5), (2.0, 0.62), (3.0, 0.6)]
     assert pe.time_to_quality(curve, 0.6) == 2.0
     assert pe.time_to_quality(curve, 0.7) is None
+    assert pe.time_to_quality(curve, 0.6, stay=True) == 2.0  # 0.6 at 3.0 is still at the target
+    assert pe.time_to_quality(curve, 0.61, stay=True) is None  # reached at 2.0, lost at 3.0
+    dip = [(0.0, 0.3), (1.0, 0.65), (2.0, 0.55), (3.0, 0.66), (4.0, 0.7)]
+    assert pe.time_to_quality(dip, 0.6) == 1.0 and pe.time_to_quality(dip, 0.6, stay=True) == 3.0
     rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.55, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
     assert pe.dev_curve(rows) == [(0.0, 0.5), (1.0, 0.55), (2.0, 0.62)]
     assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0
@@ -198,6 +202,9 @@ def test_recipes(name):
     if name == "v2.6-fast":  # v2.6-muon at half its rates, 4 layers, drawn initialisation, batched Muon, more reuse
         assert cfg == pt.recipe("v2.6-muon", workers=2, nlayers=4, lr=2.5e-4, muon_lr=1.25e-3, decay_frac=0.01,
                                 out_init_std=0.05, muon_batched=True, max_reuse=8)
+    elif name == "v2.6-fast-ema":  # the same, rated through a moving average, short attention on the efficient kernel
+        assert cfg == pt.recipe("v2.6-fast", workers=2, ema=0.99, sdpa="short_efficient")
+        assert pt.recipe("v2.6-fast").ema == 0.0  # the recipe it extends is unchanged
     elif name == "v1":
         assert cfg.architecture == "v2" and cfg.optimizer == "adamw" and not cfg.autocast and cfg.min_reuse == 4
         assert cfg.seeding == "per_call" and cfg.in_order  # the shipped fallback's prior stream

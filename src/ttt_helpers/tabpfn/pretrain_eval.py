@@ -455,12 +455,15 @@ class Evaluator:
         return ev
 
 
-def time_to_quality(curve, target: float):
+def time_to_quality(curve, target: float, *, stay: bool = False):
     """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first reaches ``target`` (``None``: never);
-    for a recorded run's ``"curve"``, pass :func:`dev_curve` of it."""
-    for minutes, acc in curve:
-        if acc >= target:
-            return float(minutes)
+    for a recorded run's ``"curve"``, pass :func:`dev_curve` of it. With ``stay``, the first minutes from which
+    every later evaluation of the curve is at or above ``target`` (a crossing that noise took back does not count).
+    """
+    curve = [(float(minutes), float(acc)) for minutes, acc in curve]
+    for i, (minutes, acc) in enumerate(curve):
+        if acc >= target and (not stay or all(later >= target for _, later in curve[i + 1:])):
+            return minutes
     return None
 
 
