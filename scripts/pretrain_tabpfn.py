@@ -92,7 +92,7 @@ def parse_args(argv=None):
                  "warmup_steps", "min_reuse", "max_reuse", "lawa", "workers", "val_tasks", "seed"):
         add("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "muon_lr", "min_lr_frac", "decay_frac", "weight_decay", "grad_clip", "small_context_frac",
-                 "out_init_std"):
+                 "out_init_std", "ema"):  # ema: the decay of the weights' moving average (0: none)
         add("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     add("--optimizer", default=d.optimizer, choices=["adamw", "muon"])
     add("--muon-batched", action=argparse.BooleanOptionalAction, default=d.muon_batched,
@@ -157,9 +157,9 @@ def parse_args(argv=None):
 
 def config_from_args(args) -> pt.PretrainConfig:
     names = ("architecture", "emsize", "nlayers", "nhead", "features_per_group", "max_num_classes",
-             "num_thinking_rows", "optimizer", "muon_batched", "lr", "muon_lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay",
-             "small_context_frac", "init_from",
-             "grad_clip", "out_init_std", "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
+             "num_thinking_rows", "optimizer", "muon_batched", "lr", "muon_lr", "min_lr_frac", "decay_frac",
+             "warmup_steps", "weight_decay", "small_context_frac", "init_from", "grad_clip", "out_init_std", "ema",
+             "prior", "min_reuse", "max_reuse", "lawa", "workers", "seeding", "in_order", "sdpa",
              "random_column_embeddings", "clock", "val_tasks", "eval_estimators", "seed", "device")
     kw = {n: getattr(args, n) for n in names}
     kw["autocast"] = args.bf16 and not args.no_autocast

@@ -342,6 +342,15 @@ def test_pretrain_script_curriculum_flag_overrides_the_recipe():
     assert six.muon_batched and six.max_reuse == 8 and six.nlayers == pt.recipe("v2.6-muon").nlayers == 6
     assert not script.config_from_args(script.parse_args(["--recipe", "v2.6-fast", "--no-muon-batched",
                                                           "--device", "cpu"])).muon_batched
+    # the moving average: the recipe's by default, set or switched off from the command line
+    assert script.config_from_args(script.parse_args(["--recipe", "v2.6-fast-ema", "--device", "cpu"])) == \
+        pt.recipe("v2.6-fast-ema", device="cpu")
+    assert script.config_from_args(script.parse_args(["--recipe", "v2.6-muon", "--ema", "0.995",
+                                                      "--device", "cpu"])).ema == 0.995
+    assert script.config_from_args(script.parse_args(["--recipe", "v2.6-fast-ema", "--ema", "0",
+                                                      "--device", "cpu"])).ema == 0.0
+    with pytest.raises(ValueError, match="ema"):
+        script.config_from_args(script.parse_args(["--ema", "1.5", "--device", "cpu"]))
 
 
 @pytest.mark.parametrize("chosen", ["best_dev_step_2", "last"])
