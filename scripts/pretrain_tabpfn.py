@@ -38,8 +38,9 @@ development set selects (``data/results/pretrain_v26_warm_small30.json`` was thi
         --eval-every-min 0.5 --export-last --export-dir $OUT/export
 
 The time-to-quality recipe (``pretrain.recipe("v2.6-fast-ema")``: 4 layers, batched Muon, prior batches reused up
-to 8 times, evaluated and exported through a moving average of its weights) for three minutes on one GPU. There the Trainer runs torch on one CPU thread and leaves the other cores to
-the prior's workers (the recipes use 15, timed on 16 cores; on fewer cores pass ``--workers`` = cores - 1)::
+to 8 times, evaluated and exported through a moving average of its weights) for three minutes on one GPU. There the
+Trainer runs torch on one CPU thread and leaves the other cores to the prior's workers (the recipes use 15, timed
+on 16 cores; on fewer cores pass ``--workers`` = cores - 1)::
 
     python scripts/pretrain_tabpfn.py --recipe v2.6-fast-ema --device cuda --dev --dev-cache DEV.npz --no-real-eval \
         --time-budget-min 3 --wall-limit-min 5 --final-call --eval-every-min 0.25 --export-dir $OUT/export
