@@ -9,7 +9,9 @@
 #   ... the device call ...
 #   bash scripts/device_tree.sh back                               # and move them back
 #
-# While they are aside, git sees them as deleted: never `git add -A` then, and run `back` before any test.
+# While they are aside, git sees them as deleted: never `git add -A` then, and run `back` before any test. A call
+# that needs one of them copies it back (cp /tmp/ttt_aside/NAME data/models/); `back` then keeps that copy if it is
+# the same file, and moves nothing back if any such copy differs.
 # TTT_ROOT names another checkout (tests); the default is this script's.
 set -euo pipefail
 ROOT=${TTT_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -39,10 +41,21 @@ case "${1:-}" in
     ;;
   back)
     [ -d "$ASIDE" ] || { echo "nothing aside ($ASIDE does not exist)" >&2; exit 1; }
+    for p in "$ASIDE"/* ; do  # everything is checked before anything moves
+      [ -e "$p" ] || continue
+      q="data/models/$(basename "$p")"
+      if [ -e "$q" ] && ! cmp -s "$p" "$q"; then
+        echo "$q exists and differs from $p: nothing moved back" >&2; exit 1
+      fi
+    done
     for p in "$ASIDE"/* ; do
       [ -e "$p" ] || continue
-      if [ -e "data/models/$(basename "$p")" ]; then echo "data/models/$(basename "$p") exists: not overwritten" >&2; exit 1; fi
-      mv "$p" data/models/; echo "back: data/models/$(basename "$p")"
+      q="data/models/$(basename "$p")"
+      if [ -e "$q" ]; then  # a copy put back for a call (cp "$ASIDE"/NAME data/models/): the same bytes
+        rm -f "$p"; echo "back: $q (the checkout already holds the same file)"
+      else
+        mv "$p" data/models/; echo "back: $q"
+      fi
     done
     rm -f data/models/.*.lock
     ;;

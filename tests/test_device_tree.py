@@ -46,6 +46,23 @@ def test_aside_and_back_move_only_what_no_gpu_run_reads(checkout, tmp_path):
     assert after == before and not list(aside.iterdir())
 
 
+def test_back_keeps_a_copy_put_back_for_a_call_and_refuses_one_that_differs(checkout, tmp_path):
+    root, files = checkout
+    models, aside = root / "data" / "models", tmp_path / "aside"
+    _run(root, aside, "aside")
+    (models / "tabpfn_six_long.ckpt").write_bytes((aside / "tabpfn_six_long.ckpt").read_bytes())  # needed by a call
+    out = _run(root, aside, "back").stdout
+    assert "back: data/models/tabpfn_six_long.ckpt (the checkout already holds the same file)" in out
+    assert (models / "tabpfn_six_long.ckpt").stat().st_size == files["tabpfn_six_long.ckpt"]
+    assert (models / "tabpfn_pretrain_state" / "state_model.pt").is_file() and not list(aside.iterdir())
+    _run(root, aside, "aside")
+    (models / "tabpfn_six_long.ckpt").write_bytes(b"changed")  # not the file set aside: nothing may move
+    result = _run(root, aside, "back", check=False)
+    assert result.returncode == 1 and "differs" in result.stderr
+    assert sorted(p.name for p in aside.iterdir()) == ["tabpfn_pretrain_state", "tabpfn_six_long.ckpt"]
+    assert not (models / "tabpfn_pretrain_state").exists()
+
+
 def test_size_counts_the_files_that_travel_and_the_carried_paths(checkout, tmp_path):
     root, files = checkout
     aside = tmp_path / "aside"
