@@ -116,6 +116,21 @@ def test_new_model_is_seeded_without_touching_global_state():
     assert tm.count_parameters(tm.new_model(config, seed=0)) > 0
 
 
+def test_cpu_state_dict_is_a_snapshot_that_later_steps_leave_unchanged():
+    model = tm.new_model(tm.make_config(emsize=16, nlayers=1, nhead=2), seed=0)
+    snap = tm.cpu_state_dict(model)
+    live = model.state_dict()
+    assert snap.keys() == live.keys() and all(torch.equal(snap[k], live[k]) for k in snap)
+    assert all(v.device.type == "cpu" and not v.requires_grad for v in snap.values())
+    assert all(snap[k].data_ptr() != live[k].data_ptr() for k in snap if live[k].numel())  # no shared memory
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(not torch.equal(snap[k], v) for k, v in model.named_parameters())
+    model.load_state_dict(snap)  # and it restores the model
+    assert all(torch.equal(snap[k], v) for k, v in model.named_parameters())
+
+
 def _set_tabpfn_cache(monkeypatch, folder):
     """Point tabpfn's cache folder somewhere (its settings read $TABPFN_MODEL_CACHE_DIR at import)."""
     from tabpfn.settings import settings

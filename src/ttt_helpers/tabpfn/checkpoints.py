@@ -314,6 +314,13 @@ def new_model(config, seed: int | None = None):
         return mod.get_architecture(config)
 
 
+def cpu_state_dict(model) -> dict:
+    """A copy of ``model``'s state dict on the CPU (detached, sharing no memory with the model): a snapshot that
+    later steps on the model leave unchanged (:meth:`~ttt_helpers.tabpfn.pretrain.Trainer.evaluated_state_dict`,
+    :func:`ttt_helpers.tabpfn.finetune.snapshot_state`)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def count_parameters(model) -> int:
     """Number of parameters of a torch module."""
     return int(sum(p.numel() for p in model.parameters()))

@@ -294,7 +294,9 @@ def _sync():
 
 def snapshot_state(clf) -> dict:
     """A CPU copy of the classifier's model weights."""
-    return {k: v.detach().cpu().clone() for k, v in clf.models_[0].state_dict().items()}
+    from .checkpoints import cpu_state_dict
+
+    return cpu_state_dict(clf.models_[0])
 
 
 def load_state(clf, state: dict) -> None:

@@ -175,7 +175,7 @@ class Trainer:
         ev = {"step": self.meta["step"], "train_minutes": round(self.meta["train_seconds"] / 60, 3), "tag": tag}
         with self.evaluated_weights():
             ev.update(self.evaluator(self.model, self.model_config, self.ckpt_eval))
-            weights = _cpu_state_dict(self.model)
+            weights = tm.cpu_state_dict(self.model)
         if self.ema is not None:  # the trained weights too, for a comparison paired step by step
             trained = self.evaluator(self.model, self.model_config, self.ckpt_eval)
             ev["trained"] = {k: trained[k] for k in ("dev_acc", "val_loss", "val_acc") if k in trained}
@@ -238,7 +238,7 @@ class Trainer:
     def evaluated_state_dict(self) -> dict:
         """A CPU copy of the weights that evaluation, selection and export read (:meth:`evaluated_weights`)."""
         with self.evaluated_weights():
-            return _cpu_state_dict(self.model)
+            return tm.cpu_state_dict(self.model)
 
     @contextlib.contextmanager
     def evaluated_weights(self):
@@ -630,11 +630,6 @@ def configure_host(device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_num_threads(1)
-
-
-def _cpu_state_dict(model) -> dict:
-    """A copy of ``model``'s state dict on the CPU (detached, not sharing memory with the model)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def optimise(model, optimizers, loss, grad_clip: float) -> None:
