@@ -123,6 +123,9 @@ def test_time_to_quality():
     assert pe.time_to_quality(curve, 0.61, stay=True) is None  # reached at 2.0, lost at 3.0
     dip = [(0.0, 0.3), (1.0, 0.65), (2.0, 0.55), (3.0, 0.66), (4.0, 0.7)]
     assert pe.time_to_quality(dip, 0.6) == 1.0 and pe.time_to_quality(dip, 0.6, stay=True) == 3.0
+    assert pe.evaluation_before(dip, 3.0) == 2.0 and pe.evaluation_before(dip, 2.5) == 2.0
+    with pytest.raises(ValueError, match="before"):
+        pe.evaluation_before(dip, 0.0)
     rows = [[0.0, 0, 0.5, 1.7, 0.2], [1.0, 40, 0.55, 1.6, 0.3], [2.0, 80, 0.62, 1.5, 0.4]]  # CURVE_COLUMNS
     assert pe.dev_curve(rows) == [(0.0, 0.5), (1.0, 0.55), (2.0, 0.62)]
     assert pe.time_to_quality(pe.dev_curve(rows), 0.6) == 2.0

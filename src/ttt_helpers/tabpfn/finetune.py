@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..validation import check_nonnegative_float, check_positive_int
+from .checkpoints import cpu_state_dict
 from .episodes import MAX_REDRAWS, Episode, RandomSplit, collate, collection, constant_context_errors
 from .episodes import episode_logits, make_eval_episodes
 
@@ -294,8 +295,6 @@ def _sync():
 
 def snapshot_state(clf) -> dict:
     """A CPU copy of the classifier's model weights."""
-    from .checkpoints import cpu_state_dict
-
     return cpu_state_dict(clf.models_[0])
 
 

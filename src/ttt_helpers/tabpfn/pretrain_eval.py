@@ -467,6 +467,15 @@ def time_to_quality(curve, target: float, *, stay: bool = False):
     return None
 
 
+def evaluation_before(curve, minutes: float) -> float:
+    """The minutes of the last evaluation of a curve ``[(minutes, accuracy), ...]`` before ``minutes``: the earliest a
+    crossing first seen at ``minutes`` (:func:`time_to_quality`) can have happened, one evaluation period sooner."""
+    earlier = [float(m) for m, _ in curve if m < minutes]
+    if not earlier:
+        raise ValueError(f"no evaluation of the curve before {minutes} minutes")
+    return max(earlier)
+
+
 def plateau_exit(curve, *, early: float = 0.3, rise: float = 0.03):
     """Where a curve ``[(x, value), ...]`` (``x`` in training minutes or steps) first rises ``rise`` above its
     plateau, the median value of its evaluations at ``x <= early`` (the start included: the median ignores an
