@@ -10,22 +10,28 @@
 #   bash scripts/device_tree.sh back                               # and move them back
 #
 # While they are aside, git sees them as deleted: never `git add -A` then, and run `back` before any test. A call
-# that needs one of them copies it back (cp /tmp/ttt_aside/NAME data/models/); `back` then keeps that copy if it is
-# the same file, and moves nothing back if any such copy differs.
+# that needs one of them keeps it in the checkout (`aside --keep NAME`, NAME as in data/models/, repeatable), or
+# copies it back (cp -r /tmp/ttt_aside/NAME data/models/); `back` then keeps that copy if it is the same file or
+# folder, and moves nothing back if any such copy differs. `aside --with-fallback` also sets the fallback aside,
+# for a call that does not read it (pretraining): a resumed training state and the wheels fit then.
 # TTT_ROOT names another checkout (tests); the default is this script's.
 set -euo pipefail
 ROOT=${TTT_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 ASIDE=${TTT_ASIDE:-/tmp/ttt_aside}
 cd "$ROOT"
-aside_paths() {
-  local p
+aside_paths() {  # $KEEP: names to keep, one per line; $WITH_FALLBACK: 1 to set the fallback aside too
+  local p name
   for p in data/models/tabpfn_*; do
     [ -e "$p" ] || continue
-    case "$(basename "$p")" in
-      tabpfn_fallback.ckpt|*.json) ;;  # the fallback, and every record (small), stay
+    name=$(basename "$p")
+    if printf '%s\n' "$KEEP" | grep -qxF -- "$name"; then continue; fi
+    case "$name" in
+      tabpfn_fallback.ckpt) [ "$WITH_FALLBACK" = 1 ] && echo "$p" ;;
+      *.json) ;;  # every record (small) stays
       *) echo "$p" ;;
     esac
   done
+  return 0
 }
 case "${1:-}" in
   size)
@@ -34,6 +40,16 @@ case "${1:-}" in
       xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s += $1} END {printf "%.1f MiB (limit 64)\n", s / 1048576}'
     ;;
   aside)
+    shift
+    KEEP="" WITH_FALLBACK=0
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --keep) [ $# -ge 2 ] && [ -e "data/models/$2" ] || { echo "--keep: no data/models/${2:-}" >&2; exit 2; }
+                KEEP="$KEEP$2"$'\n'; shift 2 ;;
+        --with-fallback) WITH_FALLBACK=1; shift ;;
+        *) echo "aside: unknown option $1" >&2; exit 2 ;;
+      esac
+    done
     mkdir -p "$ASIDE"
     if [ -n "$(ls -A "$ASIDE")" ]; then echo "$ASIDE is not empty: run 'back' first" >&2; exit 1; fi
     aside_paths | while read -r p; do mv "$p" "$ASIDE/"; echo "aside: $p"; done
@@ -44,7 +60,7 @@ case "${1:-}" in
     for p in "$ASIDE"/* ; do  # everything is checked before anything moves
       [ -e "$p" ] || continue
       q="data/models/$(basename "$p")"
-      if [ -e "$q" ] && ! cmp -s "$p" "$q"; then
+      if [ -e "$q" ] && ! diff -rq -- "$p" "$q" > /dev/null 2>&1; then
         echo "$q exists and differs from $p: nothing moved back" >&2; exit 1
       fi
     done
@@ -52,7 +68,7 @@ case "${1:-}" in
       [ -e "$p" ] || continue
       q="data/models/$(basename "$p")"
       if [ -e "$q" ]; then  # a copy put back for a call (cp "$ASIDE"/NAME data/models/): the same bytes
-        rm -f "$p"; echo "back: $q (the checkout already holds the same file)"
+        rm -rf -- "$p"; echo "back: $q (the checkout already holds the same file)"
       else
         mv "$p" data/models/; echo "back: $q"
       fi
@@ -60,5 +76,5 @@ case "${1:-}" in
     rm -f data/models/.*.lock
     ;;
   *)
-    echo "usage: $0 size [CARRIED PATH ...] | aside | back" >&2; exit 2 ;;
+    echo "usage: $0 size [CARRIED PATH ...] | aside [--keep NAME]... [--with-fallback] | back" >&2; exit 2 ;;
 esac

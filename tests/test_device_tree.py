@@ -73,3 +73,35 @@ def test_size_counts_the_files_that_travel_and_the_carried_paths(checkout, tmp_p
     _run(root, aside, "aside")
     assert _run(root, aside, "size").stdout.startswith(f"{(whole - (3 << 20)) / 2**20:.1f} MiB")
     assert _run(root, aside, "nonsense", check=False).returncode == 2
+
+
+def test_aside_keeps_what_a_call_names_and_can_take_the_fallback(checkout, tmp_path):
+    root, files = checkout
+    models, aside = root / "data" / "models", tmp_path / "aside"
+    out = _run(root, aside, "aside", "--keep", "tabpfn_pretrain_state", "--with-fallback").stdout
+    assert sorted(p.name for p in aside.iterdir()) == ["tabpfn_fallback.ckpt", "tabpfn_six_long.ckpt"]
+    assert "aside: data/models/tabpfn_fallback.ckpt" in out
+    assert (models / "tabpfn_pretrain_state" / "state_model.pt").stat().st_size == 1 << 20
+    _run(root, aside, "back")
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        ["gpt2_icl.pt", "tabpfn_fallback.ckpt", "tabpfn_fallback.json", "tabpfn_pretrain_state", "tabpfn_six_long.ckpt",
+         "tabpfn_six_long.json"])
+    assert _run(root, aside, "aside", "--keep", "tabpfn_missing", check=False).returncode == 2
+    assert _run(root, aside, "aside", "--fast", check=False).returncode == 2
+    assert not aside.exists() or not list(aside.iterdir())  # a refused option moves nothing
+
+
+def test_back_compares_a_folder_copied_back_whole(checkout, tmp_path):
+    root, files = checkout
+    models, aside = root / "data" / "models", tmp_path / "aside"
+    _run(root, aside, "aside")
+    subprocess.run(["cp", "-r", str(aside / "tabpfn_pretrain_state"), str(models)], check=True)
+    out = _run(root, aside, "back").stdout
+    assert "back: data/models/tabpfn_pretrain_state (the checkout already holds the same file)" in out
+    assert not list(aside.iterdir()) and (models / "tabpfn_six_long.ckpt").is_file()
+    _run(root, aside, "aside")
+    subprocess.run(["cp", "-r", str(aside / "tabpfn_pretrain_state"), str(models)], check=True)
+    (models / "tabpfn_pretrain_state" / "state_model.pt").write_bytes(b"trained further")
+    result = _run(root, aside, "back", check=False)
+    assert result.returncode == 1 and "differs" in result.stderr
+    assert sorted(p.name for p in aside.iterdir()) == ["tabpfn_pretrain_state", "tabpfn_six_long.ckpt"]
