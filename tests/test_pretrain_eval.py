@@ -115,6 +115,31 @@ def test_eval_direct_by_seed_scores_each_seed_and_restores_the_models(monkeypatc
     assert model.seed == 7  # restored after a failure too
 
 
+def test_log_linear_fit_recovers_a_line_and_its_standard_error():
+    x = 2.0 ** np.arange(10, 15)
+    y = 0.5 + 0.01 * np.log2(x)
+    fit = pe.log_linear_fit(x, y)
+    assert fit.slope == pytest.approx(0.01) and fit.intercept == pytest.approx(0.5)
+    assert fit.residual_sd == pytest.approx(0.0, abs=1e-12) and fit.n == 5
+    assert fit.predict(2.0 ** 15) == pytest.approx(0.5 + 0.01 * 15)
+    assert fit.x_for(0.5 + 0.01 * 20) == pytest.approx(2.0 ** 20)
+    assert fit.x_for(fit.mean_y, slope=0.5) == pytest.approx(2.0 ** fit.mean_log2_x)  # any slope: the centre
+    noisy = y + np.array([0.002, -0.002, 0.0, 0.002, -0.002])
+    f2 = pe.log_linear_fit(x, noisy)
+    # the textbook standard error of a least-squares slope, written out for the log2 x
+    lx = np.log2(x)
+    b, a = np.polyfit(lx, noisy, 1)
+    s = np.sqrt(((noisy - a - b * lx) ** 2).sum() / 3)
+    assert f2.slope == pytest.approx(b) and f2.slope_se == pytest.approx(s / np.sqrt(((lx - lx.mean()) ** 2).sum()))
+    assert f2.x_for(0.7, slope=f2.slope + f2.slope_se) < f2.x_for(0.7) < f2.x_for(0.7, slope=f2.slope - f2.slope_se)
+    for bad_x, bad_y in (([1, 2], [0.1, 0.2]), ([1, 0, 2], [0.1, 0.2, 0.3]), ([1, 2, np.nan], [0.1, 0.2, 0.3]),
+                         ([2, 2, 2], [0.1, 0.2, 0.3]), ([1, 2, 3], [0.1, 0.2])):
+        with pytest.raises(ValueError):
+            pe.log_linear_fit(bad_x, bad_y)
+    with pytest.raises(ValueError, match="does not rise"):
+        pe.log_linear_fit(x, -y).x_for(0.0)
+
+
 def test_time_to_quality():
     curve = [(0.0, 0.3), (1.0, 0.5), (2.0, 0.62), (3.0, 0.6)]
     assert pe.time_to_quality(curve, 0.6) == 2.0

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -50,6 +51,8 @@ __all__ = [
     "eval_real",
     "Evaluator",
     "time_to_quality",
+    "LogLinearFit",
+    "log_linear_fit",
     "plateau_exit",
     "PLATEAU_PROBE",
     "plateau_probe",
@@ -455,6 +458,53 @@ class Evaluator:
         return ev
 
 
+@dataclasses.dataclass(frozen=True)
+class LogLinearFit:
+    """``y = intercept + slope * log2(x)``, fitted by least squares (:func:`log_linear_fit`)."""
+
+    intercept: float
+    slope: float  #: the change of y per doubling of x
+    slope_se: float  #: the slope's standard error (the residuals' variance on n - 2 degrees of freedom)
+    residual_sd: float
+    n: int
+    mean_log2_x: float
+    mean_y: float
+
+    def predict(self, x):
+        """The fitted y at x (x > 0)."""
+        return self.intercept + self.slope * np.log2(x)
+
+    def x_for(self, y: float, slope: float | None = None) -> float:
+        """The x at which the line reaches ``y``; with ``slope``, the line of that slope through the points'
+        centre (``slope ± slope_se`` gives a range)."""
+        b = self.slope if slope is None else slope
+        if b <= 0:
+            raise ValueError(f"a line of slope {b} does not rise to {y}")
+        return float(2.0 ** (self.mean_log2_x + (y - self.mean_y) / b))
+
+
+def log_linear_fit(x, y) -> LogLinearFit:
+    """Fit ``y = a + b log2(x)``: ``b`` is the gain per doubling of x (accuracy against prior tables seen, say).
+
+    Raises ``ValueError`` for fewer than three points, x not positive, values not finite, or x all equal.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D and of one length, got shapes {x.shape} and {y.shape}")
+    if len(x) < 3:
+        raise ValueError(f"a fit with a standard error needs at least 3 points, got {len(x)}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()) or (x <= 0).any():
+        raise ValueError("x must be positive and finite, y finite")
+    lx = np.log2(x)
+    sxx = float(((lx - lx.mean()) ** 2).sum())
+    if sxx == 0.0:
+        raise ValueError("x must take at least two values")
+    slope = float(((lx - lx.mean()) * (y - y.mean())).sum() / sxx)
+    intercept = float(y.mean() - slope * lx.mean())
+    sd = float(np.sqrt(((y - intercept - slope * lx) ** 2).sum() / (len(x) - 2)))
+    return LogLinearFit(intercept, slope, sd / np.sqrt(sxx), sd, len(x), float(lx.mean()), float(y.mean()))
+
+
 def time_to_quality(curve, target: float, *, stay: bool = False):
     """Training minutes at which a curve ``[(minutes, accuracy), ...]`` first reaches ``target`` (``None``: never);
     for a recorded run's ``"curve"``, pass :func:`dev_curve` of it. With ``stay``, the first minutes from which
@@ -501,8 +551,6 @@ def plateau_probe_config(changes: dict | None = None) -> dict:
     ``{"qk_mimetic": 0.5}``: a field that the probe leaves at its default); a name that is not a field of
     :class:`~ttt_helpers.tabpfn.pretrain.PretrainConfig` raises ``ValueError``, and so do ``out_init_std``,
     ``prior`` and ``seed``, which the probe takes as arguments."""
-    import dataclasses
-
     from .pretrain import PretrainConfig
 
     changes = dict(changes or {})
