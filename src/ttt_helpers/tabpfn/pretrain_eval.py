@@ -502,7 +502,7 @@ def log_linear_fit(x, y) -> LogLinearFit:
     slope = float(((lx - lx.mean()) * (y - y.mean())).sum() / sxx)
     intercept = float(y.mean() - slope * lx.mean())
     sd = float(np.sqrt(((y - intercept - slope * lx) ** 2).sum() / (len(x) - 2)))
-    return LogLinearFit(intercept, slope, sd / np.sqrt(sxx), sd, len(x), float(lx.mean()), float(y.mean()))
+    return LogLinearFit(intercept, slope, float(sd / np.sqrt(sxx)), sd, len(x), float(lx.mean()), float(y.mean()))
 
 
 def time_to_quality(curve, target: float, *, stay: bool = False):
