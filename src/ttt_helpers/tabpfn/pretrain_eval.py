@@ -462,13 +462,17 @@ class Evaluator:
 class LogLinearFit:
     """``y = intercept + slope * log2(x)``, fitted by least squares (:func:`log_linear_fit`)."""
 
-    intercept: float
     slope: float  #: the change of y per doubling of x
     slope_se: float  #: the slope's standard error (the residuals' variance on n - 2 degrees of freedom)
     residual_sd: float
     n: int
-    mean_log2_x: float
+    mean_log2_x: float  #: the points' centre, which every least-squares line passes through
     mean_y: float
+
+    @property
+    def intercept(self) -> float:
+        """y at x = 1 (log2 x = 0)."""
+        return self.mean_y - self.slope * self.mean_log2_x
 
     def predict(self, x):
         """The fitted y at x (x > 0)."""
@@ -500,9 +504,8 @@ def log_linear_fit(x, y) -> LogLinearFit:
     if sxx == 0.0:
         raise ValueError("x must take at least two values")
     slope = float(((lx - lx.mean()) * (y - y.mean())).sum() / sxx)
-    intercept = float(y.mean() - slope * lx.mean())
-    sd = float(np.sqrt(((y - intercept - slope * lx) ** 2).sum() / (len(x) - 2)))
-    return LogLinearFit(intercept, slope, float(sd / np.sqrt(sxx)), sd, len(x), float(lx.mean()), float(y.mean()))
+    sd = float(np.sqrt(((y - y.mean() - slope * (lx - lx.mean())) ** 2).sum() / (len(x) - 2)))
+    return LogLinearFit(slope, float(sd / np.sqrt(sxx)), sd, len(x), float(lx.mean()), float(y.mean()))
 
 
 def time_to_quality(curve, target: float, *, stay: bool = False):
