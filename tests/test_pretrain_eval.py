@@ -790,3 +790,19 @@ def test_member_agreement_script_reads_named_checkpoints_as_the_other_scripts_do
     for bad in ([f"one={tmp_path / 'missing.ckpt'}"], [str(a)]):
         with pytest.raises(SystemExit):
             script.parse_args(["--model", *bad])
+
+
+def test_benchmark_record_readers_on_a_shipped_record():
+    rec = json.loads((pe.Path(__file__).resolve().parents[1] / "data/models/tabpfn_six_long.json").read_text())
+    one = pe.benchmark_per_table(rec, 1)
+    assert len(one) == 35 and {"tabpfn_fallback", "hist_gradient_boosting"} <= set(one.columns)
+    # the recorded mean is the mean of the recorded tables, for the model and for a baseline
+    assert pe.benchmark_mean(rec, 1) == pytest.approx(one["tabpfn_fallback"].mean(), abs=5e-4)
+    assert pe.benchmark_mean(rec, 1, "hist_gradient_boosting") == pytest.approx(
+        one["hist_gradient_boosting"].mean(), abs=5e-4)
+    assert pe.benchmark_mean(rec, "auto") > pe.benchmark_mean(rec, 1)  # the ensemble beats one member here
+    assert pe.chosen_dev_accuracy(rec) == max(rec["selection"]["dev_acc"].values())
+    with pytest.raises(ValueError, match="members"):
+        pe.benchmark_mean(rec, 8)
+    with pytest.raises(KeyError, match="no benchmark mean"):
+        pe.benchmark_mean(rec, 1, "random_forest")

@@ -458,6 +458,36 @@ class Evaluator:
         return ev
 
 
+def _members_key(members) -> str:
+    if members not in (1, "auto"):
+        raise ValueError(f"members must be 1 or 'auto' (the two benchmarked ensembles), got {members!r}")
+    return f"n_estimators={members}"
+
+
+def benchmark_mean(record: dict, members=1, learner: str = "tabpfn_fallback") -> float:
+    """The mean benchmark accuracy that a shipped pretraining record holds (``record["results"]["benchmark"]``):
+    the checkpoint's with one member (``members=1``) or tabpfn's default ensemble (``"auto"``), or a baseline's
+    (``learner="hist_gradient_boosting"``, ``"logistic_regression"``, ...)."""
+    means = record["results"]["benchmark"][_members_key(members)]["mean_accuracy"]
+    if learner not in means:
+        raise KeyError(f"no benchmark mean for {learner!r}; the record has {sorted(means)}")
+    return float(means[learner])
+
+
+def benchmark_per_table(record: dict, members=1):
+    """The per-table benchmark rows of a shipped record (``record["benchmark_offline_tables"]``) as a
+    :class:`pandas.DataFrame` indexed by table name, one column per learner."""
+    import pandas as pd
+
+    return pd.DataFrame(record["benchmark_offline_tables"][_members_key(members)]["per_table"]).set_index("name")
+
+
+def chosen_dev_accuracy(record: dict) -> float:
+    """Development-set accuracy (1,000 context rows, on the GPU) of the weights a run kept."""
+    sel = record["selection"]
+    return float(sel["dev_acc"][sel["chosen"]])
+
+
 @dataclasses.dataclass(frozen=True)
 class LogLinearFit:
     """``y = intercept + slope * log2(x)``, fitted by least squares (:func:`log_linear_fit`)."""
