@@ -806,3 +806,22 @@ def test_benchmark_record_readers_on_a_shipped_record():
         pe.benchmark_mean(rec, 8)
     with pytest.raises(KeyError, match="no benchmark mean"):
         pe.benchmark_mean(rec, 1, "random_forest")
+
+
+def test_last_weights_record(tmp_path):
+    from ttt_helpers.provenance import sha256_file
+
+    (tmp_path / "last.ckpt").write_bytes(b"last weights")
+    export = {"files": {"tabpfn_fallback.ckpt": "00"}, "selection": {"chosen": "best_dev_step_0",
+                                                                     "dev_acc": {"last": 0.6, "best_dev_step_0": 0.7}},
+              "last_weights": {"file": "last.ckpt", "sha256": sha256_file(tmp_path / "last.ckpt"), "step": 9}}
+    rec = pe.last_weights_record(export, tmp_path)
+    assert rec["files"] == {"last.ckpt": export["last_weights"]["sha256"]} and "last_weights" not in rec
+    assert rec["selection"]["chosen"] == "last" and rec["selection"]["dev_chosen"] == "best_dev_step_0"
+    assert pe.chosen_dev_accuracy(rec) == 0.6
+    assert export["selection"]["chosen"] == "best_dev_step_0"  # the export's own record is left as it was
+    (tmp_path / "last.ckpt").write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="sha256"):
+        pe.last_weights_record(export, tmp_path)
+    with pytest.raises(ValueError, match="no last_weights"):
+        pe.last_weights_record({k: v for k, v in export.items() if k != "last_weights"}, tmp_path)

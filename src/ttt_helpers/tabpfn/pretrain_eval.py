@@ -1000,6 +1000,29 @@ def export_record(export: dict, name: str) -> dict:
     return {"recipes": {name: rec}, "calls": rows, "selection": export.get("selection")}
 
 
+def last_weights_record(export: dict, export_dir) -> dict:
+    """The provenance of a run's last weights, from the record its export wrote when the development set chose
+    other weights (``scripts/pretrain_tabpfn.py --export-last``): the same record, with ``files`` naming the
+    last-weights file (its sha256 checked against ``export["last_weights"]``) and ``selection["chosen"]`` set to
+    ``"last"`` (``selection["dev_chosen"]`` keeps what the development set chose). Write it beside that file as
+    ``<stem>.json`` and ``scripts/pretrain_tabpfn.py --benchmark`` scores the last weights (a chained warm restart
+    goes on from them).
+    """
+    from ..provenance import sha256_file
+
+    last = export.get("last_weights")
+    if not last:
+        raise ValueError("the record has no last_weights: the run kept its last weights, or ran without --export-last")
+    path = Path(export_dir) / last["file"]
+    if sha256_file(path) != last["sha256"]:
+        raise ValueError(f"{path} is not the file the record names (sha256 differs)")
+    rec = json.loads(json.dumps(export))
+    rec["files"] = {last["file"]: last["sha256"]}
+    rec["selection"] = {**export["selection"], "chosen": "last", "dev_chosen": export["selection"]["chosen"]}
+    rec.pop("last_weights")
+    return rec
+
+
 def load_bench_run(name: str) -> dict:
     """The record of one device call of ``scripts/bench_pretrain_recipes.py``: ``data/results/pretrain_bench/<name>.json``.
 
