@@ -793,7 +793,10 @@ def test_member_agreement_script_reads_named_checkpoints_as_the_other_scripts_do
 
 
 def test_benchmark_record_readers_on_a_shipped_record():
-    rec = json.loads((pe.Path(__file__).resolve().parents[1] / "data/models/tabpfn_six_long.json").read_text())
+    from ttt_helpers.provenance import models_dir, read_provenance
+    from ttt_helpers.tabpfn.checkpoints import SIX_LONG_NAME
+
+    rec = read_provenance((models_dir() / SIX_LONG_NAME).with_suffix(".json"))
     one = pe.benchmark_per_table(rec, 1)
     assert len(one) == 35 and {"tabpfn_fallback", "hist_gradient_boosting"} <= set(one.columns)
     # the recorded mean is the mean of the recorded tables, for the model and for a baseline
