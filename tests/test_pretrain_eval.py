@@ -828,3 +828,46 @@ def test_last_weights_record(tmp_path):
         pe.last_weights_record(export, tmp_path)
     with pytest.raises(ValueError, match="no last_weights"):
         pe.last_weights_record({k: v for k, v in export.items() if k != "last_weights"}, tmp_path)
+
+
+def test_call_options():
+    cmd = ("python scripts/pretrain_tabpfn.py --recipe v2.6-muon --lr 0.000125 --muon-batched --time-budget-min 70 "
+           "--wall-limit-min 9.1 --resume runs/a --out-dir runs/b --no-progress")
+    assert pe.call_options(cmd) == {"--recipe": "v2.6-muon", "--lr": "0.000125", "--muon-batched": True,
+                                    "--time-budget-min": "70"}
+    later = cmd.replace("--resume runs/a --out-dir runs/b", "--resume runs/b --out-dir runs/c --export-last")
+    assert pe.call_options(later) == pe.call_options(cmd)
+    assert pe.call_options(cmd + " --final-call") != pe.call_options(cmd)  # a final call changes the schedule
+    assert pe.call_options(cmd, per_call=())["--resume"] == "runs/a"
+    with pytest.raises(ValueError, match="not a scripts/pretrain_tabpfn.py"):
+        pe.call_options("python scripts/train_gpt2.py --steps 3")
+    with pytest.raises(ValueError, match="unexpected word"):
+        pe.call_options("python scripts/pretrain_tabpfn.py --lr 1 2")
+
+
+def test_state_record(tmp_path):
+    cmd = "python scripts/pretrain_tabpfn.py --recipe v2.6-muon --max-reuse 8 --time-budget-min 10 --no-progress"
+    calls = [{"command": cmd, "started_utc": "t0", "steps": 30, "data_wait_s": 1.5, "wall_s": 100.0},
+             {"command": cmd + " --resume s1", "started_utc": "t1", "steps": 10, "data_wait_s": 0.5, "wall_s": 40.0}]
+    evals = [{"step": 20, "train_minutes": 1.0, "dev_acc": 0.6, "val_loss": 1.1, "val_acc": 0.5},
+             {"step": 30, "train_minutes": 1.8, "dev_acc": 0.62, "val_loss": 1.05, "val_acc": 0.52},
+             {"step": 40, "train_minutes": 2.5, "dev_acc": 0.65, "val_loss": 1.0, "val_acc": 0.55}]
+    for e in evals[1:]:
+        e["tag"] = "end_of_call"
+    meta = {"step": 40, "train_seconds": 150.0, "calls": calls, "evals": evals, "tasks_seen": 320,
+            "prior_tables": 100, "time_budget_s": 600.0, "init_from": {"path": "a.ckpt", "sha256": "ab"}}
+    (tmp_path / "state_meta.json").write_text(json.dumps(meta))
+    rec = pe.state_record(tmp_path, "run")
+    prog = rec["progress"]
+    assert (prog["train_minutes"], prog["budget_minutes"], prog["fraction"]) == (2.5, 10.0, 0.25)
+    assert prog["init_from"]["sha256"] == "ab" and prog["tasks_seen"] == 320 and prog["prior_tables"] == 100
+    run = rec["recipes"]["run"]
+    assert run["steps"] == 40 and run["data_wait_s"] == 2.0 and run["data_wait_fraction"] == round(2.0 / 150, 4)
+    assert pe.dev_curve(run["curve"]) == [(1.0, 0.6), (1.8, 0.62), (2.5, 0.65)]
+    assert prog["call_ends_minutes"] == [1.8, 2.5]
+    assert [c["max_reuse"] for c in rec["calls"]] == [8, 8]
+    assert rec["call_options"][0] == rec["call_options"][1]
+    del meta["time_budget_s"]
+    (tmp_path / "state_meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no time budget"):
+        pe.state_record(tmp_path, "run")

@@ -44,6 +44,9 @@ __all__ = [
     "eval_direct_by_seed",
     "member_agreement",
     "v2muon_state_model",
+    "PER_CALL_OPTIONS",
+    "call_options",
+    "state_record",
     "make_val_set",
     "eval_prior",
     "real_tables",
@@ -994,10 +997,56 @@ def export_record(export: dict, name: str) -> dict:
         reuse = int(reuse) if reuse is not None else recipe(value("--recipe", "--recipes")).max_reuse
         rows.append({"started_utc": c["started_utc"], "steps": c["steps"], "data_wait_s": c["data_wait_s"],
                      "wall_s": c["wall_s"], "max_reuse": reuse})
-    rec = {"n_parameters": res["n_parameters"], "train_minutes": res["train_minutes"], "steps": res["steps"],
+    rec = {"n_parameters": res.get("n_parameters"), "train_minutes": res["train_minutes"], "steps": res["steps"],
            **run_fields(train_s=train_s, steps=res["steps"], tables=res["tasks_seen"],
                         prior_tables=export.get("prior_tables"), data_wait_s=wait, evals=export["evals"])}
     return {"recipes": {name: rec}, "calls": rows, "selection": export.get("selection")}
+
+
+#: The options of ``scripts/pretrain_tabpfn.py`` that change from one call of a run to the next without changing its
+#: training (where the state comes from and goes, the wall limit, the export): :func:`call_options` leaves them out.
+PER_CALL_OPTIONS = ("--resume", "--out-dir", "--wall-limit-min", "--export-dir", "--export-last", "--no-progress")
+
+
+def call_options(command: str, per_call=PER_CALL_OPTIONS) -> dict:
+    """The options of one ``scripts/pretrain_tabpfn.py`` command line as ``{"--flag": value}`` (``True`` for a flag
+    without a value), without the ``per_call`` ones: two calls of one run, resumed one from the other, must give the
+    same dict, or the second trained under another schedule (``--time-budget-min``, ``--final-call``, rates...)."""
+    words = command.split()
+    if "scripts/pretrain_tabpfn.py" not in words:
+        raise ValueError(f"not a scripts/pretrain_tabpfn.py command: {command[:80]!r}")
+    words = words[words.index("scripts/pretrain_tabpfn.py") + 1:]
+    out, i = {}, 0
+    while i < len(words):
+        if not words[i].startswith("--"):
+            raise ValueError(f"unexpected word {words[i]!r} in {command[:80]!r}")
+        has_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+        out[words[i]] = words[i + 1] if has_value else True
+        i += 2 if has_value else 1
+    return {k: v for k, v in out.items() if k not in per_call}
+
+
+def state_record(folder, name: str) -> dict:
+    """A run still in progress, read from the training state it left (``save_state``'s folder, e.g. one shipped
+    between device sessions): :func:`export_record`'s one-recipe record of its calls and evaluations so far, plus
+    ``progress`` (training minutes, the budget in minutes, their ratio, the steps and tables so far, the training
+    minutes at which each call ended (its ``end_of_call`` evaluation) and the warm start's file and sha256) and
+    ``call_options`` (:func:`call_options` of each call, in order)."""
+    meta = json.loads((Path(folder) / "state_meta.json").read_text())
+    if "time_budget_s" not in meta:
+        raise ValueError(f"{folder}: the state records no time budget (a step-clock run?)")
+    minutes = meta["train_seconds"] / 60.0
+    ends = [e["train_minutes"] for e in meta["evals"] if e.get("tag") == "end_of_call"]
+    export = {"results": {"train_minutes": round(minutes, 3), "steps": meta["step"], "tasks_seen": meta["tasks_seen"]},
+              "calls": meta["calls"], "prior_tables": meta.get("prior_tables"), "evals": meta["evals"]}
+    rec = export_record(export, name)
+    rec["progress"] = {"train_minutes": minutes, "budget_minutes": meta["time_budget_s"] / 60.0,
+                       "fraction": meta["train_seconds"] / meta["time_budget_s"], "steps": meta["step"],
+                       "tasks_seen": meta["tasks_seen"], "prior_tables": meta.get("prior_tables"),
+                       "call_ends_minutes": ends,
+                       "init_from": meta.get("init_from")}
+    rec["call_options"] = [call_options(c["command"]) for c in meta["calls"]]
+    return rec
 
 
 def last_weights_record(export: dict, export_dir) -> dict:
