@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -883,3 +884,55 @@ def test_mimetic_qk_makes_each_query_lean_towards_the_keys_it_meets():
         pt.recipe("v1", qk_mimetic=0.5)
     with pytest.raises(ValueError):
         pt.recipe("v2.6-muon", qk_mimetic=0.5, qk_mimetic_on="cols")
+
+
+def test_a_resumed_call_keeps_the_runs_configuration(tmp_path):
+    kw = dict(architecture="v2.6", optimizer="muon", num_thinking_rows=4)
+    first = pt.Trainer(toy_config(**kw), out_dir=tmp_path, log=lambda s: None)
+    assert not first.run(9, max_steps=3)
+    first.save()
+    assert first.meta["config"] == pt.resume_config(toy_config(**kw)) and "workers" not in first.meta["config"]
+    with pytest.raises(ValueError, match=r"'lr': \(0\.001, 0\.002\)"):  # another schedule: refused
+        pt.Trainer(toy_config(lr=2e-3, **kw), out_dir=tmp_path / "b", resume=tmp_path, log=lambda s: None)
+    # what may change between calls: the machine, the workers, the evaluation's rhythm, the attention kernel
+    same = pt.Trainer(toy_config(eval_every=5, sdpa="no_cudnn", **kw), out_dir=tmp_path / "c", resume=tmp_path,
+                      log=lambda s: None)
+    assert same.meta["step"] == 3
+    with pytest.raises(ValueError, match="already spent"):  # a budget forgotten on the command line: refused
+        same.run(3)
+    assert same.run(9) and same.meta["step"] == 9
+    # a state written before the configuration was recorded: resumed, and this call's configuration recorded
+    meta_path = tmp_path / "state_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]
+    meta_path.write_text(json.dumps(meta))
+    notes = []
+    old = pt.Trainer(toy_config(**kw), out_dir=tmp_path / "d", resume=tmp_path, log=notes.append)
+    assert any("records no configuration" in n for n in notes) and old.meta["config"] == first.meta["config"]
+    assert pt.resume_mismatch(first.meta["config"], toy_config(**kw)) == {}
+
+
+def test_the_shipped_long70_state_resumes_under_its_own_command(tmp_path):
+    """The state shipped between device sessions (data/models/tabpfn_long70_state) resumes, on the CPU, under the
+    configuration its calls' command builds today; and that configuration is still the 6-layer run's it warm-starts
+    from (recorded by the code of that day) but for the learning rates: a change to the recipe in between fails here,
+    not on the GPU."""
+    from script_modules import load_script
+
+    from ttt_helpers.provenance import models_dir
+    from ttt_helpers.tabpfn import pretrain_eval as pe
+
+    script = load_script("pretrain_tabpfn")
+    folder = models_dir() / "tabpfn_long70_state"
+    rec = pe.state_record(folder, "long70")
+    words = json.loads((folder / "state_meta.json").read_text())["calls"][-1]["command"].split()
+    args = script.parse_args(words[words.index("scripts/pretrain_tabpfn.py") + 1:])
+    cfg = dataclasses.replace(script.config_from_args(args), device="cpu", workers=0)
+    six_long = json.loads((models_dir() / "tabpfn_six_long.json").read_text())["pretrain_config"]
+    default = pt.resume_config(pt.PretrainConfig())  # fields added since that record: at their defaults (off)
+    differs = {k for k, v in pt.resume_config(cfg).items() if six_long.get(k, default[k]) != v}
+    assert differs == {"lr", "muon_lr"} and (cfg.lr, cfg.muon_lr) == (six_long["lr"] / 2, six_long["muon_lr"] / 2)
+    trainer = pt.Trainer(cfg, out_dir=tmp_path, resume=folder, log=lambda s: None)
+    assert trainer.meta["step"] == rec["progress"]["steps"]
+    saved = torch.load(folder / "state_model.pt", map_location="cpu")
+    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())

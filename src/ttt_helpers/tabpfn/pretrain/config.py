@@ -6,7 +6,9 @@
   at construction;
 * :func:`recipe`: the named recipes (``"v1"``, ``"v2.6-muon"``, ``"v2-muon"``, ``"v2.6-fast"``,
   ``"v2.6-fast-ema"``) and the measurements behind them;
-  :func:`tiny_config`: a CPU-sized configuration for smoke runs and tests.
+  :func:`tiny_config`: a CPU-sized configuration for smoke runs and tests;
+* :func:`resume_config`, :func:`resume_mismatch`: what a training state records of its configuration, and what a
+  resumed call must keep of it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ __all__ = [
     "recipe",
     "RECIPE_NAMES",
     "tiny_config",
+    "RESUME_FREE_FIELDS",
+    "resume_config",
+    "resume_mismatch",
     "stage_index",
     "key_json",
 ]
@@ -383,6 +388,26 @@ def recipe(name: str, **overrides) -> PretrainConfig:
     if name not in _RECIPES:
         raise ValueError(f"recipe must be one of {sorted(_RECIPES)}, got {name!r}")
     return PretrainConfig(**{**copy.deepcopy(_RECIPES[name]), **overrides})
+
+
+#: The fields of :class:`PretrainConfig` that may change from one call of a run to the next (the machine, the prior's
+#: workers, how often it is evaluated, the attention kernel): every other field is part of what the run trains, and a
+#: resumed call must keep it (:func:`resume_mismatch`). ``init_from`` is read by the first call only.
+RESUME_FREE_FIELDS = ("workers", "worker_nice", "eval_every", "val_tasks", "eval_estimators", "device", "sdpa",
+                      "init_from")
+
+
+def resume_config(cfg: PretrainConfig) -> dict:
+    """What a training state records of the configuration that wrote it: every field but
+    :data:`RESUME_FREE_FIELDS`, as JSON values."""
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_FIELDS}))
+
+
+def resume_mismatch(saved: dict, cfg: PretrainConfig) -> dict:
+    """``{field: (the state's value, this call's value)}`` for every field where ``cfg`` differs from the
+    configuration ``saved`` in a training state (:func:`resume_config`); empty when the call may resume it."""
+    now = resume_config(cfg)
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
 
 
 def tiny_config(**overrides) -> PretrainConfig:

@@ -21,7 +21,7 @@ import torch
 
 from ...provenance import git_commit
 from .. import checkpoints as tm
-from .config import PretrainConfig, run_priors, stage_index, stage_prior
+from .config import PretrainConfig, resume_config, resume_mismatch, run_priors, stage_index, stage_prior
 from .distributed import DistInfo, all_gather, barrier, from_rank0
 from .forward import configure_sdpa, forward_loss, to_task
 from .prior import _mix, _Prefetch, _seed_all, prior_batch, prior_stream
@@ -110,6 +110,13 @@ class Trainer:
         if resume is not None:
             self.meta = load_state(resume, self.model, self.optimizers, self.device)
             log(f"resumed from {resume}: step {self.meta['step']}, {self.meta['train_seconds'] / 60:.2f} training min")
+            if "config" not in self.meta:
+                log(f"note: {resume} records no configuration (written before 2026-12-07); this call's is recorded")
+            elif mismatch := resume_mismatch(self.meta["config"], cfg):
+                raise ValueError(f"--resume {resume}: this call's configuration differs from the state's in "
+                                 f"{mismatch} (state, call); a resumed run keeps every option but "
+                                 "pretrain.RESUME_FREE_FIELDS")
+        self.meta["config"] = resume_config(cfg)
         self.ema = self._start_ema(resume)
         self.call_index = len(self.meta["calls"])
         self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -321,6 +328,10 @@ class Trainer:
         cfg, meta = self.cfg, self.meta
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget!r}")
+        if not final_call and meta["calls"][:-1] and budget <= meta["train_seconds" if cfg.clock == "time" else "step"]:
+            raise ValueError(f"the budget ({budget:g}) is already spent by the resumed state (it trained "
+                             f"{meta['train_seconds' if cfg.clock == 'time' else 'step']:g}): pass the run's own "
+                             "budget (--time-budget-min), or --final-call to end it in this call")
         self.budget = float(budget)
         if final_call:
             if cfg.clock != "time":
