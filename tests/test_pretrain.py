@@ -12,7 +12,7 @@ import torch
 
 import tabpfn  # a hard dependency: fail, never skip, if it is missing
 
-from ttt_helpers.provenance import verify_sha256
+from ttt_helpers.provenance import cpu_model, verify_sha256
 from ttt_helpers.tabpfn import checkpoints as tm
 from ttt_helpers.tabpfn import pretrain as pt
 from ttt_helpers.tabpfn import pretrain_eval as pe
@@ -892,6 +892,7 @@ def test_a_resumed_call_keeps_the_runs_configuration(tmp_path):
     assert not first.run(9, max_steps=3)
     first.save()
     assert first.meta["config"] == pt.resume_config(toy_config(**kw)) and "workers" not in first.meta["config"]
+    assert first.meta["calls"][0]["machine"]["cpu_model"] == cpu_model()  # the host of each call is recorded
     with pytest.raises(ValueError, match=r"'lr': \(0\.001, 0\.002\)"):  # another schedule: refused
         pt.Trainer(toy_config(lr=2e-3, **kw), out_dir=tmp_path / "b", resume=tmp_path, log=lambda s: None)
     # what may change between calls: the machine, the workers, the evaluation's rhythm, the attention kernel

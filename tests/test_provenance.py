@@ -164,3 +164,10 @@ def test_write_result_writes_the_json_and_a_provenance_that_verifies_it(tmp_path
     path.write_text(path.read_text().replace("12.5", "12.6"))
     with pytest.raises(ValueError):
         pv.verify_sha256(path, tmp_path / "out" / "demo.provenance.json")
+
+
+def test_machine_description_names_the_host_cpu():
+    from ttt_helpers.provenance import cpu_model, machine_description
+
+    desc = machine_description()
+    assert desc["cpu_model"] == cpu_model() and desc["cpu_model"].strip() and desc["cpu_count"] >= 1

@@ -26,6 +26,7 @@ __all__ = [
     "models_dir",
     "sha256_file",
     "machine_description",
+    "cpu_model",
     "git_commit",
     "write_provenance",
     "write_result",
@@ -97,12 +98,27 @@ def git_commit(cwd=None) -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``), or ``"unknown"``.
+
+    Recorded with a run's machine: two machines of one GPU model can differ in step time by their host CPU."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine_description() -> dict:
-    """Platform, processor count, Python/torch versions and the accelerator (if any)."""
+    """Platform, processor model and count, Python/torch versions and the accelerator (if any)."""
     desc = {
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
     }
     try:
         import torch

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ...provenance import git_commit
+from ...provenance import git_commit, machine_description
 from .. import checkpoints as tm
 from .config import PretrainConfig, resume_config, resume_mismatch, run_priors, stage_index, stage_prior
 from .distributed import DistInfo, all_gather, barrier, from_rank0
@@ -121,7 +121,9 @@ class Trainer:
         self.call_index = len(self.meta["calls"])
         self.meta["calls"].append({"command": command, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    "git_commit": git_commit(),  # the code this call runs, not the tree at its end
-                                   "host_threads": torch.get_num_threads()})
+                                   "host_threads": torch.get_num_threads(),
+                                   # two cards of one model have differed by half in steps a minute: which host
+                                   "machine": machine_description()})
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
