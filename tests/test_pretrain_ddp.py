@@ -70,3 +70,25 @@ def test_a_final_call_on_the_clock_is_planned_by_process_0_and_kept_by_both(tmp_
     start = prov["evals"][0]
     assert start["tag"] == "start" and start["step"] == 0 and start["seconds"] >= 0
     assert prov["evals"][-1]["tag"] == "final" and prov["results"]["steps"] == len(ranks[0])
+
+
+def test_a_single_process_state_resumes_on_two_processes(tmp_path):
+    """A run started on one GPU and shipped as a state (as long70 is) can be carried on data-parallel: two processes
+    resume it, hold identical weights after every step, and count the steps and tables from the state's."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ttt_helpers.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    common = ["--tiny", "--prior", "toy", "--seeding", "per_batch", "--architecture", "v2.6", "--num-thinking-rows",
+              "4", "--optimizer", "muon", "--clock", "steps", "--step-budget", "5", "--eval-every-steps", "100",
+              "--device", "cpu", "--workers", "0", "--no-real-eval", "--no-progress"]
+    one = subprocess.run([sys.executable, str(SCRIPT), *common, "--max-steps", "2", "--out-dir", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0 and "not done" in one.stdout, one.stdout[-3000:] + one.stderr[-3000:]
+    ranks = _torchrun_two_processes(tmp_path, *common[common.index("--architecture"):common.index("--device")],
+                                    "--resume", str(tmp_path / "one"))
+    assert [e["step"] for e in ranks[0]] == [e["step"] for e in ranks[1]] == [3, 4, 5]
+    assert [a["weights"] for a in ranks[0]] == [b["weights"] for b in ranks[1]]
+    assert all(a["batch"] != b["batch"] for a, b in zip(*ranks))
+    prov = json.loads((tmp_path / "export" / "tabpfn_fallback.json").read_text())
+    assert [c.get("world_size", 1) for c in prov["calls"]] == [1, 2]
+    assert prov["results"]["steps"] == 5 and prov["results"]["tasks_seen"] == 2 * 8 + 3 * 8 * 2
