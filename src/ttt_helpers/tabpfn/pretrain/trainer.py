@@ -330,10 +330,10 @@ class Trainer:
         cfg, meta = self.cfg, self.meta
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget!r}")
-        if not final_call and meta["calls"][:-1] and budget <= meta["train_seconds" if cfg.clock == "time" else "step"]:
+        if not final_call and meta["calls"][:-1] and budget <= self.spent():
             raise ValueError(f"the budget ({budget:g}) is already spent by the resumed state (it trained "
-                             f"{meta['train_seconds' if cfg.clock == 'time' else 'step']:g}): pass the run's own "
-                             "budget (--time-budget-min), or --final-call to end it in this call")
+                             f"{self.spent():g}): pass the run's own budget (--time-budget-min), or --final-call "
+                             "to end it in this call")
         self.budget = float(budget)
         if final_call:
             if cfg.clock != "time":
