@@ -867,7 +867,27 @@ def test_state_record(tmp_path):
     assert prog["call_ends_minutes"] == [1.8, 2.5]
     assert [c["max_reuse"] for c in rec["calls"]] == [8, 8]
     assert rec["call_options"][0] == rec["call_options"][1]
+    assert prog["call_budgets_minutes"] == [10.0, 10.0] and prog["call_accelerators"] == [None, None]
     del meta["time_budget_s"]
     (tmp_path / "state_meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no time budget"):
         pe.state_record(tmp_path, "run")
+
+
+def test_state_lr_trace_follows_each_calls_budget():
+    """A budget raised between calls: the first call's stretch follows the cosine of its own budget, the rest that
+    of the raised one (the share of the peak steps up where the budget changed), and the plan ends at the floor."""
+    from ttt_helpers.tabpfn import pretrain as pt
+
+    cfg = pt.PretrainConfig(min_lr_frac=0.1, decay_frac=1.0, warmup_steps=5)
+    prog = {"call_ends_minutes": [5.0, 8.0], "call_budgets_minutes": [10.0, 20.0], "budget_minutes": 20.0}
+    (t, f), (pt_, pf) = pe.state_lr_trace(prog, cfg, points=300)
+    cos = lambda x: 0.1 + 0.45 * (1 + np.cos(np.pi * x))  # noqa: E731
+    n = len(t) // 2  # two calls, as many points each
+    assert t[0] == 0.0 and t[n - 1] == t[n] == 5.0 and t[-1] == 8.0
+    assert np.allclose(f[:n], cos(t[:n] / 10.0)) and np.allclose(f[n:], cos(t[n:] / 20.0))
+    at5 = np.flatnonzero(t == 5.0)
+    assert len(at5) == 2 and np.isclose(f[at5[0]], 0.55) and f[at5[1]] > f[at5[0]] + 0.2  # the step back
+    assert pt_[0] == 8.0 and pt_[-1] == 20.0 and np.isclose(pf[-1], 0.1) and np.isclose(pf[0], f[-1])
+    with pytest.raises(ValueError, match="end-of-call"):
+        pe.state_lr_trace({**prog, "call_budgets_minutes": [10.0]}, cfg)

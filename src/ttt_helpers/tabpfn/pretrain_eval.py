@@ -30,7 +30,7 @@ import torch
 
 from . import benchmark as td
 from . import checkpoints as tm
-from .pretrain import PretrainConfig, forward_loss, make_prior, stage_prior, to_task
+from .pretrain import PretrainConfig, forward_loss, lr_at, make_prior, stage_prior, to_task
 
 __all__ = [
     "REAL_TABLES",
@@ -47,6 +47,7 @@ __all__ = [
     "PER_CALL_OPTIONS",
     "call_options",
     "state_record",
+    "state_lr_trace",
     "make_val_set",
     "eval_prior",
     "real_tables",
@@ -1030,8 +1031,10 @@ def state_record(folder, name: str) -> dict:
     """A run still in progress, read from the training state it left (``save_state``'s folder, e.g. one shipped
     between device sessions): :func:`export_record`'s one-recipe record of its calls and evaluations so far, plus
     ``progress`` (training minutes, the budget in minutes, their ratio, the steps and tables so far, the training
-    minutes at which each call ended (its ``end_of_call`` evaluation) and the warm start's file and sha256) and
-    ``call_options`` (:func:`call_options` of each call, in order)."""
+    minutes at which each call ended (its ``end_of_call`` evaluation), the budget each call asked for
+    (``--time-budget-min``; the state's is the last call's), each call's accelerator (``None`` where the call's
+    record names no machine) and the warm start's file and sha256) and ``call_options`` (:func:`call_options` of
+    each call, in order)."""
     meta = json.loads((Path(folder) / "state_meta.json").read_text())
     if "time_budget_s" not in meta:
         raise ValueError(f"{folder}: the state records no time budget (a step-clock run?)")
@@ -1040,13 +1043,39 @@ def state_record(folder, name: str) -> dict:
     export = {"results": {"train_minutes": round(minutes, 3), "steps": meta["step"], "tasks_seen": meta["tasks_seen"]},
               "calls": meta["calls"], "prior_tables": meta.get("prior_tables"), "evals": meta["evals"]}
     rec = export_record(export, name)
+    options = [call_options(c["command"]) for c in meta["calls"]]
     rec["progress"] = {"train_minutes": minutes, "budget_minutes": meta["time_budget_s"] / 60.0,
                        "fraction": meta["train_seconds"] / meta["time_budget_s"], "steps": meta["step"],
                        "tasks_seen": meta["tasks_seen"], "prior_tables": meta.get("prior_tables"),
                        "call_ends_minutes": ends,
+                       "call_budgets_minutes": [float(o["--time-budget-min"]) for o in options],
+                       "call_accelerators": [c.get("machine", {}).get("accelerator") for c in meta["calls"]],
                        "init_from": meta.get("init_from")}
-    rec["call_options"] = [call_options(c["command"]) for c in meta["calls"]]
+    rec["call_options"] = options
     return rec
+
+
+def state_lr_trace(progress: dict, cfg: PretrainConfig, points: int = 400):
+    """The learning rate, as a share of its peak, that a run carried over calls (:func:`state_record`'s
+    ``progress``) trained under: each call's stretch of training minutes under the budget that call asked for (a
+    budget raised between calls steps the cosine's progress back), then the rest of the last budget as planned.
+    ``(done, planned)``, each a pair of arrays (training minutes, share of the peak); warm-up left out (a resumed
+    run is past it)."""
+    def share(t, budget):
+        return [lr_at(1.0, 10**9, m / budget, warmup_steps=cfg.warmup_steps, min_lr_frac=cfg.min_lr_frac,
+                      decay_frac=cfg.decay_frac) for m in t]
+
+    ends, budgets = progress["call_ends_minutes"], progress["call_budgets_minutes"]
+    if len(ends) != len(budgets):
+        raise ValueError(f"{len(ends)} end-of-call evaluations for {len(budgets)} calls")
+    n = max(2, points // (len(ends) + 1))
+    done_t, done_f = [], []
+    for start, end, budget in zip([0.0, *ends[:-1]], ends, budgets):
+        t = np.linspace(start, end, n)
+        done_t.extend(t)
+        done_f.extend(share(t, budget))
+    plan_t = np.linspace(ends[-1] if ends else 0.0, progress["budget_minutes"], n)
+    return ((np.array(done_t), np.array(done_f)), (plan_t, np.array(share(plan_t, progress["budget_minutes"]))))
 
 
 def last_weights_record(export: dict, export_dir) -> dict:
