@@ -891,3 +891,5 @@ def test_state_lr_trace_follows_each_calls_budget():
     assert pt_[0] == 8.0 and pt_[-1] == 20.0 and np.isclose(pf[-1], 0.1) and np.isclose(pf[0], f[-1])
     with pytest.raises(ValueError, match="end-of-call"):
         pe.state_lr_trace({**prog, "call_budgets_minutes": [10.0]}, cfg)
+    assert np.isclose(pe.lr_share(5.0, 10.0, cfg), 0.55) and pe.lr_share(5.0, 10.0, cfg).shape == ()
+    assert np.allclose(pe.lr_share(np.array([0.0, 20.0]), 20.0, cfg), [1.0, 0.1])

@@ -47,6 +47,7 @@ __all__ = [
     "PER_CALL_OPTIONS",
     "call_options",
     "state_record",
+    "lr_share",
     "state_lr_trace",
     "make_val_set",
     "eval_prior",
@@ -1055,27 +1056,30 @@ def state_record(folder, name: str) -> dict:
     return rec
 
 
+def lr_share(minutes, budget_minutes: float, cfg: PretrainConfig) -> np.ndarray:
+    """The learning rate of ``cfg``'s schedule, as a share of its peak, after ``minutes`` training minutes (a number
+    or an array) of a run whose budget is ``budget_minutes`` (:func:`~ttt_helpers.tabpfn.pretrain.lr_at` past the
+    warm-up)."""
+    return np.array([lr_at(1.0, 10**9, m / budget_minutes, warmup_steps=cfg.warmup_steps,
+                           min_lr_frac=cfg.min_lr_frac, decay_frac=cfg.decay_frac)
+                     for m in np.atleast_1d(minutes)]).reshape(np.shape(minutes))
+
+
 def state_lr_trace(progress: dict, cfg: PretrainConfig, points: int = 400):
     """The learning rate, as a share of its peak, that a run carried over calls (:func:`state_record`'s
     ``progress``) trained under: each call's stretch of training minutes under the budget that call asked for (a
     budget raised between calls steps the cosine's progress back), then the rest of the last budget as planned.
-    ``(done, planned)``, each a pair of arrays (training minutes, share of the peak); warm-up left out (a resumed
-    run is past it)."""
-    def share(t, budget):
-        return [lr_at(1.0, 10**9, m / budget, warmup_steps=cfg.warmup_steps, min_lr_frac=cfg.min_lr_frac,
-                      decay_frac=cfg.decay_frac) for m in t]
-
+    ``(done, planned)``, each a pair of arrays (training minutes, share of the peak; :func:`lr_share`); warm-up left
+    out (a resumed run is past it)."""
     ends, budgets = progress["call_ends_minutes"], progress["call_budgets_minutes"]
     if len(ends) != len(budgets):
         raise ValueError(f"{len(ends)} end-of-call evaluations for {len(budgets)} calls")
     n = max(2, points // (len(ends) + 1))
-    done_t, done_f = [], []
-    for start, end, budget in zip([0.0, *ends[:-1]], ends, budgets):
-        t = np.linspace(start, end, n)
-        done_t.extend(t)
-        done_f.extend(share(t, budget))
+    stretches = [np.linspace(start, end, n) for start, end in zip([0.0, *ends[:-1]], ends)]
+    done = [lr_share(t, budget, cfg) for t, budget in zip(stretches, budgets)]
     plan_t = np.linspace(ends[-1] if ends else 0.0, progress["budget_minutes"], n)
-    return ((np.array(done_t), np.array(done_f)), (plan_t, np.array(share(plan_t, progress["budget_minutes"]))))
+    return ((np.concatenate([[], *stretches]), np.concatenate([[], *done])),
+            (plan_t, lr_share(plan_t, progress["budget_minutes"], cfg)))
 
 
 def last_weights_record(export: dict, export_dir) -> dict:
