@@ -868,10 +868,20 @@ def test_state_record(tmp_path):
     assert [c["max_reuse"] for c in rec["calls"]] == [8, 8]
     assert rec["call_options"][0] == rec["call_options"][1]
     assert prog["call_budgets_minutes"] == [10.0, 10.0] and prog["call_accelerators"] == [None, None]
+    assert prog["call_commits"] == [None, None]
+    with pytest.raises(ValueError, match="no git commit"):
+        pe.call_sessions(prog)
     del meta["time_budget_s"]
     (tmp_path / "state_meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no time budget"):
         pe.state_record(tmp_path, "run")
+
+
+def test_call_sessions_group_consecutive_calls_of_one_commit():
+    prog = {"call_commits": ["a", "a", "a", "b", "b", "c", "c"]}
+    assert pe.call_sessions(prog).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert pe.call_sessions({"call_commits": ["a"]}).tolist() == [0]
+    assert pe.call_sessions({"call_commits": ["a", "b", "a"]}).tolist() == [0, 1, 2]  # a commit again: a new session
 
 
 def test_state_lr_trace_follows_each_calls_budget():

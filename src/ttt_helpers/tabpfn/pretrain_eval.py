@@ -47,6 +47,7 @@ __all__ = [
     "PER_CALL_OPTIONS",
     "call_options",
     "state_record",
+    "call_sessions",
     "lr_share",
     "state_lr_trace",
     "make_val_set",
@@ -1034,8 +1035,8 @@ def state_record(folder, name: str) -> dict:
     ``progress`` (training minutes, the budget in minutes, their ratio, the steps and tables so far, the training
     minutes at which each call ended (its ``end_of_call`` evaluation), the budget each call asked for
     (``--time-budget-min``; the state's is the last call's), each call's accelerator (``None`` where the call's
-    record names no machine) and the warm start's file and sha256) and ``call_options`` (:func:`call_options` of
-    each call, in order)."""
+    record names no machine) and git commit, and the warm start's file and sha256) and ``call_options``
+    (:func:`call_options` of each call, in order)."""
     meta = json.loads((Path(folder) / "state_meta.json").read_text())
     if "time_budget_s" not in meta:
         raise ValueError(f"{folder}: the state records no time budget (a step-clock run?)")
@@ -1051,9 +1052,20 @@ def state_record(folder, name: str) -> dict:
                        "call_ends_minutes": ends,
                        "call_budgets_minutes": [float(o["--time-budget-min"]) for o in options],
                        "call_accelerators": [c.get("machine", {}).get("accelerator") for c in meta["calls"]],
+                       "call_commits": [c.get("git_commit") for c in meta["calls"]],
                        "init_from": meta.get("init_from")}
     rec["call_options"] = options
     return rec
+
+
+def call_sessions(progress: dict) -> np.ndarray:
+    """The session (0, 1, ...) of each call of a run carried over sessions (:func:`state_record`'s ``progress``):
+    consecutive calls from one git commit are one session. A session commits the state its calls brought back
+    before the next one runs, so the next session's calls run from another commit."""
+    commits = progress["call_commits"]
+    if any(c is None for c in commits):
+        raise ValueError("a call records no git commit: its session cannot be told")
+    return np.cumsum([i > 0 and c != commits[i - 1] for i, c in enumerate(commits)])
 
 
 def lr_share(minutes, budget_minutes: float, cfg: PretrainConfig) -> np.ndarray:
